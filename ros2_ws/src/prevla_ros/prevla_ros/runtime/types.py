@@ -93,8 +93,11 @@ class Policy(Protocol):
 
     policy_id: str
 
-    def sample(self, obs: Observation, k: int) -> np.ndarray:
-        """Return a (k, H, ACTION_DIM) float32 array of candidate chunks for ``obs``."""
+    def sample(self, obs: Observation, k: int, temperature: float = 1.0) -> np.ndarray:
+        """Return a (k, H, ACTION_DIM) float32 array of candidate chunks for ``obs``.
+
+        ``temperature`` scales sampling randomness; 0 must be deterministic.
+        """
         ...
 
     def reset(self) -> None:

@@ -1,0 +1,201 @@
+"""``prevla`` command line: run the node graph without ``ros2 launch``.
+
+    prevla up     [graph options]             run sim + policy + verifier until Ctrl-C
+    prevla demo   [graph options] [--out DIR] run N episodes, print success/steps, save outputs
+    prevla expert-eval ...                    scripted-expert success rates (no ROS)
+
+The graph runs composed in one process (one rclpy executor, the default: lowest latency)
+or, with ``--processes``, as one OS process per node talking over Fast DDS.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+NODES = ("sim_node", "policy_node", "verifier_node")
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
+    """Command-line options as per-node parameter overrides (None = keep the default)."""
+    per_node = {
+        "sim_node": {"suite": args.suite, "task_id": args.task_id, "init_state": args.init_state,
+                     "episodes": args.episodes, "control_rate_hz": args.control_rate_hz},
+        "policy_node": {"num_candidates": args.num_candidates, "noise_std": args.noise_std},
+        "verifier_node": {"verifier": args.verifier},
+    }
+    return {node: {k: v for k, v in values.items() if v is not None}
+            for node, values in per_node.items()}
+
+
+def _ros_args(args: argparse.Namespace) -> list[str]:
+    ros_args = ["--ros-args"]
+    if args.params_file:
+        ros_args += ["--params-file", str(args.params_file)]
+    return ros_args
+
+
+class Graph:
+    """The three nodes, composed in this process or started as child processes."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.args = args
+        self.processes: list[subprocess.Popen] = []
+        rclpy.init(args=_ros_args(args))
+        self.executor = SingleThreadedExecutor()
+        self.nodes = []
+        overrides = _overrides(args)
+        if args.processes:
+            self._start_processes(overrides)
+        else:
+            self._compose(overrides)
+
+    def _compose(self, overrides: dict[str, dict[str, object]]) -> None:
+        from rclpy.parameter import Parameter
+
+        from prevla_ros.nodes.policy_node import PolicyNode
+        from prevla_ros.nodes.sim_node import SimNode
+        from prevla_ros.nodes.verifier_node import VerifierNode
+
+        # Policy and verifier first so they are listening when the sim publishes.
+        for name, cls in (("verifier_node", VerifierNode), ("policy_node", PolicyNode),
+                          ("sim_node", SimNode)):
+            params = [Parameter(k, value=v) for k, v in overrides[name].items()]
+            node = cls(parameter_overrides=params)
+            self.nodes.append(node)
+            self.executor.add_node(node)
+
+    def _start_processes(self, overrides: dict[str, dict[str, object]]) -> None:
+        for name in NODES:
+            cmd = [sys.executable, "-m", f"prevla_ros.nodes.{name}"] + _ros_args(self.args)
+            for key, value in overrides[name].items():
+                cmd += ["-p", f"{key}:={_param_literal(value)}"]
+            self.processes.append(subprocess.Popen(cmd))
+
+    def add(self, node) -> None:
+        self.nodes.append(node)
+        self.executor.add_node(node)
+
+    def spin_until(self, done, timeout_s: float | None = None) -> bool:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while not done():
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            dead = [p for p in self.processes if p.poll() is not None]
+            if dead:
+                raise RuntimeError(f"node process exited with code {dead[0].returncode}")
+            self.executor.spin_once(timeout_sec=0.1)
+        return True
+
+    def shutdown(self) -> None:
+        import rclpy
+
+        for p in self.processes:
+            p.terminate()
+        for p in self.processes:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for node in self.nodes:
+            self.executor.remove_node(node)
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+def _param_literal(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    graph = Graph(args)
+    try:
+        graph.spin_until(lambda: False)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        graph.shutdown()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from prevla_ros.nodes.monitor import EpisodeMonitor
+
+    out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    graph = Graph(args)
+    monitor = EpisodeMonitor(out, expected_episodes=args.episodes)
+    graph.add(monitor)
+    try:
+        finished = graph.spin_until(lambda: monitor.finished, timeout_s=args.timeout_s)
+    except KeyboardInterrupt:
+        finished = False
+    finally:
+        graph.shutdown()
+    summary = monitor.summary(wall_s=time.monotonic() - started, finished=finished)
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    print(monitor.table())
+    print(f"success {summary['successes']}/{summary['episodes']} in {summary['wall_s']:.1f} s; "
+          f"outputs in {out}/ (summary.json, episodes.jsonl, verdicts.jsonl, frames/*.png)")
+    if not finished:
+        print(f"demo did not finish within {args.timeout_s} s", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_expert_eval(argv: list[str]) -> int:
+    from prevla_ros.sim import expert_eval
+
+    sys.argv = ["prevla expert-eval"] + argv
+    return expert_eval.main() or 0
+
+
+def _graph_options(p: argparse.ArgumentParser, default_episodes: int | None) -> None:
+    p.add_argument("--params-file", type=Path, default=None,
+                   help="ROS 2 params YAML (e.g. launch/prevla.params.yaml)")
+    p.add_argument("--suite", default=None, help="LIBERO suite (default libero_spatial)")
+    p.add_argument("--task-id", type=int, default=None, help="task index in the suite")
+    p.add_argument("--init-state", type=int, default=None, help="first official init state")
+    p.add_argument("--episodes", type=int, default=default_episodes,
+                   help="episodes to run (0 = forever)")
+    p.add_argument("--control-rate-hz", type=float, default=None,
+                   help="control rate of the sim (0 = as fast as possible)")
+    p.add_argument("--num-candidates", type=int, default=None, help="K candidates per decision")
+    p.add_argument("--noise-std", type=float, default=None, help="expert candidate noise std")
+    p.add_argument("--verifier", default=None, help="verifier (passthrough)")
+    p.add_argument("--processes", action="store_true",
+                   help="one OS process per node instead of one composed process")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    if argv[:1] == ["expert-eval"]:
+        return cmd_expert_eval(argv[1:])
+    parser = argparse.ArgumentParser(prog="prevla", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    up = sub.add_parser("up", help="run the node graph until Ctrl-C")
+    _graph_options(up, None)
+    demo = sub.add_parser("demo", help="run LIBERO episodes through the nodes and report")
+    _graph_options(demo, 2)
+    demo.add_argument("--out", default="outputs/demo", help="output directory")
+    demo.add_argument("--timeout-s", type=float, default=600.0, help="give up after this long")
+    sub.add_parser("expert-eval", help="scripted-expert success rates (see --help there)")
+    args = parser.parse_args(argv)
+    return {"up": cmd_up, "demo": cmd_demo}[args.command](args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""episode monitor: records what the graph did (used by ``prevla demo`` and the e2e tests).
+
+Subscribes ``episode_status``, ``verdict`` and ``agentview/image_raw``; writes
+``episodes.jsonl``, ``verdicts.jsonl`` and the first/last agent-view frame of each episode
+as PNG under its output directory.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import cv2
+import numpy as np
+from prevla_interfaces.msg import EpisodeStatus, Verdict
+from rclpy.node import Node
+from sensor_msgs.msg import Image
+
+from prevla_ros import conversions as conv
+from prevla_ros.nodes.common import LATCHED_QOS, STREAM_QOS
+
+
+class EpisodeMonitor(Node):
+    """Collects episode outcomes and verdicts; ``finished`` once enough episodes ended."""
+
+    def __init__(self, out_dir: Path | None, expected_episodes: int = 1, **kwargs) -> None:
+        super().__init__("episode_monitor", **kwargs)
+        self.out_dir = out_dir
+        self.expected = expected_episodes
+        self.episodes: list[dict] = []
+        self.verdicts: list[dict] = []
+        self._current: dict | None = None
+        self._last_frame: np.ndarray | None = None
+        if out_dir is not None:
+            (out_dir / "frames").mkdir(parents=True, exist_ok=True)
+        self.create_subscription(EpisodeStatus, "episode_status", self._on_status, LATCHED_QOS)
+        self.create_subscription(Verdict, "verdict", self._on_verdict, STREAM_QOS)
+        self.create_subscription(Image, "agentview/image_raw", self._on_image, STREAM_QOS)
+
+    @property
+    def finished(self) -> bool:
+        return self.expected > 0 and len(self.episodes) >= self.expected
+
+    def _on_status(self, msg: EpisodeStatus) -> None:
+        if not msg.done:
+            if self._current is None or self._current["episode"] != msg.episode:
+                self._current = {"episode": int(msg.episode), "suite": msg.suite,
+                                 "task_id": int(msg.task_id), "init_state": int(msg.init_state),
+                                 "instruction": msg.instruction, "decisions": 0, "holds": 0,
+                                 "verify_ms": []}
+                self._last_frame = None
+            return
+        record = dict(self._current or {"episode": int(msg.episode), "decisions": 0,
+                                        "holds": 0, "verify_ms": []})
+        if any(e["episode"] == record["episode"] for e in self.episodes):
+            return  # the same latched status seen twice
+        verify = record.pop("verify_ms")
+        record.update(success=bool(msg.success), steps=int(msg.step), state=msg.state,
+                      max_steps=int(msg.max_steps), detail=msg.detail,
+                      verify_ms_mean=float(np.mean(verify)) if verify else 0.0)
+        self.episodes.append(record)
+        self._save_frame(f"ep{record['episode']:03d}_last.png")
+        self._current = None
+        self._append("episodes.jsonl", record)
+
+    def _on_verdict(self, msg: Verdict) -> None:
+        record = {"stamp_ns": conv.from_time(msg.header.stamp), "outcome": msg.outcome,
+                  "accepted_index": int(msg.accepted_index), "samples": int(msg.samples_drawn),
+                  "verify_ms": float(msg.verify_ms), "reason": msg.reason}
+        self.verdicts.append(record)
+        self._append("verdicts.jsonl", record)
+        if self._current is not None:
+            self._current["decisions"] += 1
+            self._current["holds"] += int(msg.outcome == "hold")
+            self._current["verify_ms"].append(float(msg.verify_ms))
+
+    def _on_image(self, msg: Image) -> None:
+        try:
+            frame = conv.msg_to_image(msg)
+        except ValueError as exc:
+            self.get_logger().error(f"ignoring agentview image: {exc}")
+            return
+        first = self._last_frame is None and self._current is not None
+        self._last_frame = frame
+        if first:
+            self._save_frame(f"ep{self._current['episode']:03d}_first.png")
+
+    def _save_frame(self, name: str) -> None:
+        if self.out_dir is not None and self._last_frame is not None:
+            cv2.imwrite(str(self.out_dir / "frames" / name), self._last_frame[..., ::-1])
+
+    def _append(self, name: str, record: dict) -> None:
+        if self.out_dir is not None:
+            with open(self.out_dir / name, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def summary(self, wall_s: float, finished: bool) -> dict:
+        return {"episodes": len(self.episodes),
+                "successes": sum(e["success"] for e in self.episodes),
+                "wall_s": wall_s, "finished": finished, "per_episode": self.episodes}
+
+    def table(self) -> str:
+        rows = ["| episode | task | init | success | steps | decisions | holds |",
+                "|---|---|---|---|---|---|---|"]
+        for e in self.episodes:
+            rows.append(f"| {e['episode']} | {e.get('suite', '?')}/{e.get('task_id', '?')} | "
+                        f"{e.get('init_state', '?')} | {'yes' if e['success'] else 'no'} | "
+                        f"{e['steps']} | {e['decisions']} | {e['holds']} |")
+        return "\n".join(rows)

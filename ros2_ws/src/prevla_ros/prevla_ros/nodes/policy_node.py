@@ -1,0 +1,176 @@
+"""policy_node: observations in, K candidate action chunks out.
+
+Subscribes: ``agentview/image_raw``, ``wrist/image_raw`` (sensor_msgs/Image), ``joint_states``,
+``eef_pose`` (PoseStamped), ``sim_state`` (privileged, for the scripted expert),
+``instruction`` (String, latched), ``episode_status`` (latched).
+Publishes: ``candidates`` (prevla_interfaces/CandidateSet), ``/diagnostics``.
+Serves: ``sample_candidates`` (prevla_interfaces/SampleCandidates) to resample the latest
+observation (more candidates, another temperature).
+
+A malformed input (wrong image encoding or size, bad joint state, ...) is logged and answered
+with a one-candidate *hold* set for that observation, so the robot holds and re-observes.
+"""
+from __future__ import annotations
+
+from geometry_msgs.msg import PoseStamped
+from prevla_interfaces.msg import CandidateSet as CandidateSetMsg
+from prevla_interfaces.msg import EpisodeStatus, SimState
+from prevla_interfaces.srv import SampleCandidates
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+
+from prevla_ros import conversions as conv
+from prevla_ros.nodes.common import (ERROR, OK, WARN, LATCHED_QOS, STREAM_QOS, Diagnostics,
+                                     declare_config, run_node)
+from prevla_ros.runtime.chunks import HOLD_SOURCE, hold_chunk
+from prevla_ros.runtime.configs import PolicyNodeConfig
+from prevla_ros.runtime.observation import ObservationAssembler
+from prevla_ros.runtime.policies import ScriptedExpertPolicy
+from prevla_ros.runtime.types import GRIPPER_OPEN, ActionChunk, CandidateSet, Observation
+
+
+def make_policy(config: PolicyNodeConfig) -> tuple[ScriptedExpertPolicy, tuple[str, ...]]:
+    """The configured policy and the observation parts it needs."""
+    from prevla_ros.sim.expert import expert_for_task  # LIBERO import: only when needed
+
+    policy = ScriptedExpertPolicy(expert_for_task, config.horizon, config.noise_std,
+                                  config.seed)
+    return policy, ("agentview", "wrist", "joints", "eef", "objects")
+
+
+class PolicyNode(Node):
+    """Samples candidate chunks for each complete observation."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("policy_node", **kwargs)
+        self.config = declare_config(self, PolicyNodeConfig)
+        self.policy, parts = make_policy(self.config)
+        self.assembler = ObservationAssembler(required=parts)
+        self._last_obs: Observation | None = None
+        self._held_stamps: set[int] = set()
+        self._last_gripper = GRIPPER_OPEN
+        self._episode: tuple[str, int, int] | None = None
+        self._stats = {"observations": 0, "candidate_sets": 0, "holds": 0, "last_error": ""}
+        self._pub = self.create_publisher(CandidateSetMsg, "candidates", STREAM_QOS)
+        size = self.config.image_size
+        self._expected_hw = (size, size) if size else None
+        for camera in ("agentview", "wrist"):
+            self.create_subscription(Image, f"{camera}/image_raw",
+                                     lambda m, c=camera: self._on_image(c, m), STREAM_QOS)
+        self.create_subscription(JointState, "joint_states", self._on_joints, STREAM_QOS)
+        self.create_subscription(PoseStamped, "eef_pose", self._on_eef, STREAM_QOS)
+        self.create_subscription(SimState, "sim_state", self._on_sim_state, STREAM_QOS)
+        self.create_subscription(String, "instruction", self._on_instruction, LATCHED_QOS)
+        self.create_subscription(EpisodeStatus, "episode_status", self._on_status, LATCHED_QOS)
+        self.create_service(SampleCandidates, "sample_candidates", self._on_sample_request)
+        Diagnostics(self, self._diagnostics)
+        self.get_logger().info(f"policy '{self.policy.policy_id}', K={self.config.num_candidates}"
+                               f", H={self.config.horizon}")
+
+    # --- inputs ---------------------------------------------------------------------------
+    def _add(self, stamp_ns: int, part: str, convert) -> None:
+        try:
+            value = convert()
+        except ValueError as exc:
+            self._hold(stamp_ns, f"malformed {part}: {exc}")
+            return
+        obs = self.assembler.add(stamp_ns, part, value)
+        if obs is not None:
+            self._on_observation(obs)
+
+    def _on_image(self, camera: str, msg: Image) -> None:
+        self._add(conv.from_time(msg.header.stamp), camera,
+                  lambda: conv.msg_to_image(msg, self._expected_hw))
+
+    def _on_joints(self, msg: JointState) -> None:
+        self._add(conv.from_time(msg.header.stamp), "joints",
+                  lambda: conv.msg_to_joint_state(msg))
+
+    def _on_eef(self, msg: PoseStamped) -> None:
+        self._add(conv.from_time(msg.header.stamp), "eef", lambda: conv.msg_to_pose(msg.pose))
+
+    def _on_sim_state(self, msg: SimState) -> None:
+        self._add(conv.from_time(msg.header.stamp), "objects",
+                  lambda: conv.msg_to_sim_state(msg))
+
+    def _on_instruction(self, msg: String) -> None:
+        self.assembler.instruction = msg.data
+
+    def _on_status(self, msg: EpisodeStatus) -> None:
+        episode = (msg.suite, int(msg.task_id), int(msg.episode))
+        if episode != self._episode and not msg.done:
+            self._episode = episode
+            try:
+                self.policy.set_task(msg.suite, int(msg.task_id))
+            except (ValueError, KeyError) as exc:
+                self._error(f"cannot set task {msg.suite}/{msg.task_id}: {exc}")
+
+    # --- outputs --------------------------------------------------------------------------
+    def _sample(self, obs: Observation, k: int, temperature: float, round_: int) -> CandidateSet:
+        chunks = self.policy.sample(obs, k, temperature)
+        seeds = list(getattr(self.policy, "last_seeds", []))
+        return CandidateSet(
+            chunks=[ActionChunk(c, self.policy.policy_id, obs.stamp_ns) for c in chunks],
+            temperatures=[temperature] * k, seeds=seeds, policy_id=self.policy.policy_id,
+            stamp_ns=obs.stamp_ns, round=round_)
+
+    def _on_observation(self, obs: Observation) -> None:
+        self._stats["observations"] += 1
+        self._last_obs = obs
+        try:
+            cs = self._sample(obs, self.config.num_candidates, self.config.temperature, 0)
+        except (ValueError, RuntimeError) as exc:
+            self._hold(obs.stamp_ns, f"policy failed: {exc}")
+            return
+        self._last_gripper = float(cs.chunks[0].actions[-1, -1])
+        self._pub.publish(conv.candidates_to_msg(cs))
+        self._stats["candidate_sets"] += 1
+
+    def _on_sample_request(self, request, response):
+        obs = self._last_obs
+        stamp = conv.from_time(request.observation_stamp)
+        if obs is None or obs.stamp_ns != stamp:
+            response.ok, response.reason = False, "no observation with that stamp (stale request)"
+            return response
+        try:
+            cs = self._sample(obs, max(1, int(request.k)), float(request.temperature),
+                              int(request.round))
+        except (ValueError, RuntimeError) as exc:
+            response.ok, response.reason = False, f"policy failed: {exc}"
+            return response
+        response.ok, response.candidates = True, conv.candidates_to_msg(cs)
+        return response
+
+    def _hold(self, stamp_ns: int, reason: str) -> None:
+        """Log the problem and answer this observation with a single hold candidate."""
+        self._error(reason)
+        if stamp_ns in self._held_stamps:
+            return  # one hold per observation, however many of its parts were bad
+        self._held_stamps = {s for s in self._held_stamps if s >= stamp_ns - 60_000_000_000}
+        self._held_stamps.add(stamp_ns)
+        # Gripper: repeat the last command proposed, so a held object stays held.
+        chunk = hold_chunk(self.config.horizon, self._last_gripper, stamp_ns)
+        self._pub.publish(conv.candidates_to_msg(CandidateSet(
+            chunks=[chunk], temperatures=[0.0], seeds=[0], policy_id=HOLD_SOURCE,
+            stamp_ns=stamp_ns)))
+        self._stats["holds"] += 1
+
+    def _error(self, reason: str) -> None:
+        self._stats["last_error"] = reason
+        self.get_logger().error(reason)
+
+    def _diagnostics(self):
+        if self._stats["last_error"]:
+            return ERROR, self._stats["last_error"], self._stats
+        if self._stats["candidate_sets"] == 0:
+            return WARN, "waiting for a complete observation", self._stats
+        return OK, "sampling", self._stats
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(PolicyNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

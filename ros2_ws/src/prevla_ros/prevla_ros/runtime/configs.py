@@ -1,0 +1,127 @@
+"""One config dataclass per node (ROS-free). Every field is a declared ROS parameter of its
+node with the same name, default and description (``metadata["help"]``); ``__post_init__``
+rejects bad values with a ``ValueError`` naming the field, so a node fails at startup.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+
+from prevla_ros.runtime.scheduler import MODES, VERIFIERS
+
+SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+POLICIES = ("scripted_expert",)
+
+
+def _help(text: str, default):
+    return field(default=default, metadata={"help": text})
+
+
+def _check(ok: bool, cls: str, name: str, message: str) -> None:
+    if not ok:
+        raise ValueError(f"{cls}.{name}: {message}")
+
+
+@dataclass
+class SimNodeConfig:
+    """Parameters of ``sim_node`` (LIBERO robot simulator)."""
+
+    suite: str = _help("LIBERO suite: " + ", ".join(SUITES), "libero_spatial")
+    task_id: int = _help("task index within the suite", 0)
+    init_state: int = _help("index of LIBERO's official init state for the first episode", 0)
+    episodes: int = _help("episodes to run (init states init_state, init_state+1, ...); "
+                          "0 runs forever", 1)
+    image_size: int = _help("square camera resolution in pixels", 128)
+    max_steps: int = _help("control steps before an episode times out; 0 = suite default", 0)
+    control_rate_hz: float = _help("control steps per second; 0 runs as fast as possible", 20.0)
+    execute_steps: int = _help("actions executed from each chunk before the next decision; "
+                               "0 = the whole chunk", 0)
+    hold_steps: int = _help("zero-motion steps executed when an invalid chunk arrives", 1)
+    chunk_timeout_s: float = _help("seconds without a chunk before the observation is "
+                                   "re-published under a new stamp (lost message / dead peer)",
+                                   10.0)
+    publish_privileged: bool = _help("publish object poses on sim_state (needed by the "
+                                     "scripted expert; a real robot has none)", True)
+    start_delay_s: float = _help("seconds to wait after startup before the first observation "
+                                 "(lets subscribers connect)", 0.5)
+
+    def __post_init__(self) -> None:
+        n = type(self).__name__
+        _check(self.suite in SUITES, n, "suite", f"must be one of {SUITES}, got {self.suite!r}")
+        _check(self.task_id >= 0, n, "task_id", f"must be >= 0, got {self.task_id}")
+        _check(self.init_state >= 0, n, "init_state", f"must be >= 0, got {self.init_state}")
+        _check(self.episodes >= 0, n, "episodes", f"must be >= 0, got {self.episodes}")
+        _check(16 <= self.image_size <= 1024, n, "image_size",
+               f"must be in [16, 1024], got {self.image_size}")
+        _check(self.max_steps >= 0, n, "max_steps", f"must be >= 0, got {self.max_steps}")
+        _check(self.control_rate_hz >= 0, n, "control_rate_hz",
+               f"must be >= 0, got {self.control_rate_hz}")
+        _check(self.execute_steps >= 0, n, "execute_steps",
+               f"must be >= 0, got {self.execute_steps}")
+        _check(self.hold_steps >= 1, n, "hold_steps", f"must be >= 1, got {self.hold_steps}")
+        _check(self.chunk_timeout_s > 0, n, "chunk_timeout_s",
+               f"must be > 0, got {self.chunk_timeout_s}")
+        _check(self.start_delay_s >= 0, n, "start_delay_s",
+               f"must be >= 0, got {self.start_delay_s}")
+
+
+@dataclass
+class PolicyNodeConfig:
+    """Parameters of ``policy_node`` (samples candidate chunks from observations)."""
+
+    policy: str = _help("policy to run: " + ", ".join(POLICIES) + " (privileged scripted "
+                        "LIBERO expert + Gaussian noise)", "scripted_expert")
+    num_candidates: int = _help("K, candidate chunks sampled per observation", 4)
+    horizon: int = _help("H, actions per chunk", 8)
+    noise_std: float = _help("std of the Gaussian noise added to the expert's position and "
+                             "rotation actions (candidate diversity)", 0.05)
+    temperature: float = _help("sampling temperature of the first round (scales noise)", 1.0)
+    seed: int = _help("random seed of the sampler", 0)
+    image_size: int = _help("expected camera resolution; other sizes are rejected "
+                            "(0 accepts any)", 128)
+
+    def __post_init__(self) -> None:
+        n = type(self).__name__
+        _check(self.policy in POLICIES, n, "policy",
+               f"must be one of {POLICIES}, got {self.policy!r}")
+        _check(1 <= self.num_candidates <= 256, n, "num_candidates",
+               f"must be in [1, 256], got {self.num_candidates}")
+        _check(1 <= self.horizon <= 256, n, "horizon", f"must be in [1, 256], got {self.horizon}")
+        _check(self.noise_std >= 0, n, "noise_std", f"must be >= 0, got {self.noise_std}")
+        _check(self.temperature >= 0, n, "temperature",
+               f"must be >= 0, got {self.temperature}")
+        _check(self.image_size >= 0, n, "image_size", f"must be >= 0, got {self.image_size}")
+
+
+@dataclass
+class VerifierNodeConfig:
+    """Parameters of ``verifier_node`` (scores candidates, publishes the approved chunk)."""
+
+    verifier: str = _help("verifier: " + ", ".join(VERIFIERS) + " (passthrough = accept the "
+                          "first valid candidate: the policy-alone baseline)", "passthrough")
+    mode: str = _help("execute: gate before the robot moves; imagine: gate before the "
+                      "world model rolls a chunk out", "execute")
+    action_dim: int = _help("action dimension the robot accepts", 7)
+    max_abs_action: float = _help("reject candidates with any |value| above this", 10.0)
+    hold_horizon: int = _help("length of the hold chunk published when no candidate is "
+                              "usable", 8)
+    marker_frame: str = _help("frame of the approved-path markers", "world")
+
+    def __post_init__(self) -> None:
+        n = type(self).__name__
+        _check(self.verifier in VERIFIERS, n, "verifier",
+               f"must be one of {VERIFIERS}, got {self.verifier!r}")
+        _check(self.mode in MODES, n, "mode", f"must be one of {MODES}, got {self.mode!r}")
+        _check(self.action_dim >= 1, n, "action_dim", f"must be >= 1, got {self.action_dim}")
+        _check(self.max_abs_action > 0, n, "max_abs_action",
+               f"must be > 0, got {self.max_abs_action}")
+        _check(self.hold_horizon >= 1, n, "hold_horizon",
+               f"must be >= 1, got {self.hold_horizon}")
+
+
+NODE_CONFIGS = {"sim_node": SimNodeConfig, "policy_node": PolicyNodeConfig,
+                "verifier_node": VerifierNodeConfig}
+
+
+def config_help(cls) -> dict[str, tuple[object, str]]:
+    """name -> (default, description) for every parameter of a node config."""
+    return {f.name: (f.default, f.metadata.get("help", "")) for f in fields(cls)}

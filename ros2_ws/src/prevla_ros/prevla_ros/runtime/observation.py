@@ -1,0 +1,70 @@
+"""Assemble one ``Observation`` from the parts that arrive on separate topics (ROS-free).
+
+The simulator (or a robot driver) stamps every part of one observation with the same time.
+Parts arrive in any order; an observation is complete when every required part for one
+stamp is in. Newer stamps evict older incomplete ones, so a lost message never blocks
+the pipeline for more than one observation.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from prevla_ros.runtime.types import Observation, ObjectPose
+
+PART_NAMES = ("agentview", "wrist", "joints", "eef", "objects")
+
+
+@dataclass
+class _Pending:
+    parts: dict[str, Any]
+
+
+class ObservationAssembler:
+    """Collects observation parts by stamp and returns complete observations.
+
+    Args:
+        required: the parts that must arrive (subset of ``PART_NAMES``). "objects" is the
+            privileged object-pose part: require it only for the scripted expert.
+        max_pending: how many incomplete stamps to keep before evicting the oldest.
+    """
+
+    def __init__(self, required: tuple[str, ...] = ("agentview", "wrist", "joints", "eef"),
+                 max_pending: int = 4) -> None:
+        unknown = set(required) - set(PART_NAMES)
+        if unknown:
+            raise ValueError(f"unknown observation parts {sorted(unknown)}; known: {PART_NAMES}")
+        self.required = tuple(required)
+        self.max_pending = max_pending
+        self.instruction = ""
+        self._pending: dict[int, _Pending] = {}
+        self._last_emitted = -1
+
+    def add(self, stamp_ns: int, part: str, value: Any) -> Observation | None:
+        """Add one part; return the observation if this completed it."""
+        if part not in PART_NAMES:
+            raise ValueError(f"unknown observation part {part!r}; known: {PART_NAMES}")
+        if stamp_ns <= self._last_emitted:
+            return None  # late part of an observation already handed out (or older)
+        pending = self._pending.setdefault(stamp_ns, _Pending(parts={}))
+        pending.parts[part] = value
+        while len(self._pending) > self.max_pending:
+            del self._pending[min(self._pending)]
+        if all(name in pending.parts for name in self.required):
+            del self._pending[stamp_ns]
+            for older in [s for s in self._pending if s < stamp_ns]:
+                del self._pending[older]
+            self._last_emitted = stamp_ns
+            return self._build(stamp_ns, pending.parts)
+        return None
+
+    def _build(self, stamp_ns: int, parts: dict[str, Any]) -> Observation:
+        joints = parts.get("joints", (np.zeros(7), np.zeros(2)))
+        eef = parts.get("eef", (np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0])))
+        images = {name: parts[name] for name in ("agentview", "wrist") if name in parts}
+        objects: dict[str, ObjectPose] | None = parts.get("objects")
+        return Observation(images=images, joint_positions=joints[0], gripper_qpos=joints[1],
+                           eef_pos=eef[0], eef_quat_xyzw=eef[1], instruction=self.instruction,
+                           stamp_ns=stamp_ns, objects=objects)
