@@ -1,7 +1,7 @@
 """ament_python build of prevla_ros for colcon on a full ROS 2 install.
 
 pip users install the whole repository with the top-level pyproject.toml instead; both
-declare the same node executables (tests/ros/test_launch_consistency.py checks it).
+declare the same node executables (tests/unit/test_launch_consistency.py checks it).
 """
 from glob import glob
 import os

@@ -21,10 +21,15 @@ C = TypeVar("C")
 STREAM_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
                         reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.VOLATILE)
-#: Latched topics (instruction, episode status): late joiners get the last message.
+#: Latched topics (instruction): late joiners get the last message.
 LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                          reliability=ReliabilityPolicy.RELIABLE,
                          durability=DurabilityPolicy.TRANSIENT_LOCAL)
+#: Episode status: latched too, but deep enough that an episode's final status survives the
+#: next episode's first one published right after it (depth 1 would overwrite it).
+STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=20,
+                        reliability=ReliabilityPolicy.RELIABLE,
+                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
 OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
 

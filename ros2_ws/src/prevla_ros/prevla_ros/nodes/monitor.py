@@ -16,7 +16,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.common import LATCHED_QOS, STREAM_QOS
+from prevla_ros.nodes.common import STATUS_QOS, STREAM_QOS
 
 
 class EpisodeMonitor(Node):
@@ -32,7 +32,7 @@ class EpisodeMonitor(Node):
         self._last_frame: np.ndarray | None = None
         if out_dir is not None:
             (out_dir / "frames").mkdir(parents=True, exist_ok=True)
-        self.create_subscription(EpisodeStatus, "episode_status", self._on_status, LATCHED_QOS)
+        self.create_subscription(EpisodeStatus, "episode_status", self._on_status, STATUS_QOS)
         self.create_subscription(Verdict, "verdict", self._on_verdict, STREAM_QOS)
         self.create_subscription(Image, "agentview/image_raw", self._on_image, STREAM_QOS)
 

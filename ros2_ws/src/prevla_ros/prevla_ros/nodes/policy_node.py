@@ -21,8 +21,8 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.common import (ERROR, OK, WARN, LATCHED_QOS, STREAM_QOS, Diagnostics,
-                                     declare_config, run_node)
+from prevla_ros.nodes.common import (ERROR, OK, WARN, LATCHED_QOS, STATUS_QOS, STREAM_QOS,
+                                     Diagnostics, declare_config, run_node)
 from prevla_ros.runtime.chunks import HOLD_SOURCE, hold_chunk
 from prevla_ros.runtime.configs import PolicyNodeConfig
 from prevla_ros.runtime.observation import ObservationAssembler
@@ -62,7 +62,7 @@ class PolicyNode(Node):
         self.create_subscription(PoseStamped, "eef_pose", self._on_eef, STREAM_QOS)
         self.create_subscription(SimState, "sim_state", self._on_sim_state, STREAM_QOS)
         self.create_subscription(String, "instruction", self._on_instruction, LATCHED_QOS)
-        self.create_subscription(EpisodeStatus, "episode_status", self._on_status, LATCHED_QOS)
+        self.create_subscription(EpisodeStatus, "episode_status", self._on_status, STATUS_QOS)
         self.create_service(SampleCandidates, "sample_candidates", self._on_sample_request)
         Diagnostics(self, self._diagnostics)
         self.get_logger().info(f"policy '{self.policy.policy_id}', K={self.config.num_candidates}"

@@ -22,16 +22,15 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.common import (OK, WARN, LATCHED_QOS, STREAM_QOS, Diagnostics,
-                                     declare_config, on_config_change, run_node)
+from prevla_ros.nodes.common import (OK, WARN, LATCHED_QOS, STATUS_QOS, STREAM_QOS,
+                                     Diagnostics, declare_config, on_config_change, run_node)
 from prevla_ros.runtime.chunks import ActionChunkBroker, chunk_problem, hold_chunk
 from prevla_ros.runtime.configs import SimNodeConfig
 from prevla_ros.runtime.types import ACTION_DIM
-from prevla_ros.sim.libero_env import LiberoEnv, LiberoEnvConfig
+from prevla_ros.sim.libero_env import LiberoEnv, LiberoEnvConfig, num_init_states
 
 TASK_FIELDS = ("suite", "task_id", "init_state", "image_size", "max_steps")
 RESTART_FIELDS = ("control_rate_hz", "start_delay_s", "execute_steps")  # timers/broker built once
-NUM_INIT_STATES = 50  # LIBERO ships 50 official init states per task
 
 
 def env_config(config: SimNodeConfig) -> LiberoEnvConfig:
@@ -62,7 +61,7 @@ class SimNode(Node):
         self._eef_pub = self.create_publisher(PoseStamped, "eef_pose", STREAM_QOS)
         self._state_pub = self.create_publisher(SimState, "sim_state", STREAM_QOS)
         self._instruction_pub = self.create_publisher(String, "instruction", LATCHED_QOS)
-        self._status_pub = self.create_publisher(EpisodeStatus, "episode_status", LATCHED_QOS)
+        self._status_pub = self.create_publisher(EpisodeStatus, "episode_status", STATUS_QOS)
         self.create_subscription(ActionChunkMsg, "action_chunk", self._on_chunk, STREAM_QOS)
         on_config_change(self, lambda: self._pending_config or self.config, self._on_new_config)
         rate = self.config.control_rate_hz
@@ -87,7 +86,6 @@ class SimNode(Node):
         self.get_logger().info(f"episode {self.episode}: {self.config.suite} task "
                                f"{self.config.task_id} init {self._init_state}: "
                                f"'{self.env.instruction}'")
-        self._publish_status("running")
         self._publish_observation()
 
     def _switch_task(self, config: SimNodeConfig) -> None:
@@ -106,7 +104,8 @@ class SimNode(Node):
                                f"steps")
         more = self.config.episodes == 0 or self.episode < self.config.episodes
         if more or self._pending_config is not None:
-            self._init_state = (self._init_state + 1) % NUM_INIT_STATES
+            self._init_state = (self._init_state + 1) % num_init_states(self.config.suite,
+                                                                         self.config.task_id)
             self._start_episode()
         else:
             self._finished = True
@@ -142,6 +141,7 @@ class SimNode(Node):
         if self.config.publish_privileged and obs.objects is not None:
             self._state_pub.publish(conv.sim_state_to_msg(obs.objects, stamp))
         self._awaiting, self._obs_time = stamp, time.monotonic()
+        self._publish_status("running")
 
     def _on_chunk(self, msg: ActionChunkMsg) -> None:
         stamp = conv.from_time(msg.header.stamp)
@@ -152,7 +152,7 @@ class SimNode(Node):
             return
         try:
             chunk = conv.msg_to_chunk(msg, expected_dim=ACTION_DIM)
-            problem = chunk_problem(chunk.actions, ACTION_DIM)
+            problem = chunk_problem(chunk.actions, ACTION_DIM, self.config.max_abs_action)
             if problem:
                 raise ValueError(problem)
         except ValueError as exc:

@@ -21,6 +21,8 @@ def chunk_problem(actions: np.ndarray, action_dim: int = ACTION_DIM,
     """
     if not isinstance(actions, np.ndarray):
         return f"expected a numpy array, got {type(actions).__name__}"
+    if actions.dtype.kind not in "fiu":  # np.isfinite below raises on object/str arrays
+        return f"expected a real numeric array, got dtype {actions.dtype}"
     if actions.ndim != 2:
         return f"expected shape (H, {action_dim}), got {tuple(actions.shape)}"
     if actions.shape[0] < 1:

@@ -36,6 +36,8 @@ class SimNodeConfig:
     execute_steps: int = _help("actions executed from each chunk before the next decision; "
                                "0 = the whole chunk", 0)
     hold_steps: int = _help("zero-motion steps executed when an invalid chunk arrives", 1)
+    max_abs_action: float = _help("chunks with any absolute action value above this are "
+                                  "invalid (the controller clips to 1; far more is a bug)", 10.0)
     chunk_timeout_s: float = _help("seconds without a chunk before the observation is "
                                    "re-published under a new stamp (lost message / dead peer)",
                                    10.0)
@@ -58,6 +60,8 @@ class SimNodeConfig:
         _check(self.execute_steps >= 0, n, "execute_steps",
                f"must be >= 0, got {self.execute_steps}")
         _check(self.hold_steps >= 1, n, "hold_steps", f"must be >= 1, got {self.hold_steps}")
+        _check(self.max_abs_action > 0, n, "max_abs_action",
+               f"must be > 0, got {self.max_abs_action}")
         _check(self.chunk_timeout_s > 0, n, "chunk_timeout_s",
                f"must be > 0, got {self.chunk_timeout_s}")
         _check(self.start_delay_s >= 0, n, "start_delay_s",
@@ -101,7 +105,8 @@ class VerifierNodeConfig:
     mode: str = _help("execute: gate before the robot moves; imagine: gate before the "
                       "world model rolls a chunk out", "execute")
     action_dim: int = _help("action dimension the robot accepts", 7)
-    max_abs_action: float = _help("reject candidates with any |value| above this", 10.0)
+    max_abs_action: float = _help("reject candidates with any absolute action value above "
+                                  "this", 10.0)
     hold_horizon: int = _help("length of the hold chunk published when no candidate is "
                               "usable", 8)
     marker_frame: str = _help("frame of the approved-path markers", "world")

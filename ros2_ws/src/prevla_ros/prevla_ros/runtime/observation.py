@@ -36,6 +36,8 @@ class ObservationAssembler:
         unknown = set(required) - set(PART_NAMES)
         if unknown:
             raise ValueError(f"unknown observation parts {sorted(unknown)}; known: {PART_NAMES}")
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be >= 1, got {max_pending}")
         self.required = tuple(required)
         self.max_pending = max_pending
         self.instruction = ""
@@ -50,14 +52,16 @@ class ObservationAssembler:
             return None  # late part of an observation already handed out (or older)
         pending = self._pending.setdefault(stamp_ns, _Pending(parts={}))
         pending.parts[part] = value
-        while len(self._pending) > self.max_pending:
-            del self._pending[min(self._pending)]
+        # Completion first: evicting first could drop this very stamp (when it is the oldest)
+        # and then fail to find it, although it is complete.
         if all(name in pending.parts for name in self.required):
             del self._pending[stamp_ns]
             for older in [s for s in self._pending if s < stamp_ns]:
                 del self._pending[older]
             self._last_emitted = stamp_ns
             return self._build(stamp_ns, pending.parts)
+        while len(self._pending) > self.max_pending:
+            del self._pending[min(self._pending)]
         return None
 
     def _build(self, stamp_ns: int, parts: dict[str, Any]) -> Observation:

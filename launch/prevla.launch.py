@@ -1,0 +1,98 @@
+"""Launch the prevla graph: sim_node (LIBERO), policy_node and verifier_node.
+
+For a machine with a full ROS 2 install (``launch`` and ``launch_ros`` come with it), after
+``colcon build --packages-select prevla_interfaces prevla_ros`` and sourcing the workspace::
+
+    ros2 launch prevla_ros prevla.launch.py suite:=libero_object
+    ros2 launch prevla_ros prevla.launch.py suite:=libero_object task_id:=3 episodes:=10
+    ros2 launch prevla_ros prevla.launch.py use_sim:=false   # a robot driver publishes the topics
+    ros2 launch prevla_ros prevla.launch.py params_file:=/path/to/robot.params.yaml
+    ros2 launch prevla_ros prevla.launch.py --show-args
+
+Every node parameter lives in ``params_file`` (default: the installed ``prevla.params.yaml``).
+The launch arguments below override their parameter in that file and default to the node's
+own default, so set those parameters with the argument, everything else in the file.
+A pip-only install (no ``ros2 launch``) runs the same graph with ``prevla up``.
+"""
+import os
+
+from ament_index_python.packages import get_package_share_directory
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition
+from launch.substitutions import LaunchConfiguration
+from launch_ros.actions import Node
+from launch_ros.parameter_descriptions import ParameterValue
+
+PACKAGE = 'prevla_ros'
+
+
+def generate_launch_description():
+    default_params = os.path.join(get_package_share_directory(PACKAGE), 'launch',
+                                  'prevla.params.yaml')
+    arguments = [
+        DeclareLaunchArgument(
+            'params_file', default_value=default_params,
+            description='ROS 2 parameters file for sim_node, policy_node and verifier_node'),
+        DeclareLaunchArgument(
+            'use_sim', default_value='true', choices=['true', 'false'],
+            description='start the LIBERO sim_node; false when a real robot driver publishes '
+                        'the observation topics and executes the approved chunks'),
+        DeclareLaunchArgument(
+            'suite', default_value='libero_spatial',
+            description='LIBERO suite: libero_spatial, libero_object, libero_goal, libero_10, '
+                        'libero_90 (sim_node)'),
+        DeclareLaunchArgument(
+            'task_id', default_value='0',
+            description='task index within the suite (sim_node)'),
+        DeclareLaunchArgument(
+            'init_state', default_value='0',
+            description="index of LIBERO's official init state for the first episode "
+                        '(sim_node)'),
+        DeclareLaunchArgument(
+            'episodes', default_value='1',
+            description='episodes to run; 0 runs forever (sim_node)'),
+        DeclareLaunchArgument(
+            'policy', default_value='scripted_expert',
+            description='policy that samples candidate chunks (policy_node)'),
+        DeclareLaunchArgument(
+            'num_candidates', default_value='4',
+            description='K, candidate chunks sampled per observation (policy_node)'),
+        DeclareLaunchArgument(
+            'verifier', default_value='passthrough',
+            description='verifier that scores candidates; passthrough accepts the first valid '
+                        'one (verifier_node)'),
+        DeclareLaunchArgument(
+            'mode', default_value='execute', choices=['execute', 'imagine'],
+            description='execute: gate chunks before the robot moves; imagine: before the '
+                        'world model rolls them out (verifier_node)'),
+    ]
+    params_file = LaunchConfiguration('params_file')
+
+    # Launch-argument overrides come after the file, so they win. They are typed explicitly:
+    # launch would otherwise guess each type from the text, and a ROS parameter only takes
+    # values of its declared default's type.
+    sim_node = Node(
+        package=PACKAGE, executable='sim_node', name='sim_node', output='screen',
+        condition=IfCondition(LaunchConfiguration('use_sim')),
+        parameters=[params_file, {
+            'suite': ParameterValue(LaunchConfiguration('suite'), value_type=str),
+            'task_id': ParameterValue(LaunchConfiguration('task_id'), value_type=int),
+            'init_state': ParameterValue(LaunchConfiguration('init_state'), value_type=int),
+            'episodes': ParameterValue(LaunchConfiguration('episodes'), value_type=int),
+        }])
+    policy_node = Node(
+        package=PACKAGE, executable='policy_node', name='policy_node', output='screen',
+        parameters=[params_file, {
+            'policy': ParameterValue(LaunchConfiguration('policy'), value_type=str),
+            'num_candidates': ParameterValue(LaunchConfiguration('num_candidates'),
+                                             value_type=int),
+        }])
+    verifier_node = Node(
+        package=PACKAGE, executable='verifier_node', name='verifier_node', output='screen',
+        parameters=[params_file, {
+            'verifier': ParameterValue(LaunchConfiguration('verifier'), value_type=str),
+            'mode': ParameterValue(LaunchConfiguration('mode'), value_type=str),
+        }])
+
+    return LaunchDescription(arguments + [sim_node, policy_node, verifier_node])

@@ -1,0 +1,99 @@
+"""Node configs: every field documented, defaults valid, every bad value named in its error."""
+from __future__ import annotations
+
+import math
+import typing
+from dataclasses import fields
+
+import pytest
+
+from prevla_ros.runtime.configs import (NODE_CONFIGS, POLICIES, SUITES, PolicyNodeConfig,
+                                        SimNodeConfig, VerifierNodeConfig, config_help)
+
+ALL_FIELDS = [(cls, f) for cls in NODE_CONFIGS.values() for f in fields(cls)]
+
+BAD_VALUES = [
+    (SimNodeConfig, "suite", "libero_100"),
+    (SimNodeConfig, "task_id", -1),
+    (SimNodeConfig, "init_state", -1),
+    (SimNodeConfig, "episodes", -1),
+    (SimNodeConfig, "image_size", 15),
+    (SimNodeConfig, "image_size", 1025),
+    (SimNodeConfig, "max_steps", -1),
+    (SimNodeConfig, "control_rate_hz", -0.5),
+    (SimNodeConfig, "control_rate_hz", math.nan),
+    (SimNodeConfig, "execute_steps", -1),
+    (SimNodeConfig, "hold_steps", 0),
+    (SimNodeConfig, "max_abs_action", 0.0),
+    (SimNodeConfig, "chunk_timeout_s", 0.0),
+    (SimNodeConfig, "start_delay_s", -1.0),
+    (PolicyNodeConfig, "policy", "openvla"),
+    (PolicyNodeConfig, "num_candidates", 0),
+    (PolicyNodeConfig, "num_candidates", 257),
+    (PolicyNodeConfig, "horizon", 0),
+    (PolicyNodeConfig, "horizon", 257),
+    (PolicyNodeConfig, "noise_std", -0.01),
+    (PolicyNodeConfig, "noise_std", math.nan),
+    (PolicyNodeConfig, "temperature", -1.0),
+    (PolicyNodeConfig, "image_size", -1),
+    (VerifierNodeConfig, "verifier", "oracle"),
+    (VerifierNodeConfig, "mode", "dream"),
+    (VerifierNodeConfig, "action_dim", 0),
+    (VerifierNodeConfig, "max_abs_action", -1.0),
+    (VerifierNodeConfig, "max_abs_action", math.nan),
+    (VerifierNodeConfig, "hold_horizon", 0),
+]
+
+
+@pytest.mark.parametrize("cls, f", ALL_FIELDS, ids=lambda x: getattr(x, "__name__",
+                                                                        getattr(x, "name", x)))
+def test_every_field_has_help(cls, f):
+    assert isinstance(f.metadata.get("help"), str) and f.metadata["help"].strip()
+
+
+@pytest.mark.parametrize("cls", list(NODE_CONFIGS.values()), ids=list(NODE_CONFIGS))
+def test_defaults_are_valid_and_typed(cls):
+    config = cls()
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        # Exact type: a ROS parameter's type comes from its default (10 vs 10.0 matters).
+        assert type(getattr(config, f.name)) is hints[f.name], f.name
+    assert config_help(cls) == {f.name: (f.default, f.metadata["help"]) for f in fields(cls)}
+
+
+@pytest.mark.parametrize("cls, name, value", BAD_VALUES,
+                         ids=[f"{c.__name__}.{n}={v!r}" for c, n, v in BAD_VALUES])
+def test_bad_value_names_the_field(cls, name, value):
+    with pytest.raises(ValueError) as err:
+        cls(**{name: value})
+    assert f"{cls.__name__}.{name}:" in str(err.value)
+    assert repr(value) in str(err.value) or str(value) in str(err.value)
+
+
+def test_every_validated_field_is_covered():
+    # Fields without a range to check: free strings and booleans, and float fields whose
+    # every value is meaningful. Everything else must appear in BAD_VALUES above.
+    unchecked = {("SimNodeConfig", "publish_privileged"), ("PolicyNodeConfig", "seed"),
+                 ("VerifierNodeConfig", "marker_frame")}
+    covered = {(c.__name__, n) for c, n, _ in BAD_VALUES}
+    every = {(cls.__name__, f.name) for cls, f in ALL_FIELDS}
+    assert every - unchecked == covered
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_every_suite_is_accepted(suite):
+    assert SimNodeConfig(suite=suite).suite == suite
+
+
+def test_edge_values_are_accepted():
+    SimNodeConfig(image_size=16, episodes=0, max_steps=0, control_rate_hz=0.0,
+                  execute_steps=0, start_delay_s=0.0)
+    SimNodeConfig(image_size=1024)
+    PolicyNodeConfig(policy=POLICIES[0], num_candidates=256, horizon=1, noise_std=0.0,
+                     temperature=0.0, image_size=0)
+    VerifierNodeConfig(mode="imagine", action_dim=1, hold_horizon=1)
+
+
+def test_node_configs_keys_are_node_names():
+    assert set(NODE_CONFIGS) == {"sim_node", "policy_node", "verifier_node"}
+    assert NODE_CONFIGS["verifier_node"] is VerifierNodeConfig
