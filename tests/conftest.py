@@ -9,9 +9,65 @@ import os
 import random
 import tempfile
 
+import pytest
+
 _TMP = tempfile.mkdtemp(prefix="prevla-test-")
 os.environ.setdefault("ROS_LOG_DIR", os.path.join(_TMP, "ros_log"))
 os.environ["ROS_DOMAIN_ID"] = str(random.Random(os.getpid()).randint(1, 101))
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("LIBERO_CONFIG_PATH", os.path.join(_TMP, "libero_config"))
+
+
+class RosHarness:
+    """A private rclpy context + executor; nodes added to it are spun by ``wait_for``."""
+
+    def __init__(self) -> None:
+        import rclpy
+        from rclpy.context import Context
+        from rclpy.executors import SingleThreadedExecutor
+
+        self.context = Context()
+        rclpy.init(context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.nodes = []
+
+    def add(self, node):
+        self.nodes.append(node)
+        self.executor.add_node(node)
+        return node
+
+    def node(self, name: str):
+        import rclpy
+
+        return self.add(rclpy.create_node(name, context=self.context))
+
+    def wait_for(self, condition, timeout_s: float = 10.0) -> bool:
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if condition():
+                return True
+            self.executor.spin_once(timeout_sec=0.05)
+        return bool(condition())
+
+    def spin_for(self, seconds: float) -> None:
+        self.wait_for(lambda: False, timeout_s=seconds)
+
+    def close(self) -> None:
+        import rclpy
+
+        for node in self.nodes:
+            self.executor.remove_node(node)
+            node.destroy_node()
+        self.executor.shutdown()
+        rclpy.shutdown(context=self.context)
+
+
+@pytest.fixture
+def ros():
+    """Real rclpy: a fresh context and executor per test."""
+    harness = RosHarness()
+    yield harness
+    harness.close()

@@ -27,7 +27,7 @@ def _chunk_msg(actions, stamp_ns, source="test"):
 @pytest.fixture(scope="module")
 def sim():
     """One SimNode for the module (building a LIBERO env costs ~10 s on CPU)."""
-    from tests.ros.conftest import RosHarness
+    from tests.conftest import RosHarness
 
     ros = RosHarness()
     node = ros.add(SimNode(context=ros.context, parameter_overrides=[

@@ -50,6 +50,7 @@ class PolicyNode(Node):
         self._last_obs: Observation | None = None
         self._held_stamps: set[int] = set()
         self._last_gripper = GRIPPER_OPEN
+        self._deferred: Observation | None = None
         self._episode: tuple[str, int, int] | None = None
         self._stats = {"observations": 0, "candidate_sets": 0, "holds": 0, "last_error": ""}
         self._pub = self.create_publisher(CandidateSetMsg, "candidates", STREAM_QOS)
@@ -105,6 +106,9 @@ class PolicyNode(Node):
                 self.policy.set_task(msg.suite, int(msg.task_id))
             except (ValueError, KeyError) as exc:
                 self._error(f"cannot set task {msg.suite}/{msg.task_id}: {exc}")
+            if self._deferred is not None:
+                obs, self._deferred = self._deferred, None
+                self._on_observation(obs)
 
     # --- outputs --------------------------------------------------------------------------
     def _sample(self, obs: Observation, k: int, temperature: float, round_: int) -> CandidateSet:
@@ -116,6 +120,11 @@ class PolicyNode(Node):
             stamp_ns=obs.stamp_ns, round=round_)
 
     def _on_observation(self, obs: Observation) -> None:
+        if not self.policy.ready:
+            # Topics are not ordered across each other: the episode status naming the task
+            # may arrive just after the first observation. Answer it once the task is known.
+            self._deferred = obs
+            return
         self._stats["observations"] += 1
         self._last_obs = obs
         try:

@@ -131,6 +131,7 @@ class SimNode(Node):
     # --- observation / execution ----------------------------------------------------------
     def _publish_observation(self) -> None:
         stamp = self.get_clock().now().nanoseconds
+        self._publish_status("running")  # first: consumers learn the task before they act
         obs = self.env.observe(stamp)
         for camera, pub in self._image_pubs.items():
             if camera in obs.images:
@@ -141,7 +142,6 @@ class SimNode(Node):
         if self.config.publish_privileged and obs.objects is not None:
             self._state_pub.publish(conv.sim_state_to_msg(obs.objects, stamp))
         self._awaiting, self._obs_time = stamp, time.monotonic()
-        self._publish_status("running")
 
     def _on_chunk(self, msg: ActionChunkMsg) -> None:
         stamp = conv.from_time(msg.header.stamp)

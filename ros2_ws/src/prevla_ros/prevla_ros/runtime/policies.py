@@ -44,6 +44,11 @@ class ScriptedExpertPolicy:
         self._task: tuple[str, int] | None = None
         self.last_seeds: list[int] = []
 
+    @property
+    def ready(self) -> bool:
+        """False until ``set_task`` chose the task (the expert needs its goal)."""
+        return self._expert is not None
+
     def set_task(self, suite: str, task_id: int) -> None:
         """Select the task whose goal the expert pursues (rebuilds the expert if it changed)."""
         if self._task != (suite, task_id):

@@ -1,0 +1,136 @@
+"""policy_node over real rclpy, fed a real LIBERO observation: candidates, hold on malformed
+input, the resampling service."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from prevla_interfaces.msg import CandidateSet, EpisodeStatus
+from prevla_interfaces.srv import SampleCandidates
+from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
+
+from prevla_ros import conversions as conv
+from prevla_ros.nodes.common import LATCHED_QOS, STATUS_QOS, STREAM_QOS
+from prevla_ros.nodes.policy_node import PolicyNode
+
+pytestmark = [pytest.mark.ros, pytest.mark.libero]
+
+
+@pytest.fixture(scope="module")
+def real_obs():
+    from prevla_ros.sim.libero_env import LiberoEnv, LiberoEnvConfig
+
+    with LiberoEnv(LiberoEnvConfig(suite="libero_spatial", task_id=0)) as env:
+        return env.observe(stamp_ns=0), env.instruction
+
+
+class Robot:
+    """Publishes observation parts the way sim_node does."""
+
+    def __init__(self, ros, obs, instruction):
+        node = ros.node("fake_robot_publisher")
+        self.ros, self.obs = ros, obs
+        self.images = {c: node.create_publisher(Image, f"{c}/image_raw", STREAM_QOS)
+                       for c in ("agentview", "wrist")}
+        from geometry_msgs.msg import PoseStamped
+        from prevla_interfaces.msg import SimState
+
+        self.joints = node.create_publisher(JointState, "joint_states", STREAM_QOS)
+        self.eef = node.create_publisher(PoseStamped, "eef_pose", STREAM_QOS)
+        self.state = node.create_publisher(SimState, "sim_state", STREAM_QOS)
+        status = node.create_publisher(EpisodeStatus, "episode_status", STATUS_QOS)
+        instr = node.create_publisher(String, "instruction", LATCHED_QOS)
+        status.publish(EpisodeStatus(suite="libero_spatial", task_id=0, episode=1,
+                                     state="running", instruction=instruction))
+        instr.publish(String(data=instruction))
+        self.candidates = []
+        node.create_subscription(CandidateSet, "candidates", self.candidates.append, STREAM_QOS)
+        self.client = node.create_client(SampleCandidates, "sample_candidates")
+        assert ros.wait_for(lambda: self.joints.get_subscription_count() > 0
+                            and self.state.get_subscription_count() > 0)
+        ros.spin_for(0.3)
+
+    def publish(self, stamp, agentview=None, joints=None):
+        obs = self.obs
+        self.images["agentview"].publish(
+            agentview or conv.image_to_msg(obs.images["agentview"], stamp, "agentview_camera"))
+        self.images["wrist"].publish(conv.image_to_msg(obs.images["wrist"], stamp, "wrist"))
+        self.joints.publish(joints or conv.joint_state_to_msg(obs.joint_positions,
+                                                              obs.gripper_qpos, stamp))
+        self.eef.publish(conv.eef_to_msg(obs.eef_pos, obs.eef_quat_xyzw, stamp))
+        self.state.publish(conv.sim_state_to_msg(obs.objects, stamp))
+
+
+@pytest.fixture
+def setup(ros, real_obs):
+    node = ros.add(PolicyNode(context=ros.context, parameter_overrides=[
+        Parameter("num_candidates", value=5), Parameter("noise_std", value=0.1)]))
+    robot = Robot(ros, *real_obs)
+    return ros, node, robot
+
+
+def test_complete_observation_gives_k_diverse_candidates(setup):
+    ros, node, robot = setup
+    robot.publish(1_000)
+    assert ros.wait_for(lambda: robot.candidates, timeout_s=15)
+    msg = robot.candidates[0]
+    assert conv.from_time(msg.header.stamp) == 1_000
+    assert msg.policy_id == "scripted_expert" and len(msg.candidates) == 5
+    assert len(msg.seeds) == 5 and list(msg.temperatures) == [1.0] * 5
+    chunks = np.stack([conv.msg_to_chunk(c, expected_dim=7).actions for c in msg.candidates])
+    assert chunks.shape == (5, 8, 7) and np.all(np.isfinite(chunks))
+    assert np.std(chunks[:, :, :6], axis=0).mean() > 0.02  # candidates really differ
+    assert np.all(chunks[:, :, 6] == chunks[0, :, 6])  # same gripper plan
+
+
+@pytest.mark.parametrize("bad", ["encoding", "size", "truncated"])
+def test_malformed_image_gets_a_hold_and_node_recovers(setup, bad):
+    ros, node, robot = setup
+    image = conv.image_to_msg(robot.obs.images["agentview"], 2_000, "agentview_camera")
+    if bad == "encoding":
+        image.encoding = "mono16"
+    elif bad == "size":
+        small = robot.obs.images["agentview"][:64, :64].copy()
+        image = conv.image_to_msg(small, 2_000, "agentview_camera")
+    else:
+        image.data = image.data[:-10]
+    robot.publish(2_000, agentview=image)
+    assert ros.wait_for(lambda: robot.candidates, timeout_s=15)
+    hold = robot.candidates[0]
+    assert hold.policy_id == "hold" and len(hold.candidates) == 1
+    assert conv.from_time(hold.header.stamp) == 2_000
+    actions = conv.msg_to_chunk(hold.candidates[0]).actions
+    assert np.all(actions[:, :6] == 0)
+    assert "agentview" in node._stats["last_error"]
+    robot.publish(3_000)  # the next good observation is served normally
+    assert ros.wait_for(lambda: len(robot.candidates) == 2, timeout_s=15)
+    assert robot.candidates[1].policy_id == "scripted_expert"
+
+
+def test_bad_joint_state_gets_a_hold(setup):
+    ros, node, robot = setup
+    joints = conv.joint_state_to_msg(robot.obs.joint_positions, robot.obs.gripper_qpos, 4_000)
+    joints.name = joints.name[:-1]
+    robot.publish(4_000, joints=joints)
+    assert ros.wait_for(lambda: robot.candidates, timeout_s=15)
+    assert robot.candidates[0].policy_id == "hold"
+
+
+def test_resampling_service(setup):
+    ros, node, robot = setup
+    robot.publish(5_000)
+    assert ros.wait_for(lambda: robot.candidates, timeout_s=15)
+    assert robot.client.wait_for_service(timeout_sec=5)
+    future = robot.client.call_async(SampleCandidates.Request(
+        observation_stamp=conv.to_time(5_000), k=6, temperature=0.0, round=1))
+    assert ros.wait_for(future.done, timeout_s=10)
+    response = future.result()
+    assert response.ok and response.candidates.round == 1
+    chunks = np.stack([conv.msg_to_chunk(c).actions for c in response.candidates.candidates])
+    assert chunks.shape == (6, 8, 7)
+    assert np.all(chunks == chunks[0])  # temperature 0 is deterministic
+    future = robot.client.call_async(SampleCandidates.Request(
+        observation_stamp=conv.to_time(4_999), k=2, temperature=1.0))
+    assert ros.wait_for(future.done, timeout_s=10)
+    assert not future.result().ok and "stale" in future.result().reason
