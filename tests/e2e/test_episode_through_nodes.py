@@ -35,12 +35,14 @@ def test_expert_episode_succeeds_through_the_nodes(ros, tmp_path):
     assert len((tmp_path / "verdicts.jsonl").read_text().splitlines()) == episode["decisions"]
 
 
-def test_prevla_demo_command(tmp_path):
+@pytest.mark.parametrize("mode", [[], ["--processes"]], ids=["composed", "processes"])
+def test_prevla_demo_command(tmp_path, mode):
     result = subprocess.run(
         [sys.executable, "-m", "prevla_ros.cli", "demo", "--episodes", "1",
-         "--control-rate-hz", "0", "--out", str(tmp_path), "--timeout-s", "240"],
+         "--control-rate-hz", "0", "--out", str(tmp_path), "--timeout-s", "240"] + mode,
         capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert "success 1/1" in result.stdout
     [run_dir] = list(tmp_path.iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -97,8 +98,8 @@ class Graph:
     def shutdown(self) -> None:
         import rclpy
 
-        for p in self.processes:
-            p.terminate()
+        for p in self.processes:  # SIGINT first, as ros2 launch does: a clean rclpy shutdown
+            p.send_signal(signal.SIGINT)
         for p in self.processes:
             try:
                 p.wait(timeout=10)

@@ -98,6 +98,11 @@ def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
                 return 2
             try:
                 rclpy.spin(node)
+            except RuntimeError:
+                # A signal can shut the context down while spin() builds its wait set;
+                # rclpy then raises RCLError (a RuntimeError) instead of the usual exception.
+                if rclpy.ok():
+                    raise
             finally:
                 node.destroy_node()
     except (KeyboardInterrupt, ExternalShutdownException):
