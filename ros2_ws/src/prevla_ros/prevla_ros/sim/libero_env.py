@@ -1,0 +1,280 @@
+"""LIBERO environment adapter (ROS-free).
+
+Wraps LIBERO's ``OffScreenRenderEnv`` so that
+
+* ``step()`` runs physics only: LIBERO's own ``env.step`` renders both cameras on every control
+  step (~200 ms on a CPU), while the physics of one 20 Hz step costs ~1.5 ms. The robosuite
+  camera observables are kept *disabled* while stepping and enabled only inside ``observe()``.
+* ``observe()`` returns a typed ``Observation`` with upright images (robosuite renders them
+  upside down; public LIBERO evaluations rotate 180 degrees, and so do we, here and only here).
+* episodes start from LIBERO's official init states and settle like LIBERO's evaluations.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import io
+import os
+import tempfile
+from dataclasses import dataclass
+
+import numpy as np
+
+from prevla_ros.runtime.types import ACTION_DIM, GRIPPER_OPEN, ObjectPose, Observation
+
+# LIBERO reads its path config from LIBERO_CONFIG_PATH; some forks prompt on first import
+# without one, so point it at a project-controlled temp dir before LIBERO is ever imported.
+if not os.environ.get("LIBERO_CONFIG_PATH"):
+    os.environ["LIBERO_CONFIG_PATH"] = os.path.join(tempfile.gettempdir(), "prevla_libero_cfg")
+os.makedirs(os.environ["LIBERO_CONFIG_PATH"], exist_ok=True)
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
+#: Episode budgets used by the public LIBERO evaluations (OpenVLA / openpi scripts).
+SUITE_MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300,
+                   "libero_10": 520, "libero_90": 400}
+#: robosuite observable names of the two cameras -> prevla camera names.
+_CAMERA_OBS = {"agentview_image": "agentview", "robot0_eye_in_hand_image": "wrist"}
+#: Zero motion with the gripper open: what LIBERO evaluations send while objects settle.
+_SETTLE_ACTION = np.array([0, 0, 0, 0, 0, 0, GRIPPER_OPEN], dtype=np.float64)
+
+
+@functools.lru_cache(maxsize=None)
+def _benchmark(suite: str):
+    if suite not in SUITES:
+        raise ValueError(f"suite: unknown LIBERO suite {suite!r}; expected one of {SUITES}")
+    from libero.libero import benchmark
+
+    with contextlib.redirect_stdout(io.StringIO()):  # LIBERO prints its task order
+        return benchmark.get_benchmark_dict()[suite]()
+
+
+def suite_num_tasks(suite: str) -> int:
+    """Number of tasks in a LIBERO suite (ValueError for an unknown suite)."""
+    return int(_benchmark(suite).n_tasks)
+
+
+def suite_instructions(suite: str) -> list[str]:
+    """Language instructions of a suite's tasks, in task-id order."""
+    return [t.language for t in _benchmark(suite).tasks]
+
+
+def task_bddl_path(suite: str, task_id: int) -> str:
+    """Absolute path of the BDDL file of (suite, task_id)."""
+    from libero.libero import get_libero_path
+
+    task = _benchmark(suite).get_task(task_id)
+    return os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
+
+
+@functools.lru_cache(maxsize=64)
+def _init_states(suite: str, task_id: int) -> np.ndarray:
+    with contextlib.redirect_stdout(io.StringIO()):
+        states = _benchmark(suite).get_task_init_states(task_id)
+    return np.asarray(states)
+
+
+def num_init_states(suite: str, task_id: int) -> int:
+    """Number of official init states of (suite, task_id) (50 for the standard suites)."""
+    return int(_init_states(suite, task_id).shape[0])
+
+
+@dataclass
+class LiberoEnvConfig:
+    """Which LIBERO task to build and how to run it."""
+
+    suite: str = "libero_spatial"  # libero_spatial | libero_object | libero_goal | libero_10 | libero_90
+    task_id: int = 0  # task index in the suite, 0 <= task_id < suite_num_tasks(suite)
+    init_state: int = 0  # index into LIBERO's official init states of the task (default for reset())
+    image_size: int = 128  # square camera resolution in pixels (both cameras)
+    render: bool = True  # False: physics only, observe() returns no images (fast, for expert eval)
+    max_steps: int = 0  # episode budget in control steps; 0 -> the suite default (SUITE_MAX_STEPS)
+    settle_steps: int = 10  # zero-action steps after reset so objects settle (LIBERO evals do this)
+
+    def __post_init__(self) -> None:
+        if self.suite not in SUITES:
+            raise ValueError(f"suite: unknown LIBERO suite {self.suite!r}; expected one of {SUITES}")
+        n = suite_num_tasks(self.suite)
+        if not isinstance(self.task_id, (int, np.integer)) or not 0 <= self.task_id < n:
+            raise ValueError(f"task_id: {self.task_id!r} out of range for {self.suite} ({n} tasks)")
+        m = num_init_states(self.suite, int(self.task_id))
+        if not isinstance(self.init_state, (int, np.integer)) or not 0 <= self.init_state < m:
+            raise ValueError(f"init_state: {self.init_state!r} out of range (task has {m})")
+        if not isinstance(self.image_size, (int, np.integer)) or not 8 <= self.image_size <= 2048:
+            raise ValueError(f"image_size: {self.image_size!r} must be an int in [8, 2048]")
+        if not isinstance(self.max_steps, (int, np.integer)) or self.max_steps < 0:
+            raise ValueError(f"max_steps: {self.max_steps!r} must be an int >= 0")
+        if not isinstance(self.settle_steps, (int, np.integer)) or self.settle_steps < 0:
+            raise ValueError(f"settle_steps: {self.settle_steps!r} must be an int >= 0")
+
+
+def _wxyz_to_xyzw(q: np.ndarray) -> np.ndarray:
+    return np.array([q[1], q[2], q[3], q[0]], dtype=np.float64)
+
+
+class LiberoEnv:
+    """One LIBERO task, stepped without rendering and observed on demand.
+
+    Attributes:
+        instruction: the task's language instruction.
+        task_name: LIBERO's task name.
+        max_steps: control-step budget of an episode.
+        step_count: control steps since the last reset (settle steps not counted).
+        bddl_path: the task's BDDL file.
+    """
+
+    def __init__(self, cfg: LiberoEnvConfig) -> None:
+        self.cfg = cfg
+        task = _benchmark(cfg.suite).get_task(cfg.task_id)
+        self.task_name: str = task.name
+        self.instruction: str = task.language
+        self.bddl_path = task_bddl_path(cfg.suite, cfg.task_id)
+        self.max_steps: int = cfg.max_steps or SUITE_MAX_STEPS[cfg.suite]
+        self.step_count = 0
+        self._init_states = _init_states(cfg.suite, cfg.task_id)
+        from libero.libero.envs import OffScreenRenderEnv
+        from libero.libero.envs.env_wrapper import ControlEnv
+
+        # ignore_done + a huge horizon: the episode budget is ours (max_steps), and robosuite
+        # raises on steps past its own horizon.
+        kwargs = dict(bddl_file_name=self.bddl_path, camera_heights=cfg.image_size,
+                      camera_widths=cfg.image_size, ignore_done=True, horizon=10**9)
+        if cfg.render:
+            self._env = OffScreenRenderEnv(**kwargs)
+        else:
+            # No camera observables and no offscreen GL context at all: pure physics.
+            self._env = ControlEnv(has_renderer=False, has_offscreen_renderer=False,
+                                   use_camera_obs=False, **kwargs)
+        self._closed = False
+        self._last_success = False
+        self.reset(cfg.init_state)
+
+    # ------------------------------------------------------------------ internals
+    @property
+    def _rs(self):
+        """The underlying robosuite (LIBERO problem) environment."""
+        return self._env.env
+
+    def _set_cameras(self, enabled: bool) -> None:
+        obs = self._rs._observables
+        for name in _CAMERA_OBS:
+            if name in obs:
+                self._rs.modify_observable(name, "enabled", enabled)
+
+    # ------------------------------------------------------------------ API
+    def reset(self, init_state: int | None = None) -> None:
+        """Reset to an official init state (default: cfg.init_state) and let objects settle."""
+        idx = self.cfg.init_state if init_state is None else int(init_state)
+        if not 0 <= idx < len(self._init_states):
+            raise ValueError(f"init_state: {idx} out of range (task has {len(self._init_states)})")
+        self._env.reset()  # hard reset rebuilds the observables, cameras enabled again
+        self._set_cameras(False)
+        self._env.set_init_state(self._init_states[idx])
+        for _ in range(self.cfg.settle_steps):
+            self._env.step(_SETTLE_ACTION)
+        self.step_count = 0
+        self._last_success = bool(self._env.check_success())
+
+    def step(self, action: np.ndarray) -> tuple[bool, bool]:
+        """Apply one OSC_POSE action (7,) for one control step; no rendering.
+
+        Returns:
+            (done, success): done when the task succeeded or the step budget is used up.
+        """
+        a = np.asarray(action, dtype=np.float64)
+        if a.shape != (ACTION_DIM,):
+            raise ValueError(f"action: expected shape ({ACTION_DIM},), got {a.shape}")
+        if not np.all(np.isfinite(a)):
+            raise ValueError(f"action: contains non-finite values {a}")
+        _, _, success, _ = self._env.step(a)  # LIBERO's step returns done = _check_success()
+        self.step_count += 1
+        self._last_success = bool(success)
+        return self._last_success or self.step_count >= self.max_steps, self._last_success
+
+    def observe(self, stamp_ns: int = 0) -> Observation:
+        """Observe the current state; renders the two cameras now (if cfg.render)."""
+        if self.cfg.render:
+            self._set_cameras(True)
+            try:
+                raw = self._rs._get_observations(force_update=True)
+            finally:
+                self._set_cameras(False)
+            # robosuite renders in OpenGL convention (upside down): rotate 180 degrees.
+            images = {cam: np.ascontiguousarray(raw[key][::-1, ::-1]).astype(np.uint8)
+                      for key, cam in _CAMERA_OBS.items()}
+        else:
+            raw = self._rs._get_observations(force_update=True)
+            images = {}
+        return Observation(
+            images=images,
+            joint_positions=np.array(raw["robot0_joint_pos"], dtype=np.float64),
+            gripper_qpos=np.array(raw["robot0_gripper_qpos"], dtype=np.float64),
+            eef_pos=np.array(raw["robot0_eef_pos"], dtype=np.float64),
+            eef_quat_xyzw=np.array(raw["robot0_eef_quat"], dtype=np.float64),  # robosuite: xyzw
+            instruction=self.instruction,
+            stamp_ns=int(stamp_ns),
+            objects=self.object_poses(),
+        )
+
+    def object_poses(self) -> dict[str, ObjectPose]:
+        """Privileged world poses of every object and fixture of the task (body frames)."""
+        data = self._rs.sim.data
+        out: dict[str, ObjectPose] = {}
+        for name, bid in self._rs.obj_body_id.items():
+            out[name] = ObjectPose(pos=np.array(data.body_xpos[bid], dtype=np.float64),
+                                   quat_xyzw=_wxyz_to_xyzw(data.body_xquat[bid]))
+        return out
+
+    def object_extents(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Per object/fixture: (lo, hi) box of its collision geoms in its body frame (metres).
+
+        Privileged geometry for the scripted expert (grasp heights, bowl radii).
+        """
+        m, d = self._rs.sim.model._model, self._rs.sim.data._data
+        out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        signs = np.array([[x, y, z] for x in (-1, 1) for y in (-1, 1) for z in (-1, 1)], float)
+        for name, bid in self._rs.obj_body_id.items():
+            bodies = {bid}
+            for b in range(bid + 1, m.nbody):  # children follow their parent in MuJoCo's order
+                if m.body_parentid[b] in bodies:
+                    bodies.add(b)
+            rb, pb = d.xmat[bid].reshape(3, 3), d.xpos[bid]
+            pts = []
+            for g in range(m.ngeom):
+                if m.geom_bodyid[g] in bodies and (m.geom_contype[g] or m.geom_conaffinity[g]):
+                    c, h = m.geom_aabb[g][:3], m.geom_aabb[g][3:]
+                    world = d.geom_xpos[g] + (c + signs * h) @ d.geom_xmat[g].reshape(3, 3).T
+                    pts.append((world - pb) @ rb)
+            if pts:
+                p = np.concatenate(pts)
+                out[name] = (p.min(0), p.max(0))
+        return out
+
+    def check_success(self) -> bool:
+        """Whether the task's BDDL goal holds now."""
+        return bool(self._env.check_success())
+
+    def get_state(self) -> np.ndarray:
+        """Flattened MuJoCo state (time, qpos, qvel) for branching."""
+        return np.array(self._env.get_sim_state(), dtype=np.float64)
+
+    def set_state(self, state: np.ndarray) -> None:
+        """Restore a state from ``get_state()`` (recomputes derived quantities, no render)."""
+        s = np.asarray(state, dtype=np.float64)
+        ref = self._env.get_sim_state()
+        if s.shape != ref.shape:
+            raise ValueError(f"state: expected shape {ref.shape}, got {s.shape}")
+        self._env.set_state(s)
+        self._rs.sim.forward()
+
+    def close(self) -> None:
+        """Free the simulator and its GL context (call explicitly; EGL complains at exit)."""
+        if not self._closed:
+            self._closed = True
+            self._env.close()
+
+    def __enter__(self) -> "LiberoEnv":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
