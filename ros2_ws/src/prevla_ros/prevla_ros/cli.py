@@ -3,6 +3,7 @@
     prevla up     [graph options]             run sim + policy + verifier until Ctrl-C
     prevla demo   [graph options] [--out DIR] run N episodes, print success/steps, save outputs
     prevla expert-eval ...                    scripted-expert success rates (no ROS)
+    prevla record-demos ...                   expert demonstrations as LIBERO-format HDF5
 
 The graph runs composed in one process (one rclpy executor, the default: lowest latency)
 or, with ``--processes``, as one OS process per node talking over Fast DDS.
@@ -162,6 +163,16 @@ def cmd_expert_eval(argv: list[str]) -> int:
     return expert_eval.main() or 0
 
 
+def cmd_record_demos(argv: list[str]) -> int:
+    from prevla_training import demos
+
+    return demos.main(argv) or 0
+
+
+#: Verbs handled by their own module's argparse (ROS-free jobs).
+DELEGATED = {"expert-eval": cmd_expert_eval, "record-demos": cmd_record_demos}
+
+
 def _graph_options(p: argparse.ArgumentParser, default_episodes: int | None) -> None:
     p.add_argument("--params-file", type=Path, default=None,
                    help="ROS 2 params YAML (e.g. launch/prevla.params.yaml)")
@@ -182,8 +193,8 @@ def _graph_options(p: argparse.ArgumentParser, default_episodes: int | None) -> 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("MUJOCO_GL", "egl")
-    if argv[:1] == ["expert-eval"]:
-        return cmd_expert_eval(argv[1:])
+    if argv[:1] and argv[0] in DELEGATED:
+        return DELEGATED[argv[0]](argv[1:])
     parser = argparse.ArgumentParser(prog="prevla", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -194,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--out", default="outputs/demo", help="output directory")
     demo.add_argument("--timeout-s", type=float, default=600.0, help="give up after this long")
     sub.add_parser("expert-eval", help="scripted-expert success rates (see --help there)")
+    sub.add_parser("record-demos", help="record expert demonstrations (see --help there)")
     args = parser.parse_args(argv)
     return {"up": cmd_up, "demo": cmd_demo}[args.command](args)
 
