@@ -85,17 +85,24 @@ def test_step_does_not_render_and_counts(env):
 def test_set_state_restores_exactly(env):
     env.reset(1)
     s0 = env.get_state()
-    o0 = env.observe()
     a = np.array([0.5, -0.3, -0.4, 0.1, 0.0, 0.2, 1.0])
     for _ in range(10):
         env.step(a)
     assert not np.allclose(env.get_state(), s0)
     env.set_state(s0)
     np.testing.assert_array_equal(env.get_state(), s0)
+    o0 = env.observe()
+    for _ in range(10):
+        env.step(a)
+    # (replaying the same actions is close but not bit-identical: robosuite's gripper keeps a
+    # command accumulator outside the MuJoCo state)
+    env.set_state(s0)
     o1 = env.observe()
-    np.testing.assert_allclose(o1.eef_pos, o0.eef_pos, atol=1e-9)
-    np.testing.assert_allclose(o1.objects["akita_black_bowl_1"].pos,
-                               o0.objects["akita_black_bowl_1"].pos, atol=1e-9)
+    # (an observation right after step() lags the state by one physics substep, as in
+    # robosuite; after set_state() kinematics are recomputed, so compare restored to restored)
+    np.testing.assert_array_equal(o1.eef_pos, o0.eef_pos)
+    np.testing.assert_array_equal(o1.objects["akita_black_bowl_1"].pos,
+                                  o0.objects["akita_black_bowl_1"].pos)
 
 
 def test_expert_solves_spatial_task0_init0(env):

@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import bisect
 import json
-import math
 import os
 from pathlib import Path
 from typing import Iterable
 
 import numpy as np
+
+from prevla_models.geometry import proprio_from_state, quat_xyzw_to_axis_angle
 
 #: Proprio vector used for training AND at run time: eef position (3), eef orientation as
 #: axis-angle (3, robosuite's ``quat2axisangle``), gripper finger qpos (2). The same 8-D state
@@ -36,23 +37,13 @@ REQUIRED_KEYS = ("actions", "obs/agentview_rgb", "obs/eye_in_hand_rgb", "obs/ee_
 
 
 def quat2axisangle(quat_xyzw: np.ndarray) -> np.ndarray:
-    """Axis-angle (3,) of an xyzw quaternion, exactly as robosuite's ``T.quat2axisangle``.
-
-    Copied formula (no hemisphere canonicalisation) so live proprio equals LIBERO's ee_ori.
-    """
-    q = np.asarray(quat_xyzw, dtype=np.float64)
-    w = min(max(float(q[3]), -1.0), 1.0)
-    den = math.sqrt(1.0 - w * w)
-    if math.isclose(den, 0.0):
-        return np.zeros(3)
-    return q[:3] * 2.0 * math.acos(w) / den
+    """Axis-angle (3,) of an xyzw quaternion, exactly as robosuite's ``T.quat2axisangle``."""
+    return quat_xyzw_to_axis_angle(quat_xyzw)
 
 
 def proprio_from_observation(obs) -> np.ndarray:
     """(8,) float32 proprio of a live ``Observation`` (same definition as ``DemoDataset``)."""
-    return np.concatenate([np.asarray(obs.eef_pos, np.float64),
-                           quat2axisangle(obs.eef_quat_xyzw),
-                           np.asarray(obs.gripper_qpos, np.float64)]).astype(np.float32)
+    return proprio_from_state(obs.eef_pos, obs.eef_quat_xyzw, obs.gripper_qpos)
 
 
 def open_hdf5(path: str | Path, mode: str = "r"):

@@ -13,6 +13,10 @@ H-step chunk follows the waypoints instead of repeating one action H times.
 Bowls are grasped at the rim (the Panda's 8 cm stroke cannot span a 10.7 cm bowl), with the
 fingers closing radially across the wall. Other objects are grasped at their box centre with
 the fingers closing across the narrowest horizontal side.
+
+Two fixes for the OSC arm's habit of jamming with a straight elbow far from its base: the hand
+pitches forward with reach (``TILT_GAIN``), and a hand that did not move over a whole chunk
+while its target is far backs off up and towards the robot for one chunk.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ from prevla_ros.runtime.types import ACTION_DIM, GRIPPER_CLOSE, GRIPPER_OPEN, Ob
 
 POS_SCALE = 0.05  # metres per unit action (OSC_POSE output_max)
 ROT_SCALE = 0.5  # radians per unit action
-TRACK = 0.22  # fraction of a commanded delta the arm covers in one 20 Hz step (measured: 1.1 cm at action 1)
+TRACK = 0.22  # fraction of a commanded delta covered per 20 Hz step (measured: 1.1 cm at 1.0)
 TILT_GAIN = 3.0  # rad of forward finger pitch per metre of reach beyond x = 0
 MAX_TILT = 0.45  # rad
 OPEN_GAP = 0.075  # finger gap (m) of a fully open Panda gripper is ~0.0775
@@ -81,7 +85,6 @@ def rotvec_from_mat(r: np.ndarray) -> np.ndarray:
         axis = np.sqrt(np.maximum((np.diag(r) + 1.0) / 2.0, 0.0))
         i = int(np.argmax(axis))
         axis = (r[:, i] + r[i, :]) / 2.0
-        axis[i] = axis[i]  # keep sign from column i
         axis /= max(np.linalg.norm(axis), 1e-12)
         return axis * angle
     axis = np.array([r[2, 1] - r[1, 2], r[0, 2] - r[2, 0], r[1, 0] - r[0, 1]]) / (2 * math.sin(angle))
@@ -217,8 +220,9 @@ class ScriptedExpert:
         """Rim point of a bowl (in its own frame, so tilted bowls work) and the matching yaw.
 
         Candidates every 45 degrees around the rim are scored by clearance from other objects
-        that stand as high as the fingers reach, by reach (rims at x > 0 need a stretched arm that cannot get low; very
-        near rims fold the arm against its joint limits) and by wrist rotation.
+        that stand as high as the fingers reach, by reach (rims at x > 0 need a stretched arm
+        that cannot get low; very near rims fold the arm against its joint limits) and by
+        wrist rotation.
         """
         radius = 0.5 * float(min(body.hi[0] - body.lo[0], body.hi[1] - body.lo[1]))
         r_grasp = radius - 0.008  # fingers straddle the wall just inside the outer rim

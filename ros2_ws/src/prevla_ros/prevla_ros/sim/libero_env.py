@@ -6,7 +6,10 @@ Wraps LIBERO's ``OffScreenRenderEnv`` so that
   step (~200 ms on a CPU), while the physics of one 20 Hz step costs ~1.5 ms. The robosuite
   camera observables are kept *disabled* while stepping and enabled only inside ``observe()``.
 * ``observe()`` returns a typed ``Observation`` with upright images (robosuite renders them
-  upside down; public LIBERO evaluations rotate 180 degrees, and so do we, here and only here).
+  upside down; public LIBERO evaluations rotate 180 degrees, and so do we, here and only here;
+  see ``observe`` for the left-right mirror this implies).
+* one control step is still ~17 ms of physics on a 2-core CPU (25 substeps, each with two
+  ``mj_forward`` and the OSC controller); two 128x128 camera renders add ~200 ms.
 * episodes start from LIBERO's official init states and settle like LIBERO's evaluations.
 """
 from __future__ import annotations
@@ -199,7 +202,11 @@ class LiberoEnv:
                 raw = self._rs._get_observations(force_update=True)
             finally:
                 self._set_cameras(False)
-            # robosuite renders in OpenGL convention (upside down): rotate 180 degrees.
+            # robosuite renders in OpenGL convention (rows bottom-up). We rotate 180 degrees,
+            # like public LIBERO evaluations (OpenVLA, openpi) and the preprocessing of the
+            # LIBERO datasets, so policies trained on those see the same frames. Note that this
+            # is the true camera view mirrored left-right (the true view is raw[::-1]): world
+            # +y (the plate in Spatial) appears on the left of the agent view.
             images = {cam: np.ascontiguousarray(raw[key][::-1, ::-1]).astype(np.uint8)
                       for key, cam in _CAMERA_OBS.items()}
         else:

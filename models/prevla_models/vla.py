@@ -1,0 +1,297 @@
+"""A small vision-language-action model that *samples* diverse action chunks.
+
+Read top to bottom:
+  1. ``VLAConfig``      every knob, with help text and validation.
+  2. ``tokenize``       a learned word-level vocabulary built from the training instructions.
+  3. ``VLA``            encoders (cameras, words, proprio) -> transformer trunk -> context tokens;
+                        a flow-matching action head that turns Gaussian noise into an (H, 7) chunk.
+  4. checkpoints        ``save_checkpoint`` / ``load_checkpoint`` / ``sha256_file``.
+
+Why a word-level tokenizer and no pretrained text encoder: LIBERO's instructions use a small,
+fixed vocabulary (a few dozen words per suite), and no pretrained text encoder can be installed
+offline here without large extra dependencies and weight downloads. Words seen in training get
+an embedding; any other word maps to ``<unk>``.
+
+Why flow matching (rectified flow): the verifier needs K *different* candidate chunks per
+observation. A flow model samples by integrating a learned velocity field from noise
+``a0 ~ temperature * N(0, I)``; temperature 0 starts from ``a0 = 0`` and is exactly
+deterministic. The observation is encoded once and shared by all K samples.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+import torch.nn as nn
+
+PAD, UNK = "<pad>", "<unk>"
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+@dataclass
+class VLAConfig:
+    """Configuration of :class:`VLA` (all sizes are small on purpose: it must train on CPU)."""
+
+    image_size: int = field(default=128, metadata={"help": "Square camera image side in pixels (multiple of 16)."})
+    cameras: int = field(default=2, metadata={"help": "Number of cameras (agentview, wrist); weights are shared."})
+    horizon: int = field(default=8, metadata={"help": "Actions per chunk H."})
+    action_dim: int = field(default=7, metadata={"help": "Action size (LIBERO OSC_POSE: 3 pos, 3 rot, gripper)."})
+    proprio_dim: int = field(default=8, metadata={"help": "Proprio size: eef_pos 3 + axis-angle 3 + gripper 2."})
+    d_model: int = field(default=128, metadata={"help": "Token width of trunk and action head."})
+    n_layers: int = field(default=3, metadata={"help": "Transformer encoder layers in the trunk."})
+    n_heads: int = field(default=4, metadata={"help": "Attention heads (must divide d_model)."})
+    head_layers: int = field(default=2, metadata={"help": "Transformer decoder layers in the action head."})
+    vocab: list = field(default_factory=list, metadata={"help": "Known words (from training instructions)."})
+    max_words: int = field(default=24, metadata={"help": "Instruction length in words; longer ones are cut."})
+    flow_steps: int = field(default=10, metadata={"help": "Euler steps when sampling the flow ODE."})
+    dropout: float = field(default=0.0, metadata={"help": "Dropout in the transformer layers."})
+
+    def __post_init__(self) -> None:
+        for name in ("image_size", "cameras", "horizon", "action_dim", "proprio_dim", "d_model",
+                     "n_layers", "n_heads", "head_layers", "max_words", "flow_steps"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"VLAConfig.{name} must be a positive int, got {v!r}")
+        if self.image_size % 16:
+            raise ValueError(f"VLAConfig.image_size must be a multiple of 16, got {self.image_size}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"VLAConfig.n_heads={self.n_heads} must divide d_model={self.d_model}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"VLAConfig.dropout must be in [0, 1), got {self.dropout}")
+        self.vocab = list(self.vocab)
+        if any(not isinstance(w, str) or not w for w in self.vocab) or len(set(self.vocab)) != len(self.vocab):
+            raise ValueError("VLAConfig.vocab must be a list of distinct non-empty words")
+        if PAD in self.vocab or UNK in self.vocab:
+            raise ValueError(f"VLAConfig.vocab must not contain the special tokens {PAD!r} / {UNK!r}")
+
+
+def split_words(text: str) -> list[str]:
+    """Lower-case words of an instruction (punctuation dropped)."""
+    return _WORD.findall(text.lower())
+
+
+def build_vocab(instructions) -> list[str]:
+    """Sorted distinct words of the given instructions (for ``VLAConfig.vocab``)."""
+    return sorted({w for s in instructions for w in split_words(s)})
+
+
+class VLA(nn.Module):
+    """Cameras + instruction + proprio -> K sampled action chunks (conditional rectified flow)."""
+
+    def __init__(self, cfg: VLAConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.word_to_id = {w: i + 2 for i, w in enumerate(cfg.vocab)}  # 0 = <pad>, 1 = <unk>
+        # Image encoder: patchify (4x4) then two stride-2 convs -> (S/16)^2 tokens per camera.
+        self.image_encoder = nn.Sequential(
+            nn.Conv2d(3, 32, 4, stride=4), nn.GroupNorm(8, 32), nn.GELU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GroupNorm(8, 64), nn.GELU(),
+            nn.Conv2d(64, d, 3, stride=2, padding=1),
+        )
+        n_patch = (cfg.image_size // 16) ** 2
+        self.patch_pos = nn.Parameter(torch.randn(1, n_patch, d) * 0.02)
+        self.camera_emb = nn.Parameter(torch.randn(cfg.cameras, 1, d) * 0.02)
+        self.word_emb = nn.Embedding(len(cfg.vocab) + 2, d, padding_idx=0)
+        self.word_pos = nn.Parameter(torch.randn(1, cfg.max_words, d) * 0.02)
+        self.proprio_mlp = nn.Sequential(nn.Linear(cfg.proprio_dim, d), nn.GELU(), nn.Linear(d, d))
+        layer = nn.TransformerEncoderLayer(d, cfg.n_heads, 4 * d, cfg.dropout, activation="gelu",
+                                           batch_first=True, norm_first=True)
+        self.trunk = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        self.trunk_norm = nn.LayerNorm(d)
+        # Action head: H noisy-action tokens (+ time) cross-attend to the context tokens.
+        self.action_in = nn.Linear(cfg.action_dim, d)
+        self.action_pos = nn.Parameter(torch.randn(1, cfg.horizon, d) * 0.02)
+        self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, d))
+        dec = nn.TransformerDecoderLayer(d, cfg.n_heads, 4 * d, cfg.dropout, activation="gelu",
+                                         batch_first=True, norm_first=True)
+        self.head = nn.TransformerDecoder(dec, cfg.head_layers)
+        self.action_out = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, cfg.action_dim))
+        # Dataset statistics (set by training; identity until then). Gripper stays +-1 (mean 0, std 1).
+        self.register_buffer("action_mean", torch.zeros(cfg.action_dim))
+        self.register_buffer("action_std", torch.ones(cfg.action_dim))
+        self.register_buffer("proprio_mean", torch.zeros(cfg.proprio_dim))
+        self.register_buffer("proprio_std", torch.ones(cfg.proprio_dim))
+
+    # ---------------------------------------------------------------- helpers
+    def num_parameters(self) -> int:
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def set_normalization(self, action_mean, action_std, proprio_mean, proprio_std) -> None:
+        """Store dataset statistics; stds are floored so constant dimensions do not blow up."""
+        for name, v in (("action_mean", action_mean), ("action_std", action_std),
+                        ("proprio_mean", proprio_mean), ("proprio_std", proprio_std)):
+            t = torch.as_tensor(v, dtype=torch.float32).reshape(-1)
+            buf = getattr(self, name)
+            if t.shape != buf.shape or not torch.isfinite(t).all():
+                raise ValueError(f"{name} must be {tuple(buf.shape)} finite values, got {tuple(t.shape)}")
+            if name.endswith("std"):
+                t = t.clamp_min(1e-3)
+            buf.copy_(t)
+
+    def tokenize(self, instructions) -> torch.Tensor:
+        """Instructions -> (B, max_words) word ids; unknown words -> <unk>, padding -> <pad>."""
+        if isinstance(instructions, str):
+            instructions = [instructions]
+        ids = torch.zeros(len(instructions), self.cfg.max_words, dtype=torch.long)
+        for b, text in enumerate(instructions):
+            words = split_words(text)[: self.cfg.max_words]
+            ids[b, : len(words)] = torch.tensor([self.word_to_id.get(w, 1) for w in words], dtype=torch.long)
+        return ids.to(self.action_mean.device)
+
+    def _check(self, images: torch.Tensor, proprio: torch.Tensor) -> None:
+        c, s = self.cfg, self.cfg.image_size
+        if images.dtype != torch.uint8:
+            raise ValueError(f"images must be uint8, got {images.dtype}")
+        if images.dim() != 5 or tuple(images.shape[1:]) != (c.cameras, s, s, 3):
+            raise ValueError(f"images must be (B, {c.cameras}, {s}, {s}, 3), got {tuple(images.shape)}")
+        if proprio.dim() != 2 or proprio.shape != (images.shape[0], c.proprio_dim):
+            raise ValueError(f"proprio must be (B={images.shape[0]}, {c.proprio_dim}), got {tuple(proprio.shape)}")
+        if not torch.isfinite(proprio).all():
+            raise ValueError("proprio contains NaN or inf")
+
+    # ---------------------------------------------------------------- model
+    def encode(self, images: torch.Tensor, proprio: torch.Tensor, instructions) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode an observation batch into context tokens.
+
+        Args:
+            images: (B, cameras, S, S, 3) uint8, upright RGB, channel-last.
+            proprio: (B, proprio_dim) float.
+            instructions: list of B strings, or a (B, max_words) tensor of word ids.
+
+        Returns:
+            context (B, N, d_model) and its key-padding mask (B, N), True = padding.
+        """
+        self._check(images, proprio)
+        b, cams, s = images.shape[0], self.cfg.cameras, self.cfg.image_size
+        x = images.reshape(b * cams, s, s, 3).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        img = self.image_encoder(x).flatten(2).transpose(1, 2) + self.patch_pos  # (B*cams, P, d)
+        img = (img.reshape(b, cams, -1, self.cfg.d_model) + self.camera_emb).reshape(b, -1, self.cfg.d_model)
+        tokens = instructions if torch.is_tensor(instructions) else self.tokenize(instructions)
+        if tokens.shape != (b, self.cfg.max_words):
+            raise ValueError(f"expected {b} instructions / ({b}, {self.cfg.max_words}) ids, got {tuple(tokens.shape)}")
+        words = self.word_emb(tokens) + self.word_pos
+        prop = (proprio.float() - self.proprio_mean) / self.proprio_std
+        prop = self.proprio_mlp(prop).unsqueeze(1)
+        ctx = torch.cat([img, words, prop], dim=1)
+        pad = torch.zeros(ctx.shape[:2], dtype=torch.bool, device=ctx.device)
+        pad[:, img.shape[1]: img.shape[1] + self.cfg.max_words] = tokens == 0
+        return self.trunk_norm(self.trunk(ctx, src_key_padding_mask=pad)), pad
+
+    def velocity(self, x_t: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """Predicted flow velocity for noisy normalised chunks ``x_t`` (B, H, A) at times ``t`` (B,)."""
+        half = self.cfg.d_model // 2
+        freqs = torch.exp(-math.log(1000.0) * torch.arange(half, device=t.device) / half)
+        ang = t.float()[:, None] * 1000.0 * freqs[None]
+        temb = self.time_mlp(torch.cat([ang.sin(), ang.cos()], dim=-1)).unsqueeze(1)
+        h = self.action_in(x_t) + self.action_pos + temb
+        h = self.head(h, ctx, memory_key_padding_mask=pad)
+        return self.action_out(h)
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        """Alias of :meth:`loss` (so ``model(batch)`` trains)."""
+        return self.loss(batch)
+
+    def loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Flow-matching loss: MSE(v(x_t, t), a1 - a0), x_t = (1 - t) a0 + t a1, a0 ~ N(0, I).
+
+        ``batch`` holds images, proprio, instructions (strings or ids), actions (B, H, A) and
+        optionally action_mask (B, H) bool (False = padding after the episode end, not trained).
+        """
+        actions = batch["actions"].float()
+        b = actions.shape[0]
+        if actions.shape[1:] != (self.cfg.horizon, self.cfg.action_dim):
+            raise ValueError(f"actions must be (B, {self.cfg.horizon}, {self.cfg.action_dim}), got {tuple(actions.shape)}")
+        ctx, pad = self.encode(batch["images"], batch["proprio"], batch["instructions"])
+        a1 = (actions - self.action_mean) / self.action_std
+        a0 = torch.randn(a1.shape, generator=generator, device=a1.device)
+        t = torch.rand(b, generator=generator, device=a1.device)
+        x_t = (1 - t[:, None, None]) * a0 + t[:, None, None] * a1
+        err = (self.velocity(x_t, t, ctx, pad) - (a1 - a0)).pow(2).mean(-1)  # (B, H)
+        mask = batch.get("action_mask")
+        if mask is None:
+            return err.mean()
+        mask = mask.to(err.device, torch.float32)
+        return (err * mask).sum() / mask.sum().clamp_min(1.0)
+
+    @torch.no_grad()
+    def sample(self, images, proprio, instructions, k: int, temperature: float = 1.0,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample k action chunks per observation: (B, k, H, A), clipped to [-1, 1].
+
+        The observation is encoded once; its context is repeated k times and all B*k chunks
+        are integrated together with ``flow_steps`` Euler steps from ``a0 = temperature * N(0, I)``.
+        """
+        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+            raise ValueError(f"k (samples per observation) must be an int >= 1, got {k!r}")
+        if not (math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature must be finite and >= 0, got {temperature!r}")
+        ctx, pad = self.encode(images, proprio, instructions)
+        b, h, a = ctx.shape[0], self.cfg.horizon, self.cfg.action_dim
+        ctx, pad = ctx.repeat_interleave(k, dim=0), pad.repeat_interleave(k, dim=0)
+        x = torch.zeros(b * k, h, a, device=ctx.device)
+        if temperature > 0:
+            x = temperature * torch.randn(x.shape, generator=generator, device=ctx.device)
+        dt = 1.0 / self.cfg.flow_steps
+        for i in range(self.cfg.flow_steps):
+            t = torch.full((b * k,), i * dt, device=ctx.device)
+            x = x + dt * self.velocity(x, t, ctx, pad)
+        out = x * self.action_std + self.action_mean
+        return out.clamp(-1.0, 1.0).reshape(b, k, h, a)
+
+
+# -------------------------------------------------------------------- checkpoints
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file (for the model zoo manifest)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(path: str, model: VLA, extra: dict | None = None) -> None:
+    """Write {"config", "state_dict", "extra"} with torch.save (atomically, via a temp file)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    torch.save({"config": asdict(model.cfg), "state_dict": model.state_dict(), "extra": extra or {}}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str, map_location="cpu") -> tuple[VLA, dict]:
+    """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code runs).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is truncated, corrupted or not a prevla VLA checkpoint.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"VLA checkpoint not found: {path}")
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{path} is not a valid prevla VLA checkpoint: {why}")
+
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, random bytes, disallowed pickle globals ...
+        raise bad(f"{type(e).__name__}: {e}") from e
+    if not isinstance(blob, dict) or not {"config", "state_dict"} <= set(blob):
+        keys = sorted(blob) if isinstance(blob, dict) else type(blob).__name__
+        raise bad(f"expected keys 'config' and 'state_dict', got {keys}")
+    if not isinstance(blob["config"], dict):
+        raise bad("'config' is not a dict")
+    known = {f.name for f in fields(VLAConfig)}
+    try:
+        cfg = VLAConfig(**{k: v for k, v in blob["config"].items() if k in known})
+        model = VLA(cfg)
+        model.load_state_dict(blob["state_dict"])
+    except (TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise bad(f"{type(e).__name__}: {e}") from e
+    model.eval()
+    extra = blob.get("extra") or {}
+    return model.to(map_location) if isinstance(map_location, (str, torch.device)) else model, extra

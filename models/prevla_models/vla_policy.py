@@ -1,0 +1,66 @@
+"""``VLAPolicy``: the learned VLA behind the runtime's ``Policy`` contract.
+
+Duck-typed on purpose: ``prevla_models`` must not import ``prevla_ros``. Any object with
+``images["agentview"]``, ``images["wrist"]`` (upright HxWx3 uint8), ``eef_pos``,
+``eef_quat_xyzw``, ``gripper_qpos`` and ``instruction`` works (e.g. ``prevla_ros`` Observation).
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from prevla_models.geometry import proprio_from_state
+from prevla_models.vla import VLA, load_checkpoint
+
+CAMERA_ORDER = ("agentview", "wrist")
+
+
+class VLAPolicy:
+    """Samples (k, H, 7) float32 action chunks in [-1, 1] from a :class:`VLA`.
+
+    Args:
+        model: the network (put in eval mode here).
+        policy_id: name reported in candidate sets (default ``"vla"``).
+        device: torch device to run on.
+        seed: seed of the sampling noise generator (reset() restores it, so episodes replay).
+    """
+
+    def __init__(self, model: VLA, policy_id: str = "vla", device: str = "cpu", seed: int = 0) -> None:
+        self.model = model.to(device).eval()
+        self.policy_id = policy_id
+        self.device = torch.device(device)
+        self.seed = int(seed)
+        self._gen = torch.Generator(device=self.device)
+        self.reset()
+
+    @classmethod
+    def from_checkpoint(cls, path: str, device: str = "cpu", policy_id: str | None = None, seed: int = 0) -> "VLAPolicy":
+        model, extra = load_checkpoint(path, map_location=device)
+        return cls(model, policy_id or str(extra.get("policy_id", "vla")), device=device, seed=seed)
+
+    def reset(self) -> None:
+        """The VLA is memoryless; re-seeding the noise makes episodes reproducible."""
+        self._gen.manual_seed(self.seed)
+
+    def observation_tensors(self, obs) -> tuple[torch.Tensor, torch.Tensor]:
+        """Duck-typed observation -> (images (1, C, S, S, 3) uint8, proprio (1, 9) float32)."""
+        s = self.model.cfg.image_size
+        imgs = []
+        for name in CAMERA_ORDER[: self.model.cfg.cameras]:
+            if name not in obs.images:
+                raise ValueError(f"observation lacks camera {name!r} (has {sorted(obs.images)})")
+            img = np.asarray(obs.images[name])
+            if img.dtype != np.uint8 or img.shape != (s, s, 3):
+                raise ValueError(f"camera {name!r}: expected ({s}, {s}, 3) uint8, got {img.shape} {img.dtype}")
+            imgs.append(img)
+        proprio = proprio_from_state(obs.eef_pos, obs.eef_quat_xyzw, obs.gripper_qpos)
+        images = torch.from_numpy(np.stack(imgs)[None]).to(self.device)
+        return images, torch.from_numpy(proprio[None]).to(self.device)
+
+    @torch.no_grad()
+    def sample(self, obs, k: int, temperature: float = 1.0) -> np.ndarray:
+        """Return a (k, H, 7) float32 array of candidate chunks; temperature 0 is deterministic."""
+        self.model.eval()
+        images, proprio = self.observation_tensors(obs)
+        out = self.model.sample(images, proprio, [str(obs.instruction)], k, temperature, generator=self._gen)
+        return out[0].cpu().numpy().astype(np.float32)

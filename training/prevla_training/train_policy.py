@@ -1,0 +1,271 @@
+"""Train the prevla VLA (``prevla_models.vla``) on LIBERO demonstrations by flow matching.
+
+    python -m prevla_training.train_policy --data 'outputs/demos/libero_spatial/*.hdf5' \
+        --out outputs/policy --steps 20000 --batch-size 32 [--resume]
+
+Works against the DemoDataset interface (``__len__``, ``sample(i, horizon)``, ``instructions``),
+so any object with it can be passed to :func:`train_policy`. Batches for step ``s`` are drawn
+with a generator seeded by ``(seed, s)``, which makes resuming from ``last.pt`` exact.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from prevla_models.vla import VLA, VLAConfig, build_vocab, load_checkpoint, save_checkpoint
+
+GRIPPER_DIM = 6  # LIBERO gripper command is already +-1: never normalised
+
+
+@dataclass
+class TrainPolicyConfig:
+    """Configuration of :func:`train_policy`."""
+
+    data: str = field(default="outputs/demos/libero_spatial/*.hdf5", metadata={"help": "Glob of demo HDF5 files."})
+    out_dir: str = field(default="outputs/policy", metadata={"help": "Checkpoints, metrics.jsonl, loss.png."})
+    steps: int = field(default=20000, metadata={"help": "Total optimizer steps."})
+    batch_size: int = field(default=32, metadata={"help": "Samples per step."})
+    lr: float = field(default=3e-4, metadata={"help": "Peak AdamW learning rate."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
+    warmup_steps: int = field(default=200, metadata={"help": "Linear warm-up steps before the cosine decay."})
+    min_lr_ratio: float = field(default=0.1, metadata={"help": "Final lr as a fraction of the peak."})
+    grad_clip: float = field(default=1.0, metadata={"help": "Max gradient norm (0 = off)."})
+    log_interval: int = field(default=10, metadata={"help": "Steps between metrics.jsonl lines."})
+    ckpt_interval: int = field(default=1000, metadata={"help": "Steps between checkpoints (and last.pt)."})
+    seed: int = field(default=0, metadata={"help": "Seed of model init and batch sampling."})
+    device: str = field(default="auto", metadata={"help": "'auto' (cuda if present), 'cpu', 'cuda', 'cuda:1' ..."})
+    num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
+    num_threads: int = field(default=0, metadata={"help": "CPU torch threads (0 = all cores, at most 8)."})
+    stats_samples: int = field(default=2000, metadata={"help": "Samples used for normalisation statistics."})
+    resume: bool = field(default=False, metadata={"help": "Continue from out_dir/last.pt if it exists."})
+    stop_at: int = field(default=0, metadata={"help": "Stop (with a checkpoint) at this step, e.g. for time-limited jobs; 0 = run to steps."})
+    model: VLAConfig = field(default_factory=VLAConfig, metadata={"help": "Model config (vocab is filled from data)."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = VLAConfig(**self.model)
+        for name in ("steps", "batch_size", "log_interval", "ckpt_interval", "stats_samples"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainPolicyConfig.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("warmup_steps", "num_workers", "num_threads", "stop_at"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"TrainPolicyConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError("TrainPolicyConfig: need lr > 0, weight_decay >= 0, grad_clip >= 0, 0 <= min_lr_ratio <= 1")
+        if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
+            raise ValueError(f"TrainPolicyConfig.device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
+
+
+class ChunkDataset(Dataset):
+    """Torch view of a DemoDataset-like object: one (observation, action chunk) per index."""
+
+    def __init__(self, demos, horizon: int) -> None:
+        self.demos, self.horizon = demos, horizon
+
+    def __len__(self) -> int:
+        return len(self.demos)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.demos.sample(int(i), self.horizon)
+        mask = s.get("action_mask")
+        return {
+            "images": torch.from_numpy(np.stack([s["agentview"], s["wrist"]])),
+            "proprio": torch.as_tensor(s["proprio"], dtype=torch.float32),
+            "instructions": str(s["instruction"]),
+            "actions": torch.as_tensor(s["actions"], dtype=torch.float32),
+            "action_mask": torch.ones(self.horizon, dtype=torch.bool) if mask is None else torch.as_tensor(mask, dtype=torch.bool),
+        }
+
+
+class StepBatchSampler(Sampler):
+    """Index batches for steps start..steps-1; step s is drawn from a generator seeded (seed, s)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start: int, steps: int) -> None:
+        self.n, self.batch_size, self.seed, self.start, self.steps = n, batch_size, seed, start, steps
+
+    def __len__(self) -> int:
+        return max(self.steps - self.start, 0)
+
+    def __iter__(self):
+        for step in range(self.start, self.steps):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+            yield torch.randint(self.n, (self.batch_size,), generator=g).tolist()
+
+
+def normalization_stats(data: ChunkDataset, n: int, seed: int) -> dict:
+    """Mean/std of valid actions and of proprio over up to ``n`` random samples."""
+    idx = np.random.default_rng(seed).choice(len(data), size=min(n, len(data)), replace=False)
+    acts, props = [], []
+    for i in idx:
+        s = data[int(i)]
+        acts.append(s["actions"][s["action_mask"]])
+        props.append(s["proprio"])
+    a, p = torch.cat(acts), torch.stack(props)
+    a_mean, a_std = a.mean(0), a.std(0, unbiased=False)
+    a_mean[GRIPPER_DIM], a_std[GRIPPER_DIM] = 0.0, 1.0
+    return {"action_mean": a_mean, "action_std": a_std, "proprio_mean": p.mean(0), "proprio_std": p.std(0, unbiased=False)}
+
+
+def _lr_lambda(cfg: TrainPolicyConfig):
+    def f(step: int) -> float:
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        frac = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
+        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+    return f
+
+
+def _plot(metrics_path: str, png_path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in open(metrics_path)]
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
+    ax.set_xlabel("step"), ax.set_ylabel("flow-matching loss"), ax.set_yscale("log"), ax.grid(alpha=0.3)
+    fig.tight_layout(), fig.savefig(png_path, dpi=100), plt.close(fig)
+
+
+def open_demos(pattern: str):
+    """Open the demo files matching ``pattern`` with the project's DemoDataset reader."""
+    from prevla_training.demos import DemoDataset  # imported lazily: written alongside this module
+
+    paths = sorted(glob.glob(pattern))
+    if not paths:
+        raise FileNotFoundError(f"no demo files match {pattern!r}")
+    return DemoDataset(paths)
+
+
+def train_policy(cfg: TrainPolicyConfig, demos=None) -> dict:
+    """Train (or resume) a VLA; returns the final metrics. ``demos`` overrides ``cfg.data``."""
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    if device.type == "cpu":
+        torch.set_num_threads(cfg.num_threads or min(os.cpu_count() or 1, 8))
+    demos = open_demos(cfg.data) if demos is None else demos
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    last_path = os.path.join(cfg.out_dir, "last.pt")
+    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    torch.manual_seed(cfg.seed)
+
+    start, state = 0, None
+    if cfg.resume and os.path.exists(last_path):
+        model, extra = load_checkpoint(last_path)
+        state = extra.get("train_state")
+        if state is None:
+            raise ValueError(f"{last_path} has no training state to resume from")
+        start = int(state["step"])
+    else:
+        mcfg = VLAConfig(**{**asdict(cfg.model), "vocab": build_vocab(demos.instructions)})
+        model = VLA(mcfg)
+    data = ChunkDataset(demos, model.cfg.horizon)
+    shape = tuple(data[0]["images"].shape)
+    if shape != (model.cfg.cameras, model.cfg.image_size, model.cfg.image_size, 3):
+        raise ValueError(f"demo images are {shape} (cameras, H, W, 3) but the model expects image_size="
+                         f"{model.cfg.image_size}; set --image-size / VLAConfig.image_size to match the data")
+    if state is None:
+        model.set_normalization(**normalization_stats(data, cfg.stats_samples, cfg.seed))
+        open(metrics_path, "w").close()
+    model.to(device).train()
+
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n and "pos" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n and "pos" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    amp_dtype = None
+    if device.type == "cuda":
+        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+    noise = torch.Generator(device=device).manual_seed(cfg.seed)
+    if state is not None:
+        opt.load_state_dict(state["optimizer"]), sched.load_state_dict(state["scheduler"])
+        noise.set_state(state["noise_rng"].cpu()), torch.set_rng_state(state["torch_rng"].cpu())
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+
+    def checkpoint(step: int) -> None:
+        train_state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                       "noise_rng": noise.get_state(), "torch_rng": torch.get_rng_state(),
+                       "scaler": scaler.state_dict() if scaler.is_enabled() else {}}
+        save_checkpoint(os.path.join(cfg.out_dir, f"step_{step:07d}.pt"), model, {"step": step, "policy_id": "vla"})
+        save_checkpoint(last_path, model, {"step": step, "policy_id": "vla", "train_state": train_state})
+
+    end = min(cfg.stop_at or cfg.steps, cfg.steps)
+    loader = DataLoader(data, batch_sampler=StepBatchSampler(len(data), cfg.batch_size, cfg.seed, start, end),
+                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
+    metrics, step, t0, window = {"step": start}, start, time.perf_counter(), []
+    with open(metrics_path, "a") as log, tqdm(total=cfg.steps, initial=start, desc="train_policy") as bar:
+        for batch in loader:
+            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = model.loss(batch, generator=noise)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            scaler.step(opt), scaler.update(), sched.step()
+            step += 1
+            window.append(loss.item())
+            bar.update(1), bar.set_postfix(loss=f"{window[-1]:.4f}")
+            if step % cfg.log_interval == 0 or step == end:
+                dt = time.perf_counter() - t0
+                metrics = {"step": step, "loss": float(np.mean(window)), "grad_norm": float(gnorm),
+                           "lr": sched.get_last_lr()[0], "steps_per_s": len(window) / dt}
+                log.write(json.dumps(metrics) + "\n"), log.flush()
+                window, t0 = [], time.perf_counter()
+            if step % cfg.ckpt_interval == 0 or step == end:
+                checkpoint(step)
+    if os.path.getsize(metrics_path):
+        _plot(metrics_path, os.path.join(cfg.out_dir, "loss.png"))
+    metrics.update(params=model.num_parameters(), out_dir=cfg.out_dir)
+    return metrics
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    d = TrainPolicyConfig()
+    p.add_argument("--data", default=d.data, help="glob of demo HDF5 files")
+    p.add_argument("--out", default=d.out_dir, help="output directory")
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
+    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
+    p.add_argument("--ckpt-interval", type=int, default=d.ckpt_interval)
+    p.add_argument("--log-interval", type=int, default=d.log_interval)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device)
+    p.add_argument("--num-workers", type=int, default=d.num_workers)
+    p.add_argument("--num-threads", type=int, default=d.num_threads)
+    p.add_argument("--image-size", type=int, default=d.model.image_size, help="camera image side of the demos")
+    p.add_argument("--horizon", type=int, default=d.model.horizon, help="actions per chunk")
+    p.add_argument("--d-model", type=int, default=d.model.d_model)
+    p.add_argument("--n-layers", type=int, default=d.model.n_layers)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--stop-at", type=int, default=0, help="stop (and checkpoint) at this step; 0 = --steps")
+    a = p.parse_args(argv)
+    cfg = TrainPolicyConfig(data=a.data, out_dir=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                            weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, ckpt_interval=a.ckpt_interval,
+                            log_interval=a.log_interval, seed=a.seed, device=a.device, num_workers=a.num_workers,
+                            num_threads=a.num_threads, resume=a.resume, stop_at=a.stop_at,
+                            model=VLAConfig(image_size=a.image_size, horizon=a.horizon, d_model=a.d_model,
+                                            n_layers=a.n_layers))
+    metrics = train_policy(cfg)
+    print(json.dumps(metrics))
+    return metrics
+
+
+if __name__ == "__main__":
+    main()
