@@ -4,6 +4,7 @@
     prevla demo   [graph options] [--out DIR] run N episodes, print success/steps, save outputs
     prevla expert-eval ...                    scripted-expert success rates (no ROS)
     prevla record-demos ...                   expert demonstrations as LIBERO-format HDF5
+    prevla train-policy ...                   train the small VLA on recorded demonstrations
 
 The graph runs composed in one process (one rclpy executor, the default: lowest latency)
 or, with ``--processes``, as one OS process per node talking over Fast DDS.
@@ -159,8 +160,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_expert_eval(argv: list[str]) -> int:
     from prevla_ros.sim import expert_eval
 
-    sys.argv = ["prevla expert-eval"] + argv
-    return expert_eval.main() or 0
+    return expert_eval.main(argv)
 
 
 def cmd_record_demos(argv: list[str]) -> int:
@@ -169,8 +169,16 @@ def cmd_record_demos(argv: list[str]) -> int:
     return demos.main(argv) or 0
 
 
+def cmd_train_policy(argv: list[str]) -> int:
+    from prevla_training import train_policy
+
+    train_policy.main(argv)  # returns the final metrics (printed and written by itself)
+    return 0
+
+
 #: Verbs handled by their own module's argparse (ROS-free jobs).
-DELEGATED = {"expert-eval": cmd_expert_eval, "record-demos": cmd_record_demos}
+DELEGATED = {"expert-eval": cmd_expert_eval, "record-demos": cmd_record_demos,
+             "train-policy": cmd_train_policy}
 
 
 def _graph_options(p: argparse.ArgumentParser, default_episodes: int | None) -> None:
@@ -206,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--timeout-s", type=float, default=600.0, help="give up after this long")
     sub.add_parser("expert-eval", help="scripted-expert success rates (see --help there)")
     sub.add_parser("record-demos", help="record expert demonstrations (see --help there)")
+    sub.add_parser("train-policy", help="train the VLA on demonstrations (see --help there)")
     args = parser.parse_args(argv)
     return {"up": cmd_up, "demo": cmd_demo}[args.command](args)
 
