@@ -3,8 +3,8 @@
 Wraps LIBERO's ``OffScreenRenderEnv`` so that
 
 * ``step()`` runs physics only: LIBERO's own ``env.step`` renders both cameras on every control
-  step (~200 ms on a CPU), while the physics of one 20 Hz step costs ~1.5 ms. The robosuite
-  camera observables are kept *disabled* while stepping and enabled only inside ``observe()``.
+  step (~200 ms on a CPU), an order of magnitude more than the physics. The robosuite camera
+  observables are kept *disabled* while stepping and enabled only inside ``observe()``.
 * ``observe()`` returns a typed ``Observation`` with upright images (robosuite renders them
   upside down; public LIBERO evaluations rotate 180 degrees, and so do we, here and only here;
   see ``observe`` for the left-right mirror this implies).
