@@ -56,6 +56,9 @@ def generate_launch_description():
             'policy', default_value='scripted_expert',
             description='policy that samples candidate chunks (policy_node)'),
         DeclareLaunchArgument(
+            'checkpoint', default_value='',
+            description='VLA checkpoint file, required when policy is vla (policy_node)'),
+        DeclareLaunchArgument(
             'num_candidates', default_value='4',
             description='K, candidate chunks sampled per observation (policy_node)'),
         DeclareLaunchArgument(
@@ -85,6 +88,7 @@ def generate_launch_description():
         package=PACKAGE, executable='policy_node', name='policy_node', output='screen',
         parameters=[params_file, {
             'policy': ParameterValue(LaunchConfiguration('policy'), value_type=str),
+            'checkpoint': ParameterValue(LaunchConfiguration('checkpoint'), value_type=str),
             'num_candidates': ParameterValue(LaunchConfiguration('num_candidates'),
                                              value_type=int),
         }])

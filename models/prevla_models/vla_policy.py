@@ -43,7 +43,7 @@ class VLAPolicy:
         self._gen.manual_seed(self.seed)
 
     def observation_tensors(self, obs) -> tuple[torch.Tensor, torch.Tensor]:
-        """Duck-typed observation -> (images (1, C, S, S, 3) uint8, proprio (1, 9) float32)."""
+        """Duck-typed observation -> (images (1, C, S, S, 3) uint8, proprio (1, 8) float32)."""
         s = self.model.cfg.image_size
         imgs = []
         for name in CAMERA_ORDER[: self.model.cfg.cameras]:

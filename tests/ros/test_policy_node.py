@@ -134,3 +134,49 @@ def test_resampling_service(setup):
         observation_stamp=conv.to_time(4_999), k=2, temperature=1.0))
     assert ros.wait_for(future.done, timeout_s=10)
     assert not future.result().ok and "stale" in future.result().reason
+
+
+@pytest.fixture
+def vla_checkpoint(tmp_path, real_obs):
+    """A real (untrained) VLA checkpoint: the loading and sampling path, not its skill."""
+    import torch
+    from prevla_models.vla import VLA, VLAConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    words = sorted(set(real_obs[1].split()))
+    path = tmp_path / "vla.pt"
+    save_checkpoint(str(path), VLA(VLAConfig(vocab=words, d_model=32, n_layers=1, n_heads=2,
+                                             flow_steps=2)), {"policy_id": "vla_test"})
+    return path
+
+
+def _vla_node(ros, checkpoint):
+    return ros.add(PolicyNode(context=ros.context, parameter_overrides=[
+        Parameter("policy", value="vla"), Parameter("checkpoint", value=str(checkpoint)),
+        Parameter("num_candidates", value=3)]))
+
+
+def test_vla_policy_from_checkpoint_samples_candidates(ros, real_obs, vla_checkpoint):
+    node = _vla_node(ros, vla_checkpoint)
+    robot = Robot(ros, *real_obs)
+    robot.publish(6_000)
+    assert ros.wait_for(lambda: robot.candidates, timeout_s=15)
+    msg = robot.candidates[0]
+    assert msg.policy_id == "vla_test" and len(msg.candidates) == 3
+    chunks = np.stack([conv.msg_to_chunk(c, expected_dim=7).actions for c in msg.candidates])
+    assert chunks.shape == (3, 8, 7) and np.all(np.abs(chunks) <= 1.0)
+    assert not np.allclose(chunks[0], chunks[1])  # sampled, not copied
+    assert node._stats["holds"] == 0
+
+
+@pytest.mark.parametrize("problem", ["missing", "corrupt"])
+def test_unusable_checkpoint_keeps_node_up_and_holds(ros, real_obs, tmp_path, problem):
+    path = tmp_path / "vla.pt"
+    if problem == "corrupt":
+        path.write_bytes(b"not a checkpoint" * 10)
+    node = _vla_node(ros, path)
+    robot = Robot(ros, *real_obs)
+    robot.publish(7_000)
+    assert ros.wait_for(lambda: robot.candidates, timeout_s=15)
+    assert robot.candidates[0].policy_id == "hold"
+    assert str(path) in node._stats["last_error"]

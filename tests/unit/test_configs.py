@@ -74,10 +74,17 @@ def test_every_validated_field_is_covered():
     # Fields without a range to check: free strings and booleans, and float fields whose
     # every value is meaningful. Everything else must appear in BAD_VALUES above.
     unchecked = {("SimNodeConfig", "publish_privileged"), ("PolicyNodeConfig", "seed"),
-                 ("VerifierNodeConfig", "marker_frame")}
+                 ("VerifierNodeConfig", "marker_frame"),
+                 ("PolicyNodeConfig", "checkpoint")}  # checked with policy, test below
     covered = {(c.__name__, n) for c, n, _ in BAD_VALUES}
     every = {(cls.__name__, f.name) for cls, f in ALL_FIELDS}
     assert every - unchecked == covered
+
+
+def test_vla_needs_checkpoint():
+    with pytest.raises(ValueError, match=r"PolicyNodeConfig\.checkpoint:"):
+        PolicyNodeConfig(policy="vla")
+    assert PolicyNodeConfig(policy="vla", checkpoint="m.pt").checkpoint == "m.pt"
 
 
 @pytest.mark.parametrize("suite", SUITES)

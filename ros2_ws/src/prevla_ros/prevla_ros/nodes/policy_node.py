@@ -26,12 +26,25 @@ from prevla_ros.nodes.common import (ERROR, OK, WARN, LATCHED_QOS, STATUS_QOS, S
 from prevla_ros.runtime.chunks import HOLD_SOURCE, hold_chunk
 from prevla_ros.runtime.configs import PolicyNodeConfig
 from prevla_ros.runtime.observation import ObservationAssembler
-from prevla_ros.runtime.policies import ScriptedExpertPolicy
-from prevla_ros.runtime.types import GRIPPER_OPEN, ActionChunk, CandidateSet, Observation
+from prevla_ros.runtime.policies import ScriptedExpertPolicy, UnavailablePolicy
+from prevla_ros.runtime.types import (GRIPPER_OPEN, ActionChunk, CandidateSet, Observation,
+                                      Policy)
 
 
-def make_policy(config: PolicyNodeConfig) -> tuple[ScriptedExpertPolicy, tuple[str, ...]]:
+def make_policy(config: PolicyNodeConfig, log) -> tuple[Policy, tuple[str, ...]]:
     """The configured policy and the observation parts it needs."""
+    if config.policy == "vla":
+        from prevla_models.vla import sha256_file
+        from prevla_models.vla_policy import VLAPolicy
+
+        try:
+            policy = VLAPolicy.from_checkpoint(config.checkpoint, seed=config.seed)
+            log.info(f"loaded VLA {config.checkpoint} (sha256 {sha256_file(config.checkpoint)})")
+        except (FileNotFoundError, ValueError) as exc:
+            log.error(f"cannot load VLA checkpoint: {exc}; answering every observation with "
+                      "a hold until the node is restarted with a valid checkpoint")
+            policy = UnavailablePolicy("vla", f"VLA checkpoint unusable: {exc}")
+        return policy, ("agentview", "wrist", "joints", "eef")
     from prevla_ros.sim.expert import expert_for_task  # LIBERO import: only when needed
 
     policy = ScriptedExpertPolicy(expert_for_task, config.horizon, config.noise_std,
@@ -45,7 +58,7 @@ class PolicyNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("policy_node", **kwargs)
         self.config = declare_config(self, PolicyNodeConfig)
-        self.policy, parts = make_policy(self.config)
+        self.policy, parts = make_policy(self.config, self.get_logger())
         self.assembler = ObservationAssembler(required=parts)
         self._last_obs: Observation | None = None
         self._held_stamps: set[int] = set()
@@ -103,7 +116,10 @@ class PolicyNode(Node):
         if episode != self._episode and not msg.done:
             self._episode = episode
             try:
-                self.policy.set_task(msg.suite, int(msg.task_id))
+                if isinstance(self.policy, ScriptedExpertPolicy):  # needs the task's goal
+                    self.policy.set_task(msg.suite, int(msg.task_id))
+                else:
+                    self.policy.reset()
             except (ValueError, KeyError) as exc:
                 self._error(f"cannot set task {msg.suite}/{msg.task_id}: {exc}")
             if self._deferred is not None:
@@ -120,7 +136,7 @@ class PolicyNode(Node):
             stamp_ns=obs.stamp_ns, round=round_)
 
     def _on_observation(self, obs: Observation) -> None:
-        if not self.policy.ready:
+        if not getattr(self.policy, "ready", True):
             # Topics are not ordered across each other: the episode status naming the task
             # may arrive just after the first observation. Answer it once the task is known.
             self._deferred = obs

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from prevla_ros.runtime.scheduler import MODES, VERIFIERS
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
-POLICIES = ("scripted_expert",)
+POLICIES = ("scripted_expert", "vla")
 
 
 def _help(text: str, default):
@@ -72,8 +72,11 @@ class SimNodeConfig:
 class PolicyNodeConfig:
     """Parameters of ``policy_node`` (samples candidate chunks from observations)."""
 
-    policy: str = _help("policy to run: " + ", ".join(POLICIES) + " (privileged scripted "
-                        "LIBERO expert + Gaussian noise)", "scripted_expert")
+    policy: str = _help("policy to run: scripted_expert (privileged scripted LIBERO expert + "
+                        "Gaussian noise) or vla (the learned VLA in `checkpoint`)",
+                        "scripted_expert")
+    checkpoint: str = _help("VLA checkpoint file (policy vla); a missing or corrupt file is "
+                            "logged and answered with hold chunks", "")
     num_candidates: int = _help("K, candidate chunks sampled per observation", 4)
     horizon: int = _help("H, actions per chunk", 8)
     noise_std: float = _help("std of the Gaussian noise added to the expert's position and "
@@ -87,6 +90,8 @@ class PolicyNodeConfig:
         n = type(self).__name__
         _check(self.policy in POLICIES, n, "policy",
                f"must be one of {POLICIES}, got {self.policy!r}")
+        _check(self.policy != "vla" or bool(self.checkpoint), n, "checkpoint",
+               "must name a checkpoint file when policy is 'vla'")
         _check(1 <= self.num_candidates <= 256, n, "num_candidates",
                f"must be in [1, 256], got {self.num_candidates}")
         _check(1 <= self.horizon <= 256, n, "horizon", f"must be in [1, 256], got {self.horizon}")

@@ -77,3 +77,22 @@ class ScriptedExpertPolicy:
                 noise = np.random.default_rng(s).normal(0.0, std, size=(self.horizon, 6))
                 chunks[i, :, :6] = np.clip(chunks[i, :, :6] + noise, -1.0, 1.0)
         return chunks
+
+
+class UnavailablePolicy:
+    """Stands where a policy failed to load (missing or corrupt model file).
+
+    Every ``sample`` raises ``RuntimeError`` with the load error, which the policy node turns
+    into a logged hold for that observation: the robot holds, the node stays up and keeps
+    saying why.
+    """
+
+    def __init__(self, policy_id: str, reason: str) -> None:
+        self.policy_id = policy_id
+        self.reason = reason
+
+    def reset(self) -> None:
+        pass
+
+    def sample(self, obs: Observation, k: int, temperature: float = 1.0) -> np.ndarray:
+        raise RuntimeError(self.reason)
