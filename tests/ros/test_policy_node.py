@@ -180,3 +180,30 @@ def test_unusable_checkpoint_keeps_node_up_and_holds(ros, real_obs, tmp_path, pr
     assert ros.wait_for(lambda: robot.candidates, timeout_s=15)
     assert robot.candidates[0].policy_id == "hold"
     assert str(path) in node._stats["last_error"]
+
+
+def test_remote_policy_served_out_of_process_and_dead_server_holds(ros, real_obs,
+                                                                    vla_checkpoint):
+    from prevla_models.vla_policy import VLAPolicy
+
+    from prevla_ros.runtime.policy_server import serve_policy
+
+    served = VLAPolicy.from_checkpoint(str(vla_checkpoint))
+    server = serve_policy(served, host="127.0.0.1", port=0)
+    try:
+        node = ros.add(PolicyNode(context=ros.context, parameter_overrides=[
+            Parameter("policy", value="remote"), Parameter("remote_url", value=server.url),
+            Parameter("num_candidates", value=2), Parameter("remote_timeout_s", value=2.0)]))
+        robot = Robot(ros, *real_obs)
+        robot.publish(8_000)
+        assert ros.wait_for(lambda: robot.candidates, timeout_s=20)
+        msg = robot.candidates[0]
+        assert msg.policy_id != "hold" and len(msg.candidates) == 2
+        chunks = np.stack([conv.msg_to_chunk(c, expected_dim=7).actions for c in msg.candidates])
+        assert chunks.shape == (2, 8, 7) and np.all(np.isfinite(chunks))
+    finally:
+        server.shutdown()
+    robot.publish(9_000)  # the server is gone: a logged hold, the node stays up
+    assert ros.wait_for(lambda: len(robot.candidates) == 2, timeout_s=20)
+    assert robot.candidates[1].policy_id == "hold"
+    assert server.url.split("//")[1] in node._stats["last_error"]

@@ -28,6 +28,8 @@ BAD_VALUES = [
     (SimNodeConfig, "chunk_timeout_s", 0.0),
     (SimNodeConfig, "start_delay_s", -1.0),
     (PolicyNodeConfig, "policy", "openvla"),
+    (PolicyNodeConfig, "remote_url", "http://host:8000"),
+    (PolicyNodeConfig, "remote_timeout_s", 0.0),
     (PolicyNodeConfig, "num_candidates", 0),
     (PolicyNodeConfig, "num_candidates", 257),
     (PolicyNodeConfig, "horizon", 0),

@@ -255,11 +255,8 @@ def test_openpi_style_client_gets_one_chunk():
            "observation/state": np.zeros(8, dtype=np.float32), "prompt": "pick"}
     with serve_policy(EchoPolicy(), "127.0.0.1", 0) as server:
         # Exactly what openpi_client.WebsocketClientPolicy does: metadata, then packb(obs) -> reply.
-        ws = connect(server.url, compression=None, max_size=None, proxy=None, open_timeout=2)
-        try:
+        with connect(server.url, compression=None, max_size=None, proxy=None, open_timeout=2) as ws:
             assert msgpack_numpy.unpackb(ws.recv(timeout=2))["prevla/num_samples"] is True
             ws.send(msgpack_numpy.packb(req))
             reply = msgpack_numpy.unpackb(ws.recv(timeout=5))
-        finally:
-            ws.close()
     assert reply["actions"].shape == (H, ACTION_DIM) and "server_timing" in reply

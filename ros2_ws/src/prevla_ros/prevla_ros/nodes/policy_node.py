@@ -33,6 +33,14 @@ from prevla_ros.runtime.types import (GRIPPER_OPEN, ActionChunk, CandidateSet, O
 
 def make_policy(config: PolicyNodeConfig, log) -> tuple[Policy, tuple[str, ...]]:
     """The configured policy and the observation parts it needs."""
+    if config.policy == "remote":
+        from prevla_ros.runtime.remote_policy import RemotePolicyConfig, WebsocketPolicy
+
+        remote = WebsocketPolicy(RemotePolicyConfig(
+            url=config.remote_url, connect_timeout_s=config.remote_timeout_s,
+            request_timeout_s=config.remote_timeout_s, horizon=config.horizon))
+        log.info(f"remote policy at {config.remote_url} (connects on the first observation)")
+        return remote, ("agentview", "wrist", "joints", "eef")
     if config.policy == "vla":
         from prevla_models.vla import sha256_file
         from prevla_models.vla_policy import VLAPolicy

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, fields
 from prevla_ros.runtime.scheduler import MODES, VERIFIERS
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
-POLICIES = ("scripted_expert", "vla")
+POLICIES = ("scripted_expert", "vla", "remote")
 
 
 def _help(text: str, default):
@@ -73,10 +73,15 @@ class PolicyNodeConfig:
     """Parameters of ``policy_node`` (samples candidate chunks from observations)."""
 
     policy: str = _help("policy to run: scripted_expert (privileged scripted LIBERO expert + "
-                        "Gaussian noise) or vla (the learned VLA in `checkpoint`)",
+                        "Gaussian noise), vla (the learned VLA in `checkpoint`) or remote (a "
+                        "policy server at `remote_url`, openpi websocket protocol)",
                         "scripted_expert")
     checkpoint: str = _help("VLA checkpoint file (policy vla); a missing or corrupt file is "
                             "logged and answered with hold chunks", "")
+    remote_url: str = _help("policy server URL (policy remote); an unreachable server is "
+                            "logged and answered with hold chunks", "ws://127.0.0.1:8000")
+    remote_timeout_s: float = _help("longest wait for a policy server to connect or reply",
+                                    5.0)
     num_candidates: int = _help("K, candidate chunks sampled per observation", 4)
     horizon: int = _help("H, actions per chunk", 8)
     noise_std: float = _help("std of the Gaussian noise added to the expert's position and "
@@ -92,6 +97,10 @@ class PolicyNodeConfig:
                f"must be one of {POLICIES}, got {self.policy!r}")
         _check(self.policy != "vla" or bool(self.checkpoint), n, "checkpoint",
                "must name a checkpoint file when policy is 'vla'")
+        _check(self.remote_url.startswith(("ws://", "wss://")), n, "remote_url",
+               f"must start with ws:// or wss://, got {self.remote_url!r}")
+        _check(self.remote_timeout_s > 0, n, "remote_timeout_s",
+               f"must be > 0, got {self.remote_timeout_s}")
         _check(1 <= self.num_candidates <= 256, n, "num_candidates",
                f"must be in [1, 256], got {self.num_candidates}")
         _check(1 <= self.horizon <= 256, n, "horizon", f"must be in [1, 256], got {self.horizon}")

@@ -40,6 +40,7 @@ likewise executes only the first steps of its chunk); a shorter one is an error.
 from __future__ import annotations
 
 import inspect
+import logging
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -53,6 +54,7 @@ from prevla_models.geometry import proprio_from_state
 from prevla_ros.runtime import msgpack_numpy
 from prevla_ros.runtime.types import ACTION_DIM, Observation
 
+log = logging.getLogger(__name__)
 #: Largest frame either side accepts: two 512x512 RGB images are ~1.5 MiB; leave headroom.
 MAX_MESSAGE_BYTES = 64 * 2**20
 DEFAULT_IMAGE_KEYS = {"agentview": "observation/image", "wrist": "observation/wrist_image"}
@@ -163,7 +165,11 @@ class WebsocketPolicy:
     def reset(self) -> None:
         """Reset the server's policy if it advertises ``prevla/reset`` (openpi's does not)."""
         if self._ws is not None and self.server_metadata.get(META_RESET):
-            self._request({META_RESET: True})
+            try:
+                self._request({META_RESET: True})
+            except (PolicyServerUnavailable, RemotePolicyError) as exc:
+                # A reset is best effort: the next sample reconnects or reports the failure.
+                log.warning("remote reset failed: %s", exc)
 
     def close(self) -> None:
         """Close the connection (the next call reconnects)."""
