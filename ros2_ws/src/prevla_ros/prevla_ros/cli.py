@@ -169,6 +169,12 @@ def cmd_record_demos(argv: list[str]) -> int:
     return demos.main(argv) or 0
 
 
+def cmd_eval(argv: list[str]) -> int:
+    from prevla_ros.sim import evaluate
+
+    return evaluate.main(argv)
+
+
 def cmd_train_policy(argv: list[str]) -> int:
     from prevla_training import train_policy
 
@@ -178,7 +184,7 @@ def cmd_train_policy(argv: list[str]) -> int:
 
 #: Verbs handled by their own module's argparse (ROS-free jobs).
 DELEGATED = {"expert-eval": cmd_expert_eval, "record-demos": cmd_record_demos,
-             "train-policy": cmd_train_policy}
+             "train-policy": cmd_train_policy, "eval": cmd_eval}
 
 
 def _graph_options(p: argparse.ArgumentParser, default_episodes: int | None) -> None:
@@ -214,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--timeout-s", type=float, default=600.0, help="give up after this long")
     sub.add_parser("expert-eval", help="scripted-expert success rates (see --help there)")
     sub.add_parser("record-demos", help="record expert demonstrations (see --help there)")
+    sub.add_parser("eval", help="closed-loop policy success rates (see --help there)")
     sub.add_parser("train-policy", help="train the VLA on demonstrations (see --help there)")
     args = parser.parse_args(argv)
     return {"up": cmd_up, "demo": cmd_demo}[args.command](args)

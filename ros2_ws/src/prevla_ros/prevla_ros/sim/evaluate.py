@@ -1,0 +1,275 @@
+"""Closed-loop LIBERO evaluation of any ``Policy`` (ROS-free).
+
+reset(init) -> policy.reset() -> loop { obs = env.observe(); chunks = policy.sample(obs, K, T);
+pick one per arm; validate (invalid -> hold); execute } until success or the step budget.
+
+    prevla eval --suite libero_spatial --tasks 0-9 --episodes-per-task 10 \
+        --policy scripted_expert --arms policy,random --workers 2 --out outputs/eval.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+ARMS = ("policy", "random")
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate, and how."""
+
+    suite: str = field(default="libero_spatial", metadata={"help": "LIBERO suite"})
+    task_ids: list[int] = field(default_factory=list, metadata={"help": "tasks; empty = all"})
+    episodes_per_task: int = field(default=10, metadata={"help": "episodes per task and arm"})
+    init_start: int = field(default=0, metadata={"help": "official init state of episode 0"})
+    policy: str = field(default="scripted_expert", metadata={
+        "help": "scripted_expert | vla:<checkpoint> | remote:<ws url>"})
+    arms: tuple[str, ...] = field(default=("policy",), metadata={
+        "help": "policy = candidate 0 of K; random = a uniformly random candidate (seeded)"})
+    num_candidates: int = field(default=1, metadata={"help": "K candidates per decision"})
+    horizon: int = field(default=8, metadata={"help": "H actions per chunk"})
+    temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
+    noise_std: float = field(default=0.0, metadata={"help": "scripted-expert noise std"})
+    execute_steps: int = field(default=0, metadata={"help": "actions executed per chunk; 0 = all"})
+    seed: int = field(default=0, metadata={"help": "seed of policy sampling and arm picks"})
+    workers: int = field(default=2, metadata={"help": "processes; 0 = in-process"})
+    render: str = field(default="auto", metadata={"help": "auto | on | off (auto: not for expert)"})
+    out: str | None = field(default=None, metadata={"help": "JSON path (a .md table next to it)"})
+
+    def __post_init__(self) -> None:
+        self.arms = tuple(self.arms)
+        self.task_ids = [int(t) for t in self.task_ids]
+        if not self.arms or any(a not in ARMS for a in self.arms):
+            raise ValueError(f"arms: expected a non-empty subset of {ARMS}, got {self.arms}")
+        for name, lo in (("episodes_per_task", 1), ("num_candidates", 1), ("horizon", 1),
+                         ("init_start", 0), ("execute_steps", 0), ("workers", 0)):
+            if getattr(self, name) < lo:
+                raise ValueError(f"{name}: expected >= {lo}, got {getattr(self, name)}")
+        if self.temperature < 0 or self.noise_std < 0:
+            raise ValueError(f"temperature/noise_std: expected >= 0, got "
+                             f"{self.temperature}/{self.noise_std}")
+        if self.render not in ("auto", "on", "off"):
+            raise ValueError(f"render: expected auto|on|off, got {self.render!r}")
+        parse_policy_spec(self.policy)
+
+
+def parse_policy_spec(spec: str) -> tuple[str, str]:
+    """Split a policy spec into (kind, argument); ValueError naming the expected forms."""
+    if spec == "scripted_expert":
+        return "scripted_expert", ""
+    kind, sep, arg = spec.partition(":")
+    if kind in ("vla", "remote") and sep and arg:
+        return kind, arg
+    raise ValueError(f"policy: expected 'scripted_expert', 'vla:<checkpoint>' or "
+                     f"'remote:<ws url>', got {spec!r}")
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a success rate."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def _build_policy(cfg: EvalConfig, suite: str, task_id: int):
+    kind, arg = parse_policy_spec(cfg.policy)
+    if kind == "vla":
+        from prevla_models.vla_policy import VLAPolicy
+        return VLAPolicy.from_checkpoint(arg, seed=cfg.seed)
+    if kind == "remote":
+        from prevla_ros.runtime.remote_policy import RemotePolicyConfig, WebsocketPolicy
+        return WebsocketPolicy(RemotePolicyConfig(url=arg, horizon=cfg.horizon))
+    from prevla_ros.runtime.policies import ScriptedExpertPolicy
+    from prevla_ros.sim.expert import expert_for_task
+    policy = ScriptedExpertPolicy(expert_for_task, cfg.horizon, cfg.noise_std,
+                                  cfg.seed * 1009 + task_id)
+    policy.set_task(suite, task_id)
+    return policy
+
+
+def run_task_arm(cfg_dict: dict, suite: str, task_id: int, arm: str) -> list[dict]:
+    """Worker: all episodes of one (task, arm) on one env; picklable arguments only."""
+    os.environ.setdefault("MUJOCO_GL", "egl")
+    from prevla_ros.runtime.chunks import chunk_problem, hold_chunk
+    from prevla_ros.sim.libero_env import LiberoEnv, LiberoEnvConfig, num_init_states
+
+    cfg = EvalConfig(**cfg_dict)
+    render = cfg.render == "on" or (cfg.render == "auto" and cfg.policy != "scripted_expert")
+    policy = _build_policy(cfg, suite, task_id)
+    n_init = num_init_states(suite, task_id)
+    rng = np.random.default_rng([cfg.seed, task_id, ARMS.index(arm)])
+    env = LiberoEnv(LiberoEnvConfig(suite=suite, task_id=task_id,
+                                    init_state=cfg.init_start % n_init, render=render))
+    results = []
+    try:
+        for e in range(cfg.episodes_per_task):
+            init = (cfg.init_start + e) % n_init
+            env.reset(init)
+            policy.reset()
+            done = success = False
+            decisions = invalid = 0
+            gripper = -1.0
+            ms: list[float] = []
+            while not done:
+                obs = env.observe()
+                t0 = time.perf_counter()
+                chunks = np.asarray(policy.sample(obs, cfg.num_candidates, cfg.temperature))
+                ms.append(1000 * (time.perf_counter() - t0))
+                i = 0 if arm == "policy" else int(rng.integers(len(chunks)))
+                actions = chunks[i] if len(chunks) else None
+                if actions is None or chunk_problem(actions) is not None:
+                    invalid += 1
+                    actions = hold_chunk(cfg.horizon, gripper).actions
+                if cfg.execute_steps:
+                    actions = actions[:cfg.execute_steps]
+                decisions += 1
+                for a in actions:
+                    gripper = float(a[-1])
+                    done, success = env.step(a)
+                    if done:
+                        break
+            results.append(dict(task_id=task_id, arm=arm, init_state=init, success=bool(success),
+                                steps=env.step_count, decisions=decisions, invalid_picks=invalid,
+                                policy_ms=[round(m, 3) for m in ms]))
+    finally:
+        env.close()
+    return results
+
+
+def _job(args: tuple) -> list[dict]:
+    return run_task_arm(*args)
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Run every (task, arm), aggregate, print the table; write JSON + .md if ``cfg.out``."""
+    from tqdm import tqdm
+
+    from prevla_ros.sim.libero_env import suite_instructions, suite_num_tasks
+
+    task_ids = cfg.task_ids or list(range(suite_num_tasks(cfg.suite)))
+    instructions = suite_instructions(cfg.suite)
+    jobs = [(asdict(cfg), cfg.suite, t, arm) for t in task_ids for arm in cfg.arms]
+    t_start = time.perf_counter()
+    episodes: list[dict] = []
+    with tqdm(total=len(jobs) * cfg.episodes_per_task, desc=f"eval {cfg.suite}",
+              unit="ep") as bar:
+        if cfg.workers == 0:
+            for j in jobs:
+                episodes.extend(_job(j))
+                bar.update(cfg.episodes_per_task)
+        else:
+            with mp.get_context("spawn").Pool(cfg.workers) as pool:
+                for res in pool.imap_unordered(_job, jobs):
+                    episodes.extend(res)
+                    bar.update(len(res))
+    wall = time.perf_counter() - t_start
+    tasks = []
+    for t in task_ids:
+        for arm in cfg.arms:
+            eps = [e for e in episodes if e["task_id"] == t and e["arm"] == arm]
+            ok = sum(e["success"] for e in eps)
+            lo, hi = wilson_interval(ok, len(eps))
+            ms = [m for e in eps for m in e["policy_ms"]]
+            good = [e["steps"] for e in eps if e["success"]]
+            tasks.append(dict(
+                task_id=t, arm=arm, instruction=instructions[t], episodes=len(eps),
+                successes=ok, success_rate=ok / max(1, len(eps)), ci95=[lo, hi],
+                mean_steps_success=float(np.mean(good)) if good else None,
+                mean_steps=float(np.mean([e["steps"] for e in eps])) if eps else 0.0,
+                decisions_per_episode=float(np.mean([e["decisions"] for e in eps])),
+                invalid_picks=sum(e["invalid_picks"] for e in eps),
+                policy_ms_p50=float(np.percentile(ms, 50)) if ms else 0.0,
+                policy_ms_p99=float(np.percentile(ms, 99)) if ms else 0.0))
+    suite_avg = {arm: float(np.mean([r["success_rate"] for r in tasks if r["arm"] == arm]))
+                 for arm in cfg.arms}
+    result = dict(config=asdict(cfg), suite=cfg.suite, policy=cfg.policy,
+                  success_rate=suite_avg, wall_time_s=round(wall, 1), tasks=tasks,
+                  episodes=episodes)
+    table = format_table(result)
+    print(table)
+    if cfg.out:
+        out = Path(cfg.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        out.with_suffix(".md").write_text(table + "\n")
+    return result
+
+
+def format_table(result: dict) -> str:
+    """Markdown table: one row per (task, arm), then the suite average per arm."""
+    c = result["config"]
+    lines = [f"### {result['policy']} on {result['suite']} (K={c['num_candidates']}, "
+             f"H={c['horizon']}, T={c['temperature']}, {c['episodes_per_task']} episodes/task "
+             f"from init {c['init_start']})", "",
+             "| task | arm | success | 95% CI | steps (success) | decisions/ep | invalid "
+             "| policy ms p50/p99 |", "|---:|---|---:|---|---:|---:|---:|---:|"]
+    for r in result["tasks"]:
+        steps = "-" if r["mean_steps_success"] is None else f"{r['mean_steps_success']:.0f}"
+        lines.append(f"| {r['task_id']} | {r['arm']} | {r['successes']}/{r['episodes']} "
+                     f"({100 * r['success_rate']:.0f}%) | [{100 * r['ci95'][0]:.0f}, "
+                     f"{100 * r['ci95'][1]:.0f}]% | {steps} | {r['decisions_per_episode']:.1f} "
+                     f"| {r['invalid_picks']} | {r['policy_ms_p50']:.1f}/{r['policy_ms_p99']:.1f} |")
+    for arm, sr in result["success_rate"].items():
+        lines.append(f"| **all** | {arm} | **{100 * sr:.1f}%** | | | | | |")
+    lines.append(f"\nwall time {result['wall_time_s']:.0f} s")
+    return "\n".join(lines)
+
+
+def parse_tasks(text: str) -> list[int]:
+    """'0-9' or '0,3,5' (or '' for all) -> task ids."""
+    ids: list[int] = []
+    for part in filter(None, text.split(",")):
+        lo, sep, hi = part.partition("-")
+        try:
+            ids.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+        except ValueError:
+            raise ValueError(f"tasks: expected e.g. '0-9' or '0,3', got {text!r}") from None
+    return ids
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="prevla eval", description=__doc__.splitlines()[0])
+    p.add_argument("--suite", default="libero_spatial", help="LIBERO suite")
+    p.add_argument("--tasks", default="", help="'0-9' or '0,3' (default: all)")
+    p.add_argument("--episodes-per-task", type=int, default=10, help="episodes per task and arm")
+    p.add_argument("--init-start", type=int, default=0, help="first official init state")
+    p.add_argument("--policy", default="scripted_expert",
+                   help="scripted_expert | vla:<checkpoint> | remote:<ws url>")
+    p.add_argument("--arms", default="policy", help="comma list of policy,random")
+    p.add_argument("--num-candidates", type=int, default=1, help="K candidates per decision")
+    p.add_argument("--horizon", type=int, default=8, help="H actions per chunk")
+    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    p.add_argument("--noise-std", type=float, default=0.0, help="scripted-expert noise std")
+    p.add_argument("--execute-steps", type=int, default=0, help="actions per chunk; 0 = all")
+    p.add_argument("--workers", type=int, default=2, help="processes (0 = in-process)")
+    p.add_argument("--seed", type=int, default=0, help="seed")
+    p.add_argument("--out", default=None, help="JSON output path (.md table next to it)")
+    a = p.parse_args(argv)
+    try:
+        cfg = EvalConfig(suite=a.suite, task_ids=parse_tasks(a.tasks),
+                         episodes_per_task=a.episodes_per_task, init_start=a.init_start,
+                         policy=a.policy, arms=tuple(filter(None, a.arms.split(","))),
+                         num_candidates=a.num_candidates, horizon=a.horizon,
+                         temperature=a.temperature, noise_std=a.noise_std,
+                         execute_steps=a.execute_steps, seed=a.seed, workers=a.workers,
+                         out=a.out)
+    except ValueError as exc:
+        p.error(str(exc))
+    evaluate(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
