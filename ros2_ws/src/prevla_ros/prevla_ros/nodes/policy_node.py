@@ -26,38 +26,33 @@ from prevla_ros.nodes.common import (ERROR, OK, WARN, LATCHED_QOS, STATUS_QOS, S
 from prevla_ros.runtime.chunks import HOLD_SOURCE, hold_chunk
 from prevla_ros.runtime.configs import PolicyNodeConfig
 from prevla_ros.runtime.observation import ObservationAssembler
-from prevla_ros.runtime.policies import ScriptedExpertPolicy, UnavailablePolicy
+from prevla_ros.runtime.policies import (ScriptedExpertPolicy, UnavailablePolicy,
+                                         build_policy)
 from prevla_ros.runtime.types import (GRIPPER_OPEN, ActionChunk, CandidateSet, Observation,
                                       Policy)
 
 
 def make_policy(config: PolicyNodeConfig, log) -> tuple[Policy, tuple[str, ...]]:
     """The configured policy and the observation parts it needs."""
+    images_and_state = ("agentview", "wrist", "joints", "eef")
     if config.policy == "remote":
-        from prevla_ros.runtime.remote_policy import RemotePolicyConfig, WebsocketPolicy
-
-        remote = WebsocketPolicy(RemotePolicyConfig(
-            url=config.remote_url, connect_timeout_s=config.remote_timeout_s,
-            request_timeout_s=config.remote_timeout_s, horizon=config.horizon))
         log.info(f"remote policy at {config.remote_url} (connects on the first observation)")
-        return remote, ("agentview", "wrist", "joints", "eef")
+        return build_policy("remote", config.horizon, remote_url=config.remote_url,
+                            remote_timeout_s=config.remote_timeout_s), images_and_state
     if config.policy == "vla":
         from prevla_models.vla import sha256_file
-        from prevla_models.vla_policy import VLAPolicy
 
         try:
-            policy = VLAPolicy.from_checkpoint(config.checkpoint, seed=config.seed)
+            policy = build_policy("vla", config.horizon, seed=config.seed,
+                                  checkpoint=config.checkpoint)
             log.info(f"loaded VLA {config.checkpoint} (sha256 {sha256_file(config.checkpoint)})")
         except (FileNotFoundError, ValueError) as exc:
             log.error(f"cannot load VLA checkpoint: {exc}; answering every observation with "
                       "a hold until the node is restarted with a valid checkpoint")
             policy = UnavailablePolicy("vla", f"VLA checkpoint unusable: {exc}")
-        return policy, ("agentview", "wrist", "joints", "eef")
-    from prevla_ros.sim.expert import expert_for_task  # LIBERO import: only when needed
-
-    policy = ScriptedExpertPolicy(expert_for_task, config.horizon, config.noise_std,
-                                  config.seed)
-    return policy, ("agentview", "wrist", "joints", "eef", "objects")
+        return policy, images_and_state
+    policy = build_policy("scripted_expert", config.horizon, config.noise_std, config.seed)
+    return policy, images_and_state + ("objects",)
 
 
 class PolicyNode(Node):

@@ -96,3 +96,35 @@ class UnavailablePolicy:
 
     def sample(self, obs: Observation, k: int, temperature: float = 1.0) -> np.ndarray:
         raise RuntimeError(self.reason)
+
+
+def build_policy(kind: str, horizon: int, noise_std: float = 0.0, seed: int = 0,
+                 checkpoint: str = "", remote_url: str = "",
+                 remote_timeout_s: float | None = None):
+    """The one place a policy kind becomes a ``Policy`` (nodes and the evaluator use it).
+
+    Args:
+        kind: "scripted_expert", "vla" (``checkpoint``) or "remote" (``remote_url``).
+        horizon: actions per chunk (the VLA's comes from its checkpoint).
+        noise_std: candidate noise of the scripted expert.
+        seed: sampling seed.
+        remote_timeout_s: connect and reply timeout of a remote policy (None: its defaults).
+
+    Raises:
+        FileNotFoundError / ValueError: a VLA checkpoint that is missing or unusable.
+    """
+    if kind == "remote":
+        from prevla_ros.runtime.remote_policy import RemotePolicyConfig, WebsocketPolicy
+
+        timeouts = ({} if remote_timeout_s is None else
+                    {"connect_timeout_s": remote_timeout_s, "request_timeout_s": remote_timeout_s})
+        return WebsocketPolicy(RemotePolicyConfig(url=remote_url, horizon=horizon, **timeouts))
+    if kind == "vla":
+        from prevla_models.vla_policy import VLAPolicy  # torch: only when a VLA is asked for
+
+        return VLAPolicy.from_checkpoint(checkpoint, seed=seed)
+    if kind == "scripted_expert":
+        from prevla_ros.sim.expert import expert_for_task  # LIBERO: only when needed
+
+        return ScriptedExpertPolicy(expert_for_task, horizon, noise_std, seed)
+    raise ValueError(f"unknown policy kind {kind!r}; expected scripted_expert, vla or remote")

@@ -84,18 +84,16 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def _build_policy(cfg: EvalConfig, suite: str, task_id: int):
+    from prevla_ros.runtime.policies import ScriptedExpertPolicy, build_policy
+
     kind, arg = parse_policy_spec(cfg.policy)
-    if kind == "vla":
-        from prevla_models.vla_policy import VLAPolicy
-        return VLAPolicy.from_checkpoint(arg, seed=cfg.seed)
-    if kind == "remote":
-        from prevla_ros.runtime.remote_policy import RemotePolicyConfig, WebsocketPolicy
-        return WebsocketPolicy(RemotePolicyConfig(url=arg, horizon=cfg.horizon))
-    from prevla_ros.runtime.policies import ScriptedExpertPolicy
-    from prevla_ros.sim.expert import expert_for_task
-    policy = ScriptedExpertPolicy(expert_for_task, cfg.horizon, cfg.noise_std,
-                                  cfg.seed * 1009 + task_id)
-    policy.set_task(suite, task_id)
+    # A per-task seed so tasks evaluated in parallel draw independent expert noise.
+    seed = cfg.seed * 1009 + task_id if kind == "scripted_expert" else cfg.seed
+    policy = build_policy(kind, cfg.horizon, cfg.noise_std, seed,
+                          checkpoint=arg if kind == "vla" else "",
+                          remote_url=arg if kind == "remote" else "")
+    if isinstance(policy, ScriptedExpertPolicy):
+        policy.set_task(suite, task_id)
     return policy
 
 
