@@ -53,11 +53,13 @@ def generate_launch_description():
             'episodes', default_value='1',
             description='episodes to run; 0 runs forever (sim_node)'),
         DeclareLaunchArgument(
-            'policy', default_value='scripted_expert',
-            description='policy that samples candidate chunks (policy_node)'),
+            'policy', default_value='vla',
+            description='policy that samples candidate chunks: vla | scripted_expert | remote '
+                        '(policy_node)'),
         DeclareLaunchArgument(
             'checkpoint', default_value='',
-            description='VLA checkpoint file, required when policy is vla (policy_node)'),
+            description="VLA checkpoint file or zoo:NAME; empty = the zoo's default VLA "
+                        '(policy_node)'),
         DeclareLaunchArgument(
             'num_candidates', default_value='4',
             description='K, candidate chunks sampled per observation (policy_node)'),

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 PAD, UNK = "<pad>", "<unk>"
 _WORD = re.compile(r"[a-z0-9]+")
@@ -36,7 +37,7 @@ _WORD = re.compile(r"[a-z0-9]+")
 class VLAConfig:
     """Configuration of :class:`VLA` (all sizes are small on purpose: it must train on CPU)."""
 
-    image_size: int = field(default=128, metadata={"help": "Square camera image side in pixels (multiple of 16)."})
+    image_size: int = field(default=64, metadata={"help": "Square image side the encoder sees (multiple of 16); inputs whose side is a multiple of it are area-downsampled."})
     cameras: int = field(default=2, metadata={"help": "Number of cameras (agentview, wrist); weights are shared."})
     horizon: int = field(default=8, metadata={"help": "Actions per chunk H."})
     action_dim: int = field(default=7, metadata={"help": "Action size (LIBERO OSC_POSE: 3 pos, 3 rot, gripper)."})
@@ -148,8 +149,11 @@ class VLA(nn.Module):
         c, s = self.cfg, self.cfg.image_size
         if images.dtype != torch.uint8:
             raise ValueError(f"images must be uint8, got {images.dtype}")
-        if images.dim() != 5 or tuple(images.shape[1:]) != (c.cameras, s, s, 3):
-            raise ValueError(f"images must be (B, {c.cameras}, {s}, {s}, 3), got {tuple(images.shape)}")
+        side = images.shape[2] if images.dim() == 5 else 0
+        if (images.dim() != 5 or tuple(images.shape[1:]) != (c.cameras, side, side, 3)
+                or side < s or side % s):
+            raise ValueError(f"images must be (B, {c.cameras}, S, S, 3) with S a multiple of "
+                             f"image_size={s}, got {tuple(images.shape)}")
         if proprio.dim() != 2 or proprio.shape != (images.shape[0], c.proprio_dim):
             raise ValueError(f"proprio must be (B={images.shape[0]}, {c.proprio_dim}), got {tuple(proprio.shape)}")
         if not torch.isfinite(proprio).all():
@@ -160,7 +164,8 @@ class VLA(nn.Module):
         """Encode an observation batch into context tokens.
 
         Args:
-            images: (B, cameras, S, S, 3) uint8, upright RGB, channel-last.
+            images: (B, cameras, S, S, 3) uint8, upright RGB, channel-last; S a multiple of
+                ``cfg.image_size`` (area-downsampled to it).
             proprio: (B, proprio_dim) float.
             instructions: list of B strings, or a (B, max_words) tensor of word ids.
 
@@ -168,8 +173,10 @@ class VLA(nn.Module):
             context (B, N, d_model) and its key-padding mask (B, N), True = padding.
         """
         self._check(images, proprio)
-        b, cams, s = images.shape[0], self.cfg.cameras, self.cfg.image_size
-        x = images.reshape(b * cams, s, s, 3).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        b, cams, side = images.shape[0], self.cfg.cameras, images.shape[2]
+        x = images.reshape(b * cams, side, side, 3).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+        if side != self.cfg.image_size:  # area downsampling, e.g. 128x128 camera -> 64x64
+            x = F.avg_pool2d(x, side // self.cfg.image_size)
         img = self.image_encoder(x).flatten(2).transpose(1, 2) + self.patch_pos  # (B*cams, P, d)
         img = (img.reshape(b, cams, -1, self.cfg.d_model) + self.camera_emb).reshape(b, -1, self.cfg.d_model)
         tokens = instructions if torch.is_tensor(instructions) else self.tokenize(instructions)

@@ -50,8 +50,10 @@ class VLAPolicy:
             if name not in obs.images:
                 raise ValueError(f"observation lacks camera {name!r} (has {sorted(obs.images)})")
             img = np.asarray(obs.images[name])
-            if img.dtype != np.uint8 or img.shape != (s, s, 3):
-                raise ValueError(f"camera {name!r}: expected ({s}, {s}, 3) uint8, got {img.shape} {img.dtype}")
+            side = img.shape[0] if img.ndim == 3 else 0
+            if img.dtype != np.uint8 or img.shape != (side, side, 3) or side < s or side % s:
+                raise ValueError(f"camera {name!r}: expected (S, S, 3) uint8 with S a multiple of "
+                                 f"{s}, got {img.shape} {img.dtype}")
             imgs.append(img)
         proprio = proprio_from_state(obs.eef_pos, obs.eef_quat_xyzw, obs.gripper_qpos)
         images = torch.from_numpy(np.stack(imgs)[None]).to(self.device)

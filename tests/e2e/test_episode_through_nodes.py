@@ -20,7 +20,8 @@ pytestmark = [pytest.mark.ros, pytest.mark.libero]
 def test_expert_episode_succeeds_through_the_nodes(ros, tmp_path):
     monitor = ros.add(EpisodeMonitor(tmp_path, expected_episodes=1, context=ros.context))
     ros.add(VerifierNode(context=ros.context))
-    policy = ros.add(PolicyNode(context=ros.context))
+    policy = ros.add(PolicyNode(context=ros.context, parameter_overrides=[
+        Parameter("policy", value="scripted_expert")]))
     ros.add(SimNode(context=ros.context, parameter_overrides=[
         Parameter("control_rate_hz", value=0.0), Parameter("episodes", value=1)]))
     assert ros.wait_for(lambda: monitor.finished, timeout_s=240)
@@ -35,16 +36,21 @@ def test_expert_episode_succeeds_through_the_nodes(ros, tmp_path):
     assert len((tmp_path / "verdicts.jsonl").read_text().splitlines()) == episode["decisions"]
 
 
-@pytest.mark.parametrize("mode", [[], ["--processes"]], ids=["composed", "processes"])
+@pytest.mark.parametrize("mode", [["--policy", "scripted_expert"], ["--processes"]],
+                         ids=["composed-expert", "processes-default-vla"])
 def test_prevla_demo_command(tmp_path, mode):
     result = subprocess.run(
         [sys.executable, "-m", "prevla_ros.cli", "demo", "--episodes", "1",
-         "--control-rate-hz", "0", "--out", str(tmp_path), "--timeout-s", "240"] + mode,
-        capture_output=True, text=True, timeout=300)
+         "--control-rate-hz", "0", "--out", str(tmp_path), "--timeout-s", "300"] + mode,
+        capture_output=True, text=True, timeout=360)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert "success 1/1" in result.stdout
     [run_dir] = list(tmp_path.iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["finished"] and summary["successes"] == 1
-    assert summary["per_episode"][0]["steps"] > 0
+    assert summary["finished"] and summary["per_episode"][0]["steps"] > 0
+    verdicts = [json.loads(line) for line in (run_dir / "verdicts.jsonl").read_text().splitlines()]
+    if "scripted_expert" in mode:
+        assert "success 1/1" in result.stdout and summary["successes"] == 1
+    else:  # the default graph runs the trained VLA (its success rate is measured by prevla eval)
+        assert verdicts and all(v["outcome"] == "accepted" for v in verdicts)
+        assert summary["per_episode"][0]["policy_ids"] == ["vla_libero_spatial"]  # no holds

@@ -65,6 +65,7 @@ class Robot:
 @pytest.fixture
 def setup(ros, real_obs):
     node = ros.add(PolicyNode(context=ros.context, parameter_overrides=[
+        Parameter("policy", value="scripted_expert"),
         Parameter("num_candidates", value=5), Parameter("noise_std", value=0.1)]))
     robot = Robot(ros, *real_obs)
     return ros, node, robot
@@ -167,6 +168,23 @@ def test_vla_policy_from_checkpoint_samples_candidates(ros, real_obs, vla_checkp
     assert chunks.shape == (3, 8, 7) and np.all(np.abs(chunks) <= 1.0)
     assert not np.allclose(chunks[0], chunks[1])  # sampled, not copied
     assert node._stats["holds"] == 0
+
+
+def test_default_policy_is_the_trained_zoo_vla(ros, real_obs):
+    from prevla_models import zoo
+
+    [(name, entry)] = [(n, e) for n, e in zoo.load_manifest().items() if e.get("default")]
+    node = ros.add(PolicyNode(context=ros.context))  # no parameters: the defaults users get
+    robot = Robot(ros, *real_obs)
+    robot.publish(6_500)
+    assert ros.wait_for(lambda: robot.candidates, timeout_s=30)
+    msg = robot.candidates[0]
+    assert msg.policy_id == name and len(msg.candidates) == 4, node._stats["last_error"]
+    chunks = np.stack([conv.msg_to_chunk(c, expected_dim=7).actions for c in msg.candidates])
+    assert chunks.shape == (4, 8, 7) and np.all(np.abs(chunks) <= 1.0)
+    assert np.std(chunks[:, :, :6], axis=0).mean() > 1e-3  # K different samples
+    # the start of task 0 is a reach towards the bowl, not a hold: the arm must move
+    assert np.abs(chunks[:, :, :3]).mean() > 0.05
 
 
 @pytest.mark.parametrize("problem", ["missing", "corrupt"])

@@ -77,16 +77,15 @@ def test_every_validated_field_is_covered():
     # every value is meaningful. Everything else must appear in BAD_VALUES above.
     unchecked = {("SimNodeConfig", "publish_privileged"), ("PolicyNodeConfig", "seed"),
                  ("VerifierNodeConfig", "marker_frame"),
-                 ("PolicyNodeConfig", "checkpoint")}  # checked with policy, test below
+                 ("PolicyNodeConfig", "checkpoint")}  # resolved (and sha256-checked) at load
     covered = {(c.__name__, n) for c, n, _ in BAD_VALUES}
     every = {(cls.__name__, f.name) for cls, f in ALL_FIELDS}
     assert every - unchecked == covered
 
 
-def test_vla_needs_checkpoint():
-    with pytest.raises(ValueError, match=r"PolicyNodeConfig\.checkpoint:"):
-        PolicyNodeConfig(policy="vla")
-    assert PolicyNodeConfig(policy="vla", checkpoint="m.pt").checkpoint == "m.pt"
+def test_the_learned_vla_from_the_zoo_is_the_default_policy():
+    cfg = PolicyNodeConfig()
+    assert (cfg.policy, cfg.checkpoint) == ("vla", "")  # "" = the zoo's default VLA
 
 
 @pytest.mark.parametrize("suite", SUITES)

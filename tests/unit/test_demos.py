@@ -65,7 +65,8 @@ def fake_sim(monkeypatch, tmp_path):
 
 
 def test_fake_recording_layout_and_reader(fake_sim, tmp_path):
-    s = demos.record_demos("libero_spatial", [0], 2, tmp_path / "d", workers=0, horizon=2)
+    s = demos.record_demos("libero_spatial", [0], 2, tmp_path / "d", workers=0, horizon=2,
+                           first_init_state=0)
     row = s["tasks"][0]
     # init states 0, 1, 2: the odd one fails, so 3 attempts for 2 demos
     assert (row["demos"], row["attempts"], row["total_steps"]) == (2, 3, 10)
@@ -78,6 +79,7 @@ def test_fake_recording_layout_and_reader(fake_sim, tmp_path):
         assert (d.attrs["num_demos"], d.attrs["total"]) == (2, 10)
         g = d["demo_1"]
         assert g.attrs["num_samples"] == 5 and g.attrs["prevla_init_state_index"] == 2
+        np.testing.assert_array_equal(g["expert_actions"][:], g["actions"][:])  # no noise
         for key, shape, dtype in [("actions", (5, 7), np.float64), ("dones", (5,), np.uint8),
                                   ("rewards", (5,), np.uint8), ("states", (5, 2), np.float64),
                                   ("robot_states", (5, 9), np.float64),
@@ -107,20 +109,50 @@ def test_fake_recording_layout_and_reader(fake_sim, tmp_path):
     assert s["actions"].shape == (4, 7) and s["actions"].dtype == np.float32
     np.testing.assert_array_equal(s["actions"][2], s["actions"][1])
     np.testing.assert_array_equal(s["actions"][3], s["actions"][1])
+    assert ds.cache_in_memory() > 0  # the in-RAM path returns exactly the same samples
+    for i in range(len(ds)):
+        cached, fresh = ds.sample(i, 4), DemoDataset(tmp_path / "d").sample(i, 4)
+        assert cached.keys() == fresh.keys()
+        for key in cached:
+            np.testing.assert_array_equal(np.asarray(cached[key]), np.asarray(fresh[key]), key)
 
 
 def test_resume_records_only_missing(fake_sim, tmp_path):
     out = tmp_path / "d"
-    demos.record_demos("libero_spatial", [0], 1, out, workers=0)
-    s = demos.record_demos("libero_spatial", [0], 3, out, workers=0)
+    demos.record_demos("libero_spatial", [0], 1, out, workers=0, first_init_state=0)
+    s = demos.record_demos("libero_spatial", [0], 3, out, workers=0, first_init_state=0)
     row = s["tasks"][0]
     assert (row["demos_before"], row["new_demos"], row["demos"]) == (1, 2, 3)
     assert row["attempts"] == 5 and row["new_attempts"] == 4  # init states 1..4, odd ones fail
-    s = demos.record_demos("libero_spatial", [0], 3, out, workers=0)  # nothing left to do
+    s = demos.record_demos("libero_spatial", [0], 3, out, workers=0, first_init_state=0)  # no-op
     assert s["tasks"][0]["new_attempts"] == 0
     assert FakeEnv.instances == 2  # the third call never built a simulator
     with h5py.File(out / "SCENE1_fake_task_0_demo.hdf5") as f:
         assert [f["data"][f"demo_{i}"].attrs["prevla_init_state_index"] for i in range(3)] == [0, 2, 4]
+
+
+def test_noisy_demos_store_clean_expert_labels_and_skip_eval_init_states(fake_sim, tmp_path):
+    out = tmp_path / "d"
+    demos.record_demos("libero_spatial", [0], 2, out, workers=0, horizon=3, noise_std=0.2)
+    with h5py.File(out / "SCENE1_fake_task_0_demo.hdf5") as f:
+        d = f["data"]
+        # default first_init_state=10: init states 0-9 stay unseen for `prevla eval`
+        assert [d[f"demo_{i}"].attrs["prevla_init_state_index"] for i in range(2)] == [10, 12]
+        g = d["demo_0"]
+        executed, clean = g["actions"][:], g["expert_actions"][:]
+    assert not np.allclose(executed[:, :6], clean[:, :6])  # the robot ran the noisy actions
+    np.testing.assert_array_equal(executed[:, 6], clean[:, 6])  # gripper never perturbed
+    # labels are the clean expert actions for the visited state: FakeExpert's chunk is
+    # arange/10 + eef x, and eef x == t at step t (chunk starts at t = 0, 3)
+    for t in range(5):
+        np.testing.assert_allclose(clean[t], np.arange(7) / 10 + 3 * (t // 3), atol=1e-6)
+    s = DemoDataset(out).sample(1, horizon=2)
+    np.testing.assert_allclose(s["actions"], clean[1:3], atol=1e-6)  # the reader trains on them
+
+
+def test_first_init_state_must_be_non_negative(fake_sim, tmp_path):
+    with pytest.raises(ValueError, match="first_init_state"):
+        demos.record_demos("libero_spatial", [0], 1, tmp_path, workers=0, first_init_state=-1)
 
 
 def test_half_written_demo_is_dropped_on_resume(fake_sim, tmp_path):

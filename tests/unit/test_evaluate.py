@@ -24,7 +24,7 @@ def test_config_validation_names_the_field(field, value):
         EvalConfig(**{field: value})
 
 
-@pytest.mark.parametrize("spec", ["vla", "vla:", "remote:", "expert", ""])
+@pytest.mark.parametrize("spec", ["vla:", "remote:", "expert", ""])
 def test_bad_policy_spec_is_explained(spec):
     with pytest.raises(ValueError, match="scripted_expert"):
         parse_policy_spec(spec)
@@ -32,6 +32,8 @@ def test_bad_policy_spec_is_explained(spec):
 
 def test_policy_spec_and_tasks_parse():
     assert parse_policy_spec("vla:/tmp/x.pt") == ("vla", "/tmp/x.pt")
+    assert parse_policy_spec("vla") == ("vla", "")  # the zoo's default VLA
+    assert parse_policy_spec("vla:zoo:vla_libero_spatial") == ("vla", "zoo:vla_libero_spatial")
     assert parse_policy_spec("remote:ws://h:8000") == ("remote", "ws://h:8000")
     assert parse_tasks("0-2,5") == [0, 1, 2, 5]
     assert parse_tasks("") == []

@@ -55,6 +55,32 @@ def test_encode_and_sample_shapes():
     assert out.abs().max() <= 1.0
 
 
+def test_larger_camera_images_are_area_downsampled_to_image_size():
+    m = tiny_model()
+    images, proprio, instr = obs_batch(2)
+    big = images.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)  # 2x nearest upsample
+    torch.testing.assert_close(m.encode(big, proprio, instr)[0], m.encode(images, proprio, instr)[0])
+    with pytest.raises(ValueError, match="multiple of image_size"):
+        m.encode(images[:, :, : S + 8, : S + 8].repeat(1, 1, 2, 2, 1)[:, :, :48, :48], proprio, instr)
+
+
+def test_random_shift_moves_content_and_zero_is_identity():
+    from prevla_training.train_policy import random_shift
+
+    img = torch.zeros(3, 2, 16, 16, 3, dtype=torch.uint8)
+    img[:, :, 8, 8] = 255  # one bright pixel per image
+    assert random_shift(img, 0, torch.Generator().manual_seed(0)) is img
+    out = random_shift(img, 2, torch.Generator().manual_seed(0))
+    assert out.shape == img.shape and out.dtype == torch.uint8
+    ys, xs = [], []
+    for b in range(3):
+        for c in range(2):
+            (y, x) = torch.nonzero(out[b, c, :, :, 0]).tolist()[0]
+            ys.append(y - 8), xs.append(x - 8)
+            assert int(out[b, c].sum()) == 3 * 255  # moved, not duplicated or lost
+    assert all(abs(v) <= 2 for v in ys + xs) and len(set(zip(ys, xs))) > 1
+
+
 def test_samples_differ_at_temperature_one_and_are_deterministic_at_zero():
     m = tiny_model()
     images, proprio, instr = obs_batch(1)

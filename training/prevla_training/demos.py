@@ -78,23 +78,30 @@ def record_episode(env, expert, init_state: int, horizon: int, noise_std: float,
     The expert is queried at chunk boundaries with the observation of that step, exactly as
     the runtime drives it. Row t holds the observation and state *before* action t.
 
+    With ``noise_std > 0`` the *executed* actions are perturbed (DART-style: the robot visits
+    states off the expert's path) and stored as ``actions`` (LIBERO's key: replaying them
+    reproduces the episode); the clean expert actions for those states are stored as
+    ``expert_actions``, the labels a policy learns from.
+
     Returns:
         (arrays, success): ``arrays`` maps LIBERO dataset keys to stacked arrays.
     """
     env.reset(init_state)
     expert.reset()
-    rows: dict[str, list] = {k: [] for k in ("actions", "states", "agentview", "wrist",
+    rows: dict[str, list] = {k: [] for k in ("actions", "expert_actions", "states", "agentview", "wrist",
                                              "joints", "gripper", "pos", "quat")}
-    chunk, k = np.zeros((0, 7)), 0
+    chunk, clean, k = np.zeros((0, 7)), np.zeros((0, 7)), 0
     done = success = False
     while not done:
         obs = env.observe()
         if k >= len(chunk):
-            chunk, k = np.array(expert.act_chunk(obs, horizon), dtype=np.float64), 0
+            clean, k = np.array(expert.act_chunk(obs, horizon), dtype=np.float64), 0
+            chunk = clean.copy()
             if noise_std > 0:  # perturb motion only, like ScriptedExpertPolicy / expert_eval
                 chunk[:, :6] = np.clip(chunk[:, :6] + rng.normal(0, noise_std, (len(chunk), 6)),
                                        -1, 1)
         a = chunk[k]
+        rows["expert_actions"].append(clean[k])
         k += 1
         rows["states"].append(env.get_state())
         rows["actions"].append(a)
@@ -115,6 +122,7 @@ def record_episode(env, expert, init_state: int, horizon: int, noise_std: float,
     flip = lambda ims: np.ascontiguousarray(np.asarray(ims, np.uint8)[:, ::-1, ::-1])  # noqa: E731
     arrays = {
         "actions": np.asarray(rows["actions"], np.float64),
+        "expert_actions": np.asarray(rows["expert_actions"], np.float64),
         "states": np.asarray(rows["states"], np.float64),
         # LIBERO's env.get_robot_state_vector: gripper qpos (2), eef pos (3), eef quat xyzw (4)
         "robot_states": np.concatenate([gripper, pos, quat], axis=1),
@@ -161,7 +169,7 @@ def _open_part(part: Path, info: dict, job: dict):
         data.attrs["prevla_attempts"] = 0
         data.attrs["prevla_recorder"] = json.dumps(dict(
             suite=job["suite"], task_id=job["task_id"], horizon=job["horizon"],
-            noise_std=job["noise_std"], seed=job["seed"]))
+            noise_std=job["noise_std"], seed=job["seed"], first_init_state=job["first_init_state"]))
     n = int(data.attrs["num_demos"])
     for key in [k for k in data if k.startswith("demo_") and int(k[5:]) >= n]:
         del data[key]  # written when the previous run died, before num_demos was bumped
@@ -211,7 +219,8 @@ def record_task(job: dict) -> dict:
                 env = _make_env(job["suite"], job["task_id"], job["image_size"])
                 expert = _make_expert(env)
             attempt = int(data.attrs["prevla_attempts"])
-            init = attempt % info["n_init"]  # successive official init states
+            first = min(job["first_init_state"], info["n_init"] - 1)
+            init = first + attempt % (info["n_init"] - first)  # successive official init states
             rng = np.random.default_rng([job["seed"], job["task_id"], attempt])
             ts = time.perf_counter()
             arrays, ok = record_episode(env, expert, init, job["horizon"], job["noise_std"], rng)
@@ -250,7 +259,7 @@ class _BarSink:
 
 def record_demos(suite: str, task_ids: list[int] | None, demos_per_task: int, out_dir: str | Path,
                  workers: int, horizon: int = 8, noise_std: float = 0.0, image_size: int = 128,
-                 seed: int = 0, max_attempts_factor: int = 3) -> dict:
+                 seed: int = 0, max_attempts_factor: int = 3, first_init_state: int = 10) -> dict:
     """Record successful scripted-expert demos for ``task_ids`` of ``suite`` into ``out_dir``.
 
     Args:
@@ -264,6 +273,8 @@ def record_demos(suite: str, task_ids: list[int] | None, demos_per_task: int, ou
         image_size: square camera resolution.
         seed: noise seed.
         max_attempts_factor: give up on a task after this many attempts per wanted demo.
+        first_init_state: demos start from official init states ``first_init_state, ...``
+            (cycling); the default 10 keeps init states 0-9, used by ``prevla eval``, unseen.
 
     Returns:
         The summary dict (also written to ``out_dir/summary.json``).
@@ -272,6 +283,8 @@ def record_demos(suite: str, task_ids: list[int] | None, demos_per_task: int, ou
 
     if demos_per_task < 1:
         raise ValueError(f"demos_per_task must be >= 1, got {demos_per_task}")
+    if first_init_state < 0:
+        raise ValueError(f"first_init_state must be >= 0, got {first_init_state}")
     if max_attempts_factor < 1:
         raise ValueError(f"max_attempts_factor must be >= 1, got {max_attempts_factor}")
     if task_ids is None:
@@ -282,7 +295,7 @@ def record_demos(suite: str, task_ids: list[int] | None, demos_per_task: int, ou
     out.mkdir(parents=True, exist_ok=True)
     base = dict(suite=suite, demos_per_task=demos_per_task, out_dir=str(out), horizon=horizon,
                 noise_std=noise_std, image_size=image_size, seed=seed,
-                max_attempts_factor=max_attempts_factor)
+                max_attempts_factor=max_attempts_factor, first_init_state=first_init_state)
     jobs = [dict(base, task_id=t) for t in task_ids]
     t_start = time.perf_counter()
     bar = tqdm(total=len(jobs) * demos_per_task, desc=f"demos {suite}", unit="demo")
@@ -341,12 +354,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0, help="noise seed")
     p.add_argument("--max-attempts-factor", type=int, default=3,
                    help="attempts allowed per wanted demo before giving up on a task")
+    p.add_argument("--first-init-state", type=int, default=10,
+                   help="first official init state to record from (0-9 are left for evaluation)")
     a = p.parse_args(argv)
     from prevla_ros.sim.libero_env import suite_num_tasks
 
     record_demos(a.suite, parse_tasks(a.tasks, suite_num_tasks(a.suite)), a.demos_per_task,
                  a.out, a.workers, horizon=a.horizon, noise_std=a.noise_std,
-                 image_size=a.image_size, seed=a.seed, max_attempts_factor=a.max_attempts_factor)
+                 image_size=a.image_size, seed=a.seed, max_attempts_factor=a.max_attempts_factor,
+                 first_init_state=a.first_init_state)
     return 0
 
 

@@ -46,6 +46,8 @@ class TrainPolicyConfig:
     device: str = field(default="auto", metadata={"help": "'auto' (cuda if present), 'cpu', 'cuda', 'cuda:1' ..."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
     num_threads: int = field(default=0, metadata={"help": "CPU torch threads (0 = all cores, at most 8)."})
+    cache_data: bool = field(default=True, metadata={"help": "Hold all demos in RAM (fast random access; ~10 MB per LIBERO demo)."})
+    aug_shift: int = field(default=8, metadata={"help": "Random-shift augmentation: max shift in input pixels (0 = off)."})
     stats_samples: int = field(default=2000, metadata={"help": "Samples used for normalisation statistics."})
     resume: bool = field(default=False, metadata={"help": "Continue from out_dir/last.pt if it exists."})
     stop_at: int = field(default=0, metadata={"help": "Stop (with a checkpoint) at this step, e.g. for time-limited jobs; 0 = run to steps."})
@@ -57,7 +59,7 @@ class TrainPolicyConfig:
         for name in ("steps", "batch_size", "log_interval", "ckpt_interval", "stats_samples"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainPolicyConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "num_workers", "num_threads", "stop_at"):
+        for name in ("warmup_steps", "num_workers", "num_threads", "stop_at", "aug_shift"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"TrainPolicyConfig.{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
@@ -116,6 +118,19 @@ def normalization_stats(data: ChunkDataset, n: int, seed: int) -> dict:
     return {"action_mean": a_mean, "action_std": a_std, "proprio_mean": p.mean(0), "proprio_std": p.std(0, unbiased=False)}
 
 
+def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """DrQ-style augmentation: shift each image of (B, C, S, S, 3) by up to ``max_shift`` pixels
+    in x and y (edge pixels replicated), independently per sample and camera."""
+    if max_shift <= 0:
+        return images
+    b, c, s = images.shape[:3]
+    x = images.reshape(b * c, s, s, 3).permute(0, 3, 1, 2).float()
+    x = torch.nn.functional.pad(x, (max_shift,) * 4, mode="replicate")
+    off = torch.randint(0, 2 * max_shift + 1, (b * c, 2), generator=generator).tolist()
+    out = torch.stack([x[i, :, dy:dy + s, dx:dx + s] for i, (dy, dx) in enumerate(off)])
+    return out.permute(0, 2, 3, 1).to(images.dtype).reshape(images.shape)
+
+
 def _lr_lambda(cfg: TrainPolicyConfig):
     def f(step: int) -> float:
         if step < cfg.warmup_steps:
@@ -154,6 +169,11 @@ def train_policy(cfg: TrainPolicyConfig, demos=None) -> dict:
     if device.type == "cpu":
         torch.set_num_threads(cfg.num_threads or min(os.cpu_count() or 1, 8))
     demos = open_demos(cfg.data) if demos is None else demos
+    if cfg.cache_data and hasattr(demos, "cache_in_memory"):
+        t_cache = time.perf_counter()
+        size = demos.cache_in_memory()
+        print(f"cached {getattr(demos, 'num_demos', '?')} demos ({size / 2**30:.2f} GiB) in RAM "
+              f"in {time.perf_counter() - t_cache:.0f} s")
     os.makedirs(cfg.out_dir, exist_ok=True)
     last_path = os.path.join(cfg.out_dir, "last.pt")
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
@@ -171,9 +191,10 @@ def train_policy(cfg: TrainPolicyConfig, demos=None) -> dict:
         model = VLA(mcfg)
     data = ChunkDataset(demos, model.cfg.horizon)
     shape = tuple(data[0]["images"].shape)
-    if shape != (model.cfg.cameras, model.cfg.image_size, model.cfg.image_size, 3):
-        raise ValueError(f"demo images are {shape} (cameras, H, W, 3) but the model expects image_size="
-                         f"{model.cfg.image_size}; set --image-size / VLAConfig.image_size to match the data")
+    s = model.cfg.image_size
+    if len(shape) != 4 or shape != (model.cfg.cameras, shape[1], shape[1], 3) or shape[1] % s:
+        raise ValueError(f"demo images are {shape} (cameras, H, W, 3) but the model expects square images "
+                         f"whose side is a multiple of image_size={s}; set --image-size / VLAConfig.image_size")
     if state is None:
         model.set_normalization(**normalization_stats(data, cfg.stats_samples, cfg.seed))
         open(metrics_path, "w").close()
@@ -208,6 +229,8 @@ def train_policy(cfg: TrainPolicyConfig, demos=None) -> dict:
     metrics, step, t0, window = {"step": start}, start, time.perf_counter(), []
     with open(metrics_path, "a") as log, tqdm(total=cfg.steps, initial=start, desc="train_policy") as bar:
         for batch in loader:
+            aug = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 17)  # exact on resume
+            batch["images"] = random_shift(batch["images"], cfg.aug_shift, aug)
             batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = model.loss(batch, generator=noise)
@@ -253,13 +276,15 @@ def main(argv=None) -> dict:
     p.add_argument("--horizon", type=int, default=d.model.horizon, help="actions per chunk")
     p.add_argument("--d-model", type=int, default=d.model.d_model)
     p.add_argument("--n-layers", type=int, default=d.model.n_layers)
+    p.add_argument("--no-cache-data", action="store_true", help="read demos from disk per sample")
+    p.add_argument("--aug-shift", type=int, default=d.aug_shift, help="random-shift augmentation in pixels")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     p.add_argument("--stop-at", type=int, default=0, help="stop (and checkpoint) at this step; 0 = --steps")
     a = p.parse_args(argv)
     cfg = TrainPolicyConfig(data=a.data, out_dir=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
                             weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, ckpt_interval=a.ckpt_interval,
                             log_interval=a.log_interval, seed=a.seed, device=a.device, num_workers=a.num_workers,
-                            num_threads=a.num_threads, resume=a.resume, stop_at=a.stop_at,
+                            num_threads=a.num_threads, resume=a.resume, stop_at=a.stop_at, aug_shift=a.aug_shift, cache_data=not a.no_cache_data,
                             model=VLAConfig(image_size=a.image_size, horizon=a.horizon, d_model=a.d_model,
                                             n_layers=a.n_layers))
     metrics = train_policy(cfg)

@@ -28,7 +28,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     per_node = {
         "sim_node": {"suite": args.suite, "task_id": args.task_id, "init_state": args.init_state,
                      "episodes": args.episodes, "control_rate_hz": args.control_rate_hz},
-        "policy_node": {"num_candidates": args.num_candidates, "noise_std": args.noise_std},
+        "policy_node": {"policy": args.policy, "checkpoint": args.checkpoint,
+                        "num_candidates": args.num_candidates, "noise_std": args.noise_std},
         "verifier_node": {"verifier": args.verifier},
     }
     return {node: {k: v for k, v in values.items() if v is not None}
@@ -197,6 +198,9 @@ def _graph_options(p: argparse.ArgumentParser, default_episodes: int | None) -> 
                    help="episodes to run (0 = forever)")
     p.add_argument("--control-rate-hz", type=float, default=None,
                    help="control rate of the sim (0 = as fast as possible)")
+    p.add_argument("--policy", default=None,
+                   help="vla (default: the zoo's trained VLA) | scripted_expert | remote")
+    p.add_argument("--checkpoint", default=None, help="VLA checkpoint: file or zoo:NAME")
     p.add_argument("--num-candidates", type=int, default=None, help="K candidates per decision")
     p.add_argument("--noise-std", type=float, default=None, help="expert candidate noise std")
     p.add_argument("--verifier", default=None, help="verifier (passthrough)")

@@ -1,6 +1,6 @@
 """episode monitor: records what the graph did (used by ``prevla demo`` and the e2e tests).
 
-Subscribes ``episode_status``, ``verdict`` and ``agentview/image_raw``; writes
+Subscribes ``episode_status``, ``verdict``, ``candidates`` and ``agentview/image_raw``; writes
 ``episodes.jsonl``, ``verdicts.jsonl`` and the first/last agent-view frame of each episode
 as PNG under its output directory.
 """
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from prevla_interfaces.msg import EpisodeStatus, Verdict
+from prevla_interfaces.msg import CandidateSet, EpisodeStatus, Verdict
 from rclpy.node import Node
 from sensor_msgs.msg import Image
 
@@ -34,6 +34,7 @@ class EpisodeMonitor(Node):
             (out_dir / "frames").mkdir(parents=True, exist_ok=True)
         self.create_subscription(EpisodeStatus, "episode_status", self._on_status, STATUS_QOS)
         self.create_subscription(Verdict, "verdict", self._on_verdict, STREAM_QOS)
+        self.create_subscription(CandidateSet, "candidates", self._on_candidates, STREAM_QOS)
         self.create_subscription(Image, "agentview/image_raw", self._on_image, STREAM_QOS)
 
     @property
@@ -46,11 +47,11 @@ class EpisodeMonitor(Node):
                 self._current = {"episode": int(msg.episode), "suite": msg.suite,
                                  "task_id": int(msg.task_id), "init_state": int(msg.init_state),
                                  "instruction": msg.instruction, "decisions": 0, "holds": 0,
-                                 "verify_ms": []}
+                                 "verify_ms": [], "policy_ids": []}
                 self._last_frame = None
             return
         record = dict(self._current or {"episode": int(msg.episode), "decisions": 0,
-                                        "holds": 0, "verify_ms": []})
+                                        "holds": 0, "verify_ms": [], "policy_ids": []})
         if any(e["episode"] == record["episode"] for e in self.episodes):
             return  # the same latched status seen twice
         verify = record.pop("verify_ms")
@@ -72,6 +73,11 @@ class EpisodeMonitor(Node):
             self._current["decisions"] += 1
             self._current["holds"] += int(msg.outcome == "hold")
             self._current["verify_ms"].append(float(msg.verify_ms))
+
+    def _on_candidates(self, msg: CandidateSet) -> None:
+        """Which policies proposed the candidates of the running episode ("hold" included)."""
+        if self._current is not None and msg.policy_id not in self._current["policy_ids"]:
+            self._current["policy_ids"].append(msg.policy_id)
 
     def _on_image(self, msg: Image) -> None:
         try:

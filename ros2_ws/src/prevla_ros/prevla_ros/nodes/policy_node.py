@@ -40,12 +40,13 @@ def make_policy(config: PolicyNodeConfig, log) -> tuple[Policy, tuple[str, ...]]
         return build_policy("remote", config.horizon, remote_url=config.remote_url,
                             remote_timeout_s=config.remote_timeout_s), images_and_state
     if config.policy == "vla":
+        from prevla_models import zoo
         from prevla_models.vla import sha256_file
 
         try:
-            policy = build_policy("vla", config.horizon, seed=config.seed,
-                                  checkpoint=config.checkpoint)
-            log.info(f"loaded VLA {config.checkpoint} (sha256 {sha256_file(config.checkpoint)})")
+            path = zoo.resolve(config.checkpoint, "vla")  # "" / zoo:NAME -> verified file
+            policy = build_policy("vla", config.horizon, seed=config.seed, checkpoint=path)
+            log.info(f"loaded VLA {path} (sha256 {sha256_file(path)})")
         except (FileNotFoundError, ValueError) as exc:
             log.error(f"cannot load VLA checkpoint: {exc}; answering every observation with "
                       "a hold until the node is restarted with a valid checkpoint")

@@ -72,12 +72,14 @@ class SimNodeConfig:
 class PolicyNodeConfig:
     """Parameters of ``policy_node`` (samples candidate chunks from observations)."""
 
-    policy: str = _help("policy to run: scripted_expert (privileged scripted LIBERO expert + "
-                        "Gaussian noise), vla (the learned VLA in `checkpoint`) or remote (a "
-                        "policy server at `remote_url`, openpi websocket protocol)",
-                        "scripted_expert")
-    checkpoint: str = _help("VLA checkpoint file (policy vla); a missing or corrupt file is "
-                            "logged and answered with hold chunks", "")
+    policy: str = _help("policy to run: vla (the learned VLA in `checkpoint`), "
+                        "scripted_expert (privileged scripted LIBERO expert + Gaussian noise) "
+                        "or remote (a policy server at `remote_url`, openpi websocket protocol)",
+                        "vla")
+    checkpoint: str = _help("VLA checkpoint (policy vla): a file, zoo:NAME from "
+                            "models/zoo/manifest.yaml, or empty for the zoo's default VLA "
+                            "(sha256-checked); a missing or corrupt file is logged and "
+                            "answered with hold chunks", "")
     remote_url: str = _help("policy server URL (policy remote); an unreachable server is "
                             "logged and answered with hold chunks", "ws://127.0.0.1:8000")
     remote_timeout_s: float = _help("longest wait for a policy server to connect or reply",
@@ -95,8 +97,6 @@ class PolicyNodeConfig:
         n = type(self).__name__
         _check(self.policy in POLICIES, n, "policy",
                f"must be one of {POLICIES}, got {self.policy!r}")
-        _check(self.policy != "vla" or bool(self.checkpoint), n, "checkpoint",
-               "must name a checkpoint file when policy is 'vla'")
         _check(self.remote_url.startswith(("ws://", "wss://")), n, "remote_url",
                f"must start with ws:// or wss://, got {self.remote_url!r}")
         _check(self.remote_timeout_s > 0, n, "remote_timeout_s",

@@ -7,7 +7,7 @@ itself keeps running and accepts the next connection.
 
 Run a learned VLA out of process::
 
-    python -m prevla_ros.runtime.policy_server --policy vla --checkpoint ckpt.pt --port 8000
+    python -m prevla_ros.runtime.policy_server --policy vla [--checkpoint ckpt.pt] --port 8000
 """
 from __future__ import annotations
 
@@ -183,7 +183,8 @@ def serve_policy(policy: Policy, host: str = "127.0.0.1", port: int = 0,
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve a prevla policy over openpi's websocket protocol.")
     parser.add_argument("--policy", choices=["vla"], default="vla", help="which policy to serve")
-    parser.add_argument("--checkpoint", required=True, help="VLA checkpoint (prevla_models)")
+    parser.add_argument("--checkpoint", default="",
+                        help="VLA checkpoint: file, zoo:NAME, or empty for the zoo default")
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--host", default="127.0.0.1", help="bind address")
@@ -194,7 +195,10 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO)
     from prevla_models.vla_policy import VLAPolicy  # torch import only when serving a VLA
 
-    policy = VLAPolicy.from_checkpoint(args.checkpoint, device=args.device, seed=args.seed)
+    from prevla_models import zoo
+
+    policy = VLAPolicy.from_checkpoint(zoo.resolve(args.checkpoint, "vla"), device=args.device,
+                                       seed=args.seed)
     server = serve_policy(policy, args.host, args.port, batched=not args.single_sample)
     log.info("serving policy %r on %s", policy.policy_id, server.url)
     try:

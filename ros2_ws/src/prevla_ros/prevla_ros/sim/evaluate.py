@@ -31,7 +31,7 @@ class EvalConfig:
     episodes_per_task: int = field(default=10, metadata={"help": "episodes per task and arm"})
     init_start: int = field(default=0, metadata={"help": "official init state of episode 0"})
     policy: str = field(default="scripted_expert", metadata={
-        "help": "scripted_expert | vla:<checkpoint> | remote:<ws url>"})
+        "help": "scripted_expert | vla (zoo default) | vla:<file or zoo:NAME> | remote:<ws url>"})
     arms: tuple[str, ...] = field(default=("policy",), metadata={
         "help": "policy = candidate 0 of K; random = a uniformly random candidate (seeded)"})
     num_candidates: int = field(default=1, metadata={"help": "K candidates per decision"})
@@ -63,12 +63,12 @@ class EvalConfig:
 
 def parse_policy_spec(spec: str) -> tuple[str, str]:
     """Split a policy spec into (kind, argument); ValueError naming the expected forms."""
-    if spec == "scripted_expert":
-        return "scripted_expert", ""
+    if spec in ("scripted_expert", "vla"):
+        return spec, ""
     kind, sep, arg = spec.partition(":")
     if kind in ("vla", "remote") and sep and arg:
         return kind, arg
-    raise ValueError(f"policy: expected 'scripted_expert', 'vla:<checkpoint>' or "
+    raise ValueError(f"policy: expected 'scripted_expert', 'vla', 'vla:<checkpoint>' or "
                      f"'remote:<ws url>', got {spec!r}")
 
 
@@ -104,6 +104,10 @@ def run_task_arm(cfg_dict: dict, suite: str, task_id: int, arm: str) -> list[dic
     from prevla_ros.sim.libero_env import LiberoEnv, LiberoEnvConfig, num_init_states
 
     cfg = EvalConfig(**cfg_dict)
+    if cfg.workers > 0 and cfg.policy.startswith("vla"):  # share the cores, do not oversubscribe
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
     render = cfg.render == "on" or (cfg.render == "auto" and cfg.policy != "scripted_expert")
     policy = _build_policy(cfg, suite, task_id)
     n_init = num_init_states(suite, task_id)

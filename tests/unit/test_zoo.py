@@ -1,0 +1,76 @@
+"""Model zoo: manifest entries, sha256-checked resolution, and the committed default VLA."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from prevla_models import zoo
+from prevla_models.vla import VLA, VLAConfig, load_checkpoint, save_checkpoint, sha256_file
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    torch.manual_seed(0)
+    model = VLA(VLAConfig(image_size=32, vocab=["pick", "bowl"], d_model=32, n_layers=1,
+                          n_heads=2, head_layers=1, flow_steps=2))
+    path = tmp_path / "trained.pt"
+    save_checkpoint(str(path), model, {"step": 5, "train_state": {"step": 5, "big": [0] * 100}})
+    return path
+
+
+def test_register_resolve_and_default(tmp_path, tiny_ckpt):
+    root = tmp_path / "zoo"
+    entry = zoo.register("vla_a", "vla", str(tiny_ckpt), {"data": "x"}, {"success": 0.5},
+                         default=True, root=root)
+    assert entry["sha256"] == sha256_file(str(root / "vla_a.pt")) and entry["default"]
+    assert entry["signature"]["params"] == VLA(load_checkpoint(str(tiny_ckpt))[0].cfg).num_parameters()
+    model, extra = load_checkpoint(str(root / "vla_a.pt"))
+    assert "train_state" not in extra and extra["policy_id"] == "vla_a"  # no optimizer state
+    zoo.register("vla_b", "vla", str(tiny_ckpt), {"data": "y"}, root=root)
+    assert zoo.resolve("", "vla", root) == str(root / "vla_a.pt")  # the default entry
+    assert zoo.resolve("zoo:default", "vla", root) == str(root / "vla_a.pt")
+    assert zoo.resolve("zoo:vla_b", "vla", root) == str(root / "vla_b.pt")
+    assert zoo.resolve("/some/file.pt", "vla", root) == "/some/file.pt"  # plain paths pass
+    zoo.register("vla_b", "vla", str(tiny_ckpt), {"data": "y"}, default=True, root=root)
+    models = zoo.load_manifest(root)
+    assert [n for n, e in models.items() if e["default"]] == ["vla_b"]  # one default per kind
+    assert models["vla_b"]["training"] == {"data": "y"}
+
+
+def test_tampered_missing_and_unknown_entries_fail_clearly(tmp_path, tiny_ckpt):
+    root = tmp_path / "zoo"
+    zoo.register("vla_a", "vla", str(tiny_ckpt), {}, default=True, root=root)
+    with (root / "vla_a.pt").open("ab") as f:
+        f.write(b"x")
+    with pytest.raises(ValueError, match="sha256 of .*vla_a.pt"):
+        zoo.resolve("", "vla", root)
+    (root / "vla_a.pt").unlink()
+    with pytest.raises(FileNotFoundError, match="vla_a.pt is missing"):
+        zoo.resolve("zoo:vla_a", "vla", root)
+    with pytest.raises(FileNotFoundError, match="not in the manifest"):
+        zoo.resolve("zoo:nope", "vla", root)
+    with pytest.raises(ValueError, match="not a 'verifier'"):
+        zoo.resolve("zoo:vla_a", "verifier", root)
+    with pytest.raises(FileNotFoundError, match="no default 'vla'"):
+        zoo.resolve("", "vla", tmp_path / "empty")
+    (root / "manifest.yaml").write_text("models: [unclosed")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        zoo.resolve("", "vla", root)
+
+
+def test_committed_default_vla_is_intact_and_documented():
+    models = zoo.load_manifest()
+    defaults = [n for n, e in models.items() if e.get("kind") == "vla" and e.get("default")]
+    assert len(defaults) == 1, f"exactly one default VLA expected in {zoo.zoo_dir()}"
+    entry = models[defaults[0]]
+    path = zoo.resolve("", "vla")  # sha256 checked
+    model, extra = load_checkpoint(path)
+    assert extra["policy_id"] == defaults[0]
+    assert entry["signature"]["params"] == model.num_parameters()
+    for key in ("data", "command", "wall_s", "machine"):
+        assert key in entry["training"], key
+    spatial = entry["metrics"]["closed_loop"]["libero_spatial"]
+    assert spatial["episodes"] >= 100 and len(spatial["per_task"]) == 10
+    json.dumps(entry)  # plain data only
