@@ -47,14 +47,14 @@ weight decay (decay would pull tau towards 0.5).
 from __future__ import annotations
 
 import math
-import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prevla_models.vla import PAD, UNK, build_vocab, sha256_file, split_words  # noqa: F401 (build_vocab, sha256_file re-exported)
+from prevla_models.checkpoints import (PAD, UNK, build_vocab, check_vocab, load_model,  # noqa: F401
+                                       save_model, sha256_file, split_words)
 
 MODALITIES = ("image", "language", "proprio", "action")
 CHECKPOINT_KIND = "verifier"
@@ -105,11 +105,7 @@ class VerifierConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
                 raise ValueError(f"VerifierConfig.{name} must be finite and {text}, got {v!r}")
-        self.vocab = list(self.vocab)
-        if any(not isinstance(w, str) or not w for w in self.vocab) or len(set(self.vocab)) != len(self.vocab):
-            raise ValueError("VerifierConfig.vocab must be a list of distinct non-empty words")
-        if PAD in self.vocab or UNK in self.vocab:
-            raise ValueError(f"VerifierConfig.vocab must not contain the special tokens {PAD!r} / {UNK!r}")
+        self.vocab = check_vocab(self.vocab, "VerifierConfig.vocab")
 
 
 # -------------------------------------------------------------------- losses
@@ -401,12 +397,8 @@ class Verifier(nn.Module):
 
 # -------------------------------------------------------------------- checkpoints
 def save_checkpoint(path: str, model: Verifier, extra: dict | None = None) -> None:
-    """Write {"kind", "config", "state_dict", "extra"} with torch.save (atomically, via a temp file)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    torch.save({"kind": CHECKPOINT_KIND, "config": asdict(model.cfg), "state_dict": model.state_dict(),
-                "extra": extra or {}}, tmp)
-    os.replace(tmp, path)
+    """Write {"kind": "verifier", "config", "state_dict", "extra"} (atomically, via a temp file)."""
+    save_model(path, model, CHECKPOINT_KIND, extra)
 
 
 def load_checkpoint(path: str, map_location="cpu") -> tuple[Verifier, dict]:
@@ -417,29 +409,4 @@ def load_checkpoint(path: str, map_location="cpu") -> tuple[Verifier, dict]:
         ValueError: the file is truncated, corrupted or not a prevla verifier checkpoint
             (a VLA checkpoint included).
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"verifier checkpoint not found: {path}")
-
-    def bad(why: str) -> ValueError:
-        return ValueError(f"{path} is not a valid prevla verifier checkpoint: {why}")
-
-    try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, random bytes, disallowed pickle globals ...
-        raise bad(f"{type(e).__name__}: {e}") from e
-    if not isinstance(blob, dict) or not {"config", "state_dict"} <= set(blob):
-        keys = sorted(blob) if isinstance(blob, dict) else type(blob).__name__
-        raise bad(f"expected keys 'config' and 'state_dict', got {keys}")
-    if blob.get("kind") != CHECKPOINT_KIND:
-        raise bad(f"kind is {blob.get('kind')!r}, expected {CHECKPOINT_KIND!r}")
-    if not isinstance(blob["config"], dict):
-        raise bad("'config' is not a dict")
-    known = {f.name for f in fields(VerifierConfig)}
-    try:
-        model = Verifier(VerifierConfig(**{k: v for k, v in blob["config"].items() if k in known}))
-        model.load_state_dict(blob["state_dict"])
-    except (TypeError, ValueError, RuntimeError, AttributeError) as e:
-        raise bad(f"{type(e).__name__}: {e}") from e
-    model.eval()
-    extra = blob.get("extra") or {}
-    return model.to(map_location) if isinstance(map_location, (str, torch.device)) else model, extra
+    return load_model(path, CHECKPOINT_KIND, VerifierConfig, Verifier, map_location)

@@ -19,18 +19,17 @@ deterministic. The observation is encoded once and shared by all K samples.
 """
 from __future__ import annotations
 
-import hashlib
 import math
-import os
-import re
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-PAD, UNK = "<pad>", "<unk>"
-_WORD = re.compile(r"[a-z0-9]+")
+from prevla_models.checkpoints import (PAD, UNK, build_vocab, check_vocab, load_model,  # noqa: F401
+                                       save_model, sha256_file, split_words)
+
+CHECKPOINT_KIND = "vla"
 
 
 @dataclass
@@ -63,21 +62,7 @@ class VLAConfig:
             raise ValueError(f"VLAConfig.n_heads={self.n_heads} must divide d_model={self.d_model}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"VLAConfig.dropout must be in [0, 1), got {self.dropout}")
-        self.vocab = list(self.vocab)
-        if any(not isinstance(w, str) or not w for w in self.vocab) or len(set(self.vocab)) != len(self.vocab):
-            raise ValueError("VLAConfig.vocab must be a list of distinct non-empty words")
-        if PAD in self.vocab or UNK in self.vocab:
-            raise ValueError(f"VLAConfig.vocab must not contain the special tokens {PAD!r} / {UNK!r}")
-
-
-def split_words(text: str) -> list[str]:
-    """Lower-case words of an instruction (punctuation dropped)."""
-    return _WORD.findall(text.lower())
-
-
-def build_vocab(instructions) -> list[str]:
-    """Sorted distinct words of the given instructions (for ``VLAConfig.vocab``)."""
-    return sorted({w for s in instructions for w in split_words(s)})
+        self.vocab = check_vocab(self.vocab, "VLAConfig.vocab")
 
 
 class VLA(nn.Module):
@@ -253,52 +238,18 @@ class VLA(nn.Module):
 
 
 # -------------------------------------------------------------------- checkpoints
-def sha256_file(path: str) -> str:
-    """Hex sha256 of a file (for the model zoo manifest)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_checkpoint(path: str, model: VLA, extra: dict | None = None) -> None:
-    """Write {"config", "state_dict", "extra"} with torch.save (atomically, via a temp file)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    torch.save({"config": asdict(model.cfg), "state_dict": model.state_dict(), "extra": extra or {}}, tmp)
-    os.replace(tmp, path)
+    """Write {"kind": "vla", "config", "state_dict", "extra"} (atomically, via a temp file)."""
+    save_model(path, model, CHECKPOINT_KIND, extra)
 
 
 def load_checkpoint(path: str, map_location="cpu") -> tuple[VLA, dict]:
     """Load a checkpoint written by :func:`save_checkpoint` (``weights_only=True``: no code runs).
 
+    Files written before checkpoints carried a ``kind`` are accepted too.
+
     Raises:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is truncated, corrupted or not a prevla VLA checkpoint.
     """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"VLA checkpoint not found: {path}")
-
-    def bad(why: str) -> ValueError:
-        return ValueError(f"{path} is not a valid prevla VLA checkpoint: {why}")
-
-    try:
-        blob = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated zip, random bytes, disallowed pickle globals ...
-        raise bad(f"{type(e).__name__}: {e}") from e
-    if not isinstance(blob, dict) or not {"config", "state_dict"} <= set(blob):
-        keys = sorted(blob) if isinstance(blob, dict) else type(blob).__name__
-        raise bad(f"expected keys 'config' and 'state_dict', got {keys}")
-    if not isinstance(blob["config"], dict):
-        raise bad("'config' is not a dict")
-    known = {f.name for f in fields(VLAConfig)}
-    try:
-        cfg = VLAConfig(**{k: v for k, v in blob["config"].items() if k in known})
-        model = VLA(cfg)
-        model.load_state_dict(blob["state_dict"])
-    except (TypeError, ValueError, RuntimeError, AttributeError) as e:
-        raise bad(f"{type(e).__name__}: {e}") from e
-    model.eval()
-    extra = blob.get("extra") or {}
-    return model.to(map_location) if isinstance(map_location, (str, torch.device)) else model, extra
+    return load_model(path, CHECKPOINT_KIND, VLAConfig, VLA, map_location, legacy_kind=True)

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import yaml
 
-from prevla_models.vla import sha256_file
+from prevla_models.checkpoints import sha256_file
 
 ZOO_PREFIX = "zoo:"
 

@@ -339,7 +339,7 @@ def test_checkpoint_round_trip_and_corrupt_files(tmp_path):
         load_checkpoint(str(junk))
     from prevla_models.vla import VLA, VLAConfig, save_checkpoint as save_vla
     save_vla(str(tmp_path / "vla.pt"), VLA(VLAConfig(image_size=S, d_model=32, n_layers=1, n_heads=2, head_layers=1)))
-    with pytest.raises(ValueError, match="kind is None"):
+    with pytest.raises(ValueError, match="kind is 'vla', expected 'verifier'"):
         load_checkpoint(str(tmp_path / "vla.pt"))
     with pytest.raises(FileNotFoundError):
         load_checkpoint(str(tmp_path / "missing.pt"))

@@ -186,12 +186,15 @@ def test_bad_checkpoints(tmp_path):
     torch.save({"config": {"d_model": 64, "n_heads": 2}, "state_dict": m.state_dict()}, tmp_path / "mismatch.pt")
     for name in ("truncated.pt", "random.pt", "wrong_keys.pt", "mismatch.pt"):
         path = str(tmp_path / name)
-        with pytest.raises(ValueError, match="not a valid prevla VLA checkpoint") as e:
+        with pytest.raises(ValueError, match="(?i)not a valid prevla VLA checkpoint") as e:
             load_checkpoint(path)
         assert path in str(e.value)
     missing = str(tmp_path / "missing.pt")
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_checkpoint(missing)
+    torch.save({"kind": "verifier", "config": {}, "state_dict": {}}, tmp_path / "other_kind.pt")
+    with pytest.raises(ValueError, match="kind is 'verifier', expected 'vla'"):
+        load_checkpoint(str(tmp_path / "other_kind.pt"))
 
 
 # ------------------------------------------------------------------ geometry + policy

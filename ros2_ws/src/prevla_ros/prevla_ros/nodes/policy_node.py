@@ -41,7 +41,7 @@ def make_policy(config: PolicyNodeConfig, log) -> tuple[Policy, tuple[str, ...]]
                             remote_timeout_s=config.remote_timeout_s), images_and_state
     if config.policy == "vla":
         from prevla_models import zoo
-        from prevla_models.vla import sha256_file
+        from prevla_models.checkpoints import sha256_file
 
         try:
             path = zoo.resolve(config.checkpoint, "vla")  # "" / zoo:NAME -> verified file

@@ -1,0 +1,95 @@
+"""Checkpoint files and instruction vocabularies shared by every prevla model.
+
+A checkpoint is ``{"kind", "config", "state_dict", "extra"}`` written with ``torch.save``
+(atomically, via a temp file) and read with ``weights_only=True`` (no code runs on load).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import asdict, fields
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+PAD, UNK = "<pad>", "<unk>"
+_WORD = re.compile(r"[a-z0-9]+")
+
+
+def split_words(text: str) -> list[str]:
+    """Lower-case words of an instruction (punctuation dropped)."""
+    return _WORD.findall(text.lower())
+
+
+def build_vocab(instructions) -> list[str]:
+    """Sorted distinct words of the given instructions (for a model config's ``vocab``)."""
+    return sorted({w for s in instructions for w in split_words(s)})
+
+
+def check_vocab(vocab, owner: str) -> list[str]:
+    """``vocab`` as a list, or ValueError naming ``owner`` (e.g. ``"VLAConfig.vocab"``)."""
+    vocab = list(vocab)
+    if any(not isinstance(w, str) or not w for w in vocab) or len(set(vocab)) != len(vocab):
+        raise ValueError(f"{owner} must be a list of distinct non-empty words")
+    if PAD in vocab or UNK in vocab:
+        raise ValueError(f"{owner} must not contain the special tokens {PAD!r} / {UNK!r}")
+    return vocab
+
+
+def sha256_file(path: str) -> str:
+    """Hex sha256 of a file (for the model zoo manifest)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_model(path: str, model: nn.Module, kind: str, extra: dict | None = None) -> None:
+    """Write ``model`` (which has a dataclass ``cfg``) as a ``kind`` checkpoint."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    torch.save({"kind": kind, "config": asdict(model.cfg), "state_dict": model.state_dict(),
+                "extra": extra or {}}, tmp)
+    os.replace(tmp, path)
+
+
+def load_model(path: str, kind: str, config_cls: type, build: Callable, map_location="cpu",
+               legacy_kind: bool = False) -> tuple[nn.Module, dict]:
+    """Load a ``kind`` checkpoint: ``build(config_cls(**config))`` then its weights.
+
+    Args:
+        legacy_kind: also accept files without a ``kind`` key (written before it existed).
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: the file is truncated, corrupted, or not a prevla ``kind`` checkpoint.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{kind} checkpoint not found: {path}")
+
+    def bad(why: str) -> ValueError:
+        return ValueError(f"{path} is not a valid prevla {kind} checkpoint: {why}")
+
+    try:
+        blob = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated zip, random bytes, disallowed pickle globals ...
+        raise bad(f"{type(e).__name__}: {e}") from e
+    if not isinstance(blob, dict) or not {"config", "state_dict"} <= set(blob):
+        keys = sorted(blob) if isinstance(blob, dict) else type(blob).__name__
+        raise bad(f"expected keys 'config' and 'state_dict', got {keys}")
+    if blob.get("kind") != kind and not (legacy_kind and "kind" not in blob):
+        raise bad(f"kind is {blob.get('kind')!r}, expected {kind!r}")
+    if not isinstance(blob["config"], dict):
+        raise bad("'config' is not a dict")
+    known = {f.name for f in fields(config_cls)}
+    try:
+        model = build(config_cls(**{k: v for k, v in blob["config"].items() if k in known}))
+        model.load_state_dict(blob["state_dict"])
+    except (TypeError, ValueError, RuntimeError, AttributeError) as e:
+        raise bad(f"{type(e).__name__}: {e}") from e
+    model.eval()
+    extra = blob.get("extra") or {}
+    return model.to(map_location) if isinstance(map_location, (str, torch.device)) else model, extra
