@@ -94,8 +94,9 @@ def test_set_state_restores_exactly(env):
     o0 = env.observe()
     for _ in range(10):
         env.step(a)
-    # (replaying the same actions is close but not bit-identical: robosuite's gripper keeps a
-    # command accumulator outside the MuJoCo state)
+    # (replaying the same actions after set_state() is close but not bit-identical: robosuite's
+    # gripper command accumulator and MuJoCo's warm start are not in get_state(); snapshot()
+    # and restore() carry them, see the branch test below)
     env.set_state(s0)
     o1 = env.observe()
     # (an observation right after step() lags the state by one physics substep, as in
@@ -103,6 +104,40 @@ def test_set_state_restores_exactly(env):
     np.testing.assert_array_equal(o1.eef_pos, o0.eef_pos)
     np.testing.assert_array_equal(o1.objects["akita_black_bowl_1"].pos,
                                   o0.objects["akita_black_bowl_1"].pos)
+
+
+def test_branch_and_restore_replays_bit_identically(env):
+    """Branching as the verifier's labeller does: snapshot, run candidate A, restore, run B,
+    restore, run A again -> the exact same trajectory and success flags as the first time."""
+    env.reset(2)
+    for _ in range(5):
+        env.step(np.array([0.2, 0.0, -0.3, 0.0, 0.0, 0.0, -1.0]))
+    snap = env.snapshot()
+    rng = np.random.default_rng(0)
+    chunk_a = np.clip(rng.normal(0, 0.5, (12, 7)), -1, 1)
+    chunk_a[:, 6] = [1.0] * 6 + [-1.0] * 6  # close then open: exercises the gripper memory
+    chunk_b = np.clip(rng.normal(0, 0.5, (12, 7)), -1, 1)
+
+    def run(chunk):
+        states = []
+        for a in chunk:
+            done, success = env.step(a)
+            states.append((env.get_state(), done, success, env.step_count))
+        return states
+
+    first = run(chunk_a)
+    env.restore(snap)
+    np.testing.assert_array_equal(env.get_state(), snap["sim"])
+    other = run(chunk_b)
+    assert not np.allclose(other[-1][0], first[-1][0])  # B really went elsewhere
+    env.set_state(snap["sim"])  # qpos/qvel alone: gripper command and warm start are stale
+    naive = run(chunk_a)
+    assert not np.array_equal(naive[-1][0], first[-1][0])  # so the test can tell the difference
+    env.restore(snap)
+    again = run(chunk_a)
+    for (s1, d1, ok1, n1), (s2, d2, ok2, n2) in zip(first, again):
+        np.testing.assert_array_equal(s1, s2)
+        assert (d1, ok1, n1) == (d2, ok2, n2)
 
 
 def test_expert_solves_spatial_task0_init0(env):

@@ -116,6 +116,12 @@ class LiberoEnvConfig:
             raise ValueError(f"settle_steps: {self.settle_steps!r} must be an int >= 0")
 
 
+#: MuJoCo state components a branch must restore for a bit-identical replay:
+#: mjSTATE_INTEGRATION (= 16383 in MuJoCo 3.x), everything mj_step reads, warm start and
+#: controls included. A literal so this module imports without mujoco.
+_FULL_STATE = 16383
+
+
 def _wxyz_to_xyzw(q: np.ndarray) -> np.ndarray:
     return np.array([q[1], q[2], q[3], q[0]], dtype=np.float64)
 
@@ -283,6 +289,40 @@ class LiberoEnv:
             raise ValueError(f"state: expected shape {ref.shape}, got {s.shape}")
         self._env.set_state(s)
         self._rs.sim.forward()
+
+    def snapshot(self) -> dict:
+        """Everything ``step()`` depends on, for branching: restore it with :meth:`restore`.
+
+        ``get_state()`` (time, qpos, qvel) is not enough for a bit-identical replay: MuJoCo's
+        full state also holds the solver warm start, controls and applied forces (saved here
+        with ``mj_getState(mjSTATE_INTEGRATION)``), and robosuite's gripper integrates its command
+        (``gripper.current_action`` moves by ``speed * sign(action)`` per step), so a branch
+        restored without it closes the fingers differently. The OSC arm controller has no
+        memory across control steps (delta goals are set from the current pose every step).
+        """
+        import mujoco
+
+        sim = self._rs.sim
+        full = np.empty(mujoco.mj_stateSize(sim.model._model, _FULL_STATE))
+        mujoco.mj_getState(sim.model._model, sim.data._data, full, _FULL_STATE)
+        return {"sim": self.get_state(), "mj_full": full, "step_count": self.step_count,
+                "last_success": self._last_success, "timestep": self._rs.timestep,
+                "cur_time": self._rs.cur_time,
+                "grippers": [np.array(r.gripper.current_action, dtype=np.float64)
+                             for r in self._rs.robots]}
+
+    def restore(self, snap: dict) -> None:
+        """Return exactly to a :meth:`snapshot` (same physics, gripper and step counters)."""
+        import mujoco
+
+        sim = self._rs.sim
+        mujoco.mj_setState(sim.model._model, sim.data._data, snap["mj_full"], _FULL_STATE)
+        sim.forward()
+        for robot, g in zip(self._rs.robots, snap["grippers"]):
+            robot.gripper.current_action = np.array(g, dtype=np.float64)
+        self.step_count = int(snap["step_count"])
+        self._last_success = bool(snap["last_success"])
+        self._rs.timestep, self._rs.cur_time = snap["timestep"], snap["cur_time"]
 
     def close(self) -> None:
         """Free the simulator and its GL context (call explicitly; EGL complains at exit)."""
