@@ -1,4 +1,5 @@
-"""Checkpoint files and instruction vocabularies shared by every prevla model.
+"""What every prevla model shares: the observation/action config fields, the instruction
+vocabulary, and checkpoint files.
 
 A checkpoint is ``{"kind", "config", "state_dict", "extra"}`` written with ``torch.save``
 (atomically, via a temp file) and read with ``weights_only=True`` (no code runs on load).
@@ -8,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import asdict, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
 import torch
@@ -36,6 +37,30 @@ def check_vocab(vocab, owner: str) -> list[str]:
     if PAD in vocab or UNK in vocab:
         raise ValueError(f"{owner} must not contain the special tokens {PAD!r} / {UNK!r}")
     return vocab
+
+
+@dataclass
+class ObsActionConfig:
+    """Observation and action fields of every model that reads LIBERO observations (base of
+    ``VLAConfig`` and ``VerifierConfig``); ``__post_init__`` validates them, naming the field."""
+
+    image_size: int = field(default=64, metadata={"help": "Square image side the encoder sees (multiple of 16); inputs whose side is a multiple of it are area-downsampled."})
+    cameras: int = field(default=2, metadata={"help": "Number of cameras (agentview, wrist); weights are shared."})
+    horizon: int = field(default=8, metadata={"help": "Actions per chunk H."})
+    action_dim: int = field(default=7, metadata={"help": "Action size (LIBERO OSC_POSE: 3 pos, 3 rot, gripper), values in [-1, 1]."})
+    proprio_dim: int = field(default=8, metadata={"help": "Proprio size: eef_pos 3 + axis-angle 3 + gripper 2."})
+    vocab: list = field(default_factory=list, metadata={"help": "Known words (from training instructions)."})
+    max_words: int = field(default=24, metadata={"help": "Instruction length in words; longer ones are cut."})
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        for name in ("image_size", "cameras", "horizon", "action_dim", "proprio_dim", "max_words"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise ValueError(f"{owner}.{name} must be a positive int, got {v!r}")
+        if self.image_size % 16:
+            raise ValueError(f"{owner}.image_size must be a multiple of 16, got {self.image_size}")
+        self.vocab = check_vocab(self.vocab, f"{owner}.vocab")
 
 
 def sha256_file(path: str) -> str:

@@ -53,7 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prevla_models.checkpoints import (PAD, UNK, build_vocab, check_vocab, load_model,  # noqa: F401
+from prevla_models.checkpoints import (PAD, UNK, ObsActionConfig, build_vocab, load_model,  # noqa: F401
                                        save_model, sha256_file, split_words)
 
 MODALITIES = ("image", "language", "proprio", "action")
@@ -61,21 +61,14 @@ CHECKPOINT_KIND = "verifier"
 
 
 @dataclass
-class VerifierConfig:
+class VerifierConfig(ObsActionConfig):
     """Configuration of :class:`Verifier` (small on purpose: it must train on CPU)."""
 
-    image_size: int = field(default=64, metadata={"help": "Square image side the encoder sees (multiple of 16); inputs whose side is a multiple of it are area-downsampled."})
-    cameras: int = field(default=2, metadata={"help": "Number of cameras (agentview, wrist); weights are shared."})
-    horizon: int = field(default=8, metadata={"help": "Actions per candidate chunk H."})
-    action_dim: int = field(default=7, metadata={"help": "Action size (LIBERO OSC_POSE: 3 pos, 3 rot, gripper), values in [-1, 1]."})
-    proprio_dim: int = field(default=8, metadata={"help": "Proprio size: eef_pos 3 + axis-angle 3 + gripper 2."})
     d_model: int = field(default=96, metadata={"help": "Token width everywhere."})
     n_layers: int = field(default=2, metadata={"help": "Transformer layers of the observation encoder (image, word, proprio tokens)."})
     n_heads: int = field(default=4, metadata={"help": "Attention heads (must divide d_model)."})
     fusion_layers: int = field(default=1, metadata={"help": "Transformer layers fusing the 4 pooled modality vectors."})
     action_layers: int = field(default=1, metadata={"help": "Transformer layers over a chunk's H action tokens before pooling (0 = none)."})
-    vocab: list = field(default_factory=list, metadata={"help": "Known words (from training instructions)."})
-    max_words: int = field(default=24, metadata={"help": "Instruction length in words; longer ones are cut."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout in attention and transformer layers."})
     focal_gamma: float = field(default=2.0, metadata={"help": "Focal loss focusing exponent (0 = class-weighted BCE)."})
     focal_alpha: float = field(default=0.25, metadata={"help": "Focal weight of the UNSAFE class (label 0); safe samples get 1 - alpha."})
@@ -87,13 +80,11 @@ class VerifierConfig:
     init_threshold: float = field(default=0.5, metadata={"help": "Initial accept threshold tau on P(safe), in (0, 1)."})
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "cameras", "horizon", "action_dim", "proprio_dim", "d_model",
-                     "n_layers", "n_heads", "fusion_layers", "action_layers", "max_words"):
+        super().__post_init__()
+        for name in ("d_model", "n_layers", "n_heads", "fusion_layers", "action_layers"):
             v, low = getattr(self, name), 0 if name == "action_layers" else 1
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 raise ValueError(f"VerifierConfig.{name} must be an int >= {low}, got {v!r}")
-        if self.image_size % 16:
-            raise ValueError(f"VerifierConfig.image_size must be a multiple of 16, got {self.image_size}")
         if self.d_model % self.n_heads:
             raise ValueError(f"VerifierConfig.n_heads={self.n_heads} must divide d_model={self.d_model}")
         checks = {"dropout": (lambda v: 0 <= v < 1, "in [0, 1)"), "focal_alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -105,7 +96,6 @@ class VerifierConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not ok(v):
                 raise ValueError(f"VerifierConfig.{name} must be finite and {text}, got {v!r}")
-        self.vocab = check_vocab(self.vocab, "VerifierConfig.vocab")
 
 
 # -------------------------------------------------------------------- losses

@@ -26,43 +26,33 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prevla_models.checkpoints import (PAD, UNK, build_vocab, check_vocab, load_model,  # noqa: F401
+from prevla_models.checkpoints import (PAD, UNK, ObsActionConfig, build_vocab, load_model,  # noqa: F401
                                        save_model, sha256_file, split_words)
 
 CHECKPOINT_KIND = "vla"
 
 
 @dataclass
-class VLAConfig:
+class VLAConfig(ObsActionConfig):
     """Configuration of :class:`VLA` (all sizes are small on purpose: it must train on CPU)."""
 
-    image_size: int = field(default=64, metadata={"help": "Square image side the encoder sees (multiple of 16); inputs whose side is a multiple of it are area-downsampled."})
-    cameras: int = field(default=2, metadata={"help": "Number of cameras (agentview, wrist); weights are shared."})
-    horizon: int = field(default=8, metadata={"help": "Actions per chunk H."})
-    action_dim: int = field(default=7, metadata={"help": "Action size (LIBERO OSC_POSE: 3 pos, 3 rot, gripper)."})
-    proprio_dim: int = field(default=8, metadata={"help": "Proprio size: eef_pos 3 + axis-angle 3 + gripper 2."})
     d_model: int = field(default=128, metadata={"help": "Token width of trunk and action head."})
     n_layers: int = field(default=3, metadata={"help": "Transformer encoder layers in the trunk."})
     n_heads: int = field(default=4, metadata={"help": "Attention heads (must divide d_model)."})
     head_layers: int = field(default=2, metadata={"help": "Transformer decoder layers in the action head."})
-    vocab: list = field(default_factory=list, metadata={"help": "Known words (from training instructions)."})
-    max_words: int = field(default=24, metadata={"help": "Instruction length in words; longer ones are cut."})
     flow_steps: int = field(default=10, metadata={"help": "Euler steps when sampling the flow ODE."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout in the transformer layers."})
 
     def __post_init__(self) -> None:
-        for name in ("image_size", "cameras", "horizon", "action_dim", "proprio_dim", "d_model",
-                     "n_layers", "n_heads", "head_layers", "max_words", "flow_steps"):
+        super().__post_init__()
+        for name in ("d_model", "n_layers", "n_heads", "head_layers", "flow_steps"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
                 raise ValueError(f"VLAConfig.{name} must be a positive int, got {v!r}")
-        if self.image_size % 16:
-            raise ValueError(f"VLAConfig.image_size must be a multiple of 16, got {self.image_size}")
         if self.d_model % self.n_heads:
             raise ValueError(f"VLAConfig.n_heads={self.n_heads} must divide d_model={self.d_model}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"VLAConfig.dropout must be in [0, 1), got {self.dropout}")
-        self.vocab = check_vocab(self.vocab, "VLAConfig.vocab")
 
 
 class VLA(nn.Module):

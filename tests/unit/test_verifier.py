@@ -13,12 +13,7 @@ S, H = 32, 4
 WORDS = ["put", "the", "bowl", "on", "plate", "pick", "up", "cup"]
 
 
-@pytest.fixture(autouse=True)
-def _few_threads():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared CPU: oversubscription makes tiny models 10x slower
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def tiny_cfg(**kw) -> VerifierConfig:
