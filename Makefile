@@ -10,11 +10,14 @@ IFACE_SRC := $(wildcard $(IFACES)/msg/*.msg $(IFACES)/srv/*.srv) $(IFACES)/CMake
 export MUJOCO_GL ?= egl
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo up test test-fast expert-eval clean help
+.PHONY: install demo up test test-fast expert-eval verifier-data train-verifier bench bench-verifier clean help
 help:
 	@echo "make demo    install (if needed) and run a LIBERO-Spatial episode through the ROS 2 nodes"
 	@echo "make test    install (if needed) and run the test suite"
 	@echo "make expert-eval   measure the scripted expert on LIBERO-Spatial and -Object"
+	@echo "make verifier-data label verifier candidates by branching LIBERO-Spatial rollouts (~45 min)"
+	@echo "make train-verifier train the verifier and its three ablations, print the table"
+	@echo "make bench-verifier time scoring K = 1, 4, 8, 16 candidates (torch eager, CPU)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +55,24 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -m "not libero"
+
+VERIFIER_DATA ?= outputs/candidates/libero_spatial
+VERIFIER_STEPS ?= 3000
+verifier-data: install
+	$(VENV)/bin/prevla label-candidates --suite libero_spatial --episodes-per-task 12 --workers 2 --out $(VERIFIER_DATA)
+
+# full model and ablations, two at a time on one thread each
+train-verifier: install
+	$(VENV)/bin/prevla train-verifier --data $(VERIFIER_DATA) --steps $(VERIFIER_STEPS) --num-threads 1 --variant full --out outputs/verifier/full & \
+	$(VENV)/bin/prevla train-verifier --data $(VERIFIER_DATA) --steps $(VERIFIER_STEPS) --num-threads 1 --variant bce --out outputs/verifier/bce; wait
+	$(VENV)/bin/prevla train-verifier --data $(VERIFIER_DATA) --steps $(VERIFIER_STEPS) --num-threads 1 --variant no_calib --out outputs/verifier/no_calib & \
+	$(VENV)/bin/prevla train-verifier --data $(VERIFIER_DATA) --steps $(VERIFIER_STEPS) --num-threads 1 --variant mean_pool --out outputs/verifier/mean_pool; wait
+	$(VENV)/bin/prevla train-verifier --table outputs/verifier/{full,bce,no_calib,mean_pool}/metrics.json
+
+bench: bench-verifier
+
+bench-verifier: install
+	$(PY) -m prevla_training.bench_verifier --out outputs/bench/verifier_latency.json
 
 expert-eval: install
 	$(PY) -m prevla_ros.sim.expert_eval --suite libero_spatial --episodes-per-task 10 --workers 2 --out outputs/expert_libero_spatial.json

@@ -59,14 +59,19 @@ def generate_launch_description():
         DeclareLaunchArgument(
             'checkpoint', default_value='',
             description="VLA checkpoint file or zoo:NAME; empty = the zoo's default VLA "
-                        '(policy_node)'),
+                        "(policy_node; the verifier's checkpoint is set in params_file)"),
         DeclareLaunchArgument(
             'num_candidates', default_value='4',
             description='K, candidate chunks sampled per observation (policy_node)'),
         DeclareLaunchArgument(
-            'verifier', default_value='passthrough',
-            description='verifier that scores candidates; passthrough accepts the first valid '
-                        'one (verifier_node)'),
+            'verifier', default_value='model',
+            description='verifier that scores candidates: model (the learned Pre-VLA verifier '
+                        "of the params file's verifier_node checkpoint, default the zoo's) | "
+                        'passthrough (accepts the first valid one) (verifier_node)'),
+        DeclareLaunchArgument(
+            'threshold', default_value='0.0',
+            description='accept threshold tau on P(safe) of the model verifier; 0.0 = the '
+                        "checkpoint's calibrated threshold, else in (0, 1) (verifier_node)"),
         DeclareLaunchArgument(
             'mode', default_value='execute', choices=['execute', 'imagine'],
             description='execute: gate chunks before the robot moves; imagine: before the '
@@ -98,6 +103,7 @@ def generate_launch_description():
         package=PACKAGE, executable='verifier_node', name='verifier_node', output='screen',
         parameters=[params_file, {
             'verifier': ParameterValue(LaunchConfiguration('verifier'), value_type=str),
+            'threshold': ParameterValue(LaunchConfiguration('threshold'), value_type=float),
             'mode': ParameterValue(LaunchConfiguration('mode'), value_type=str),
         }])
 

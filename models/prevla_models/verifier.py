@@ -57,6 +57,7 @@ from prevla_models.checkpoints import (PAD, UNK, ObsActionConfig, build_vocab, l
                                        save_model, sha256_file, split_words)
 
 MODALITIES = ("image", "language", "proprio", "action")
+POOLINGS = ("attention", "mean")
 CHECKPOINT_KIND = "verifier"
 
 
@@ -70,8 +71,9 @@ class VerifierConfig(ObsActionConfig):
     fusion_layers: int = field(default=1, metadata={"help": "Transformer layers fusing the 4 pooled modality vectors."})
     action_layers: int = field(default=1, metadata={"help": "Transformer layers over a chunk's H action tokens before pooling (0 = none)."})
     dropout: float = field(default=0.0, metadata={"help": "Dropout in attention and transformer layers."})
+    pooling: str = field(default="attention", metadata={"help": "Per-modality pooling: 'attention' (a learned query per modality) or 'mean' (ablation)."})
     focal_gamma: float = field(default=2.0, metadata={"help": "Focal loss focusing exponent (0 = class-weighted BCE)."})
-    focal_alpha: float = field(default=0.25, metadata={"help": "Focal weight of the UNSAFE class (label 0); safe samples get 1 - alpha."})
+    focal_alpha: float = field(default=0.75, metadata={"help": "Focal weight of the UNSAFE class (label 0); safe samples get 1 - alpha."})
     adv_weight: float = field(default=1.0, metadata={"help": "Weight of the SmoothL1 advantage loss."})
     adv_beta: float = field(default=1.0, metadata={"help": "SmoothL1 transition point (advantage units)."})
     calib_weight: float = field(default=0.1, metadata={"help": "Weight of the soft-threshold calibration loss."})
@@ -85,6 +87,8 @@ class VerifierConfig(ObsActionConfig):
             v, low = getattr(self, name), 0 if name == "action_layers" else 1
             if not isinstance(v, int) or isinstance(v, bool) or v < low:
                 raise ValueError(f"VerifierConfig.{name} must be an int >= {low}, got {v!r}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"VerifierConfig.pooling must be one of {POOLINGS}, got {self.pooling!r}")
         if self.d_model % self.n_heads:
             raise ValueError(f"VerifierConfig.n_heads={self.n_heads} must divide d_model={self.d_model}")
         checks = {"dropout": (lambda v: 0 <= v < 1, "in [0, 1)"), "focal_alpha": (lambda v: 0 <= v <= 1, "in [0, 1]"),
@@ -183,6 +187,20 @@ class AttentionPool(nn.Module):
         return self.out_norm(out.squeeze(1))
 
 
+class MeanPool(nn.Module):
+    """Ablation of :class:`AttentionPool`: the masked mean of a modality's tokens, normalised."""
+
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.out_norm = nn.LayerNorm(d)
+
+    def forward(self, tokens: torch.Tensor, pad: torch.Tensor | None = None) -> torch.Tensor:
+        if pad is None:
+            return self.out_norm(tokens.mean(dim=1))
+        keep = (~pad).to(tokens.dtype).unsqueeze(-1)
+        return self.out_norm((tokens * keep).sum(1) / keep.sum(1).clamp_min(1.0))
+
+
 def _encoder(d: int, cfg: VerifierConfig, layers: int) -> nn.TransformerEncoder:
     layer = nn.TransformerEncoderLayer(d, cfg.n_heads, 4 * d, cfg.dropout, activation="gelu",
                                        batch_first=True, norm_first=True)
@@ -214,7 +232,8 @@ class Verifier(nn.Module):
         self.action_pos = nn.Parameter(torch.randn(1, cfg.horizon, d) * 0.02)
         self.action_encoder = _encoder(d, cfg, cfg.action_layers) if cfg.action_layers else nn.Identity()
         # Modality-aware pooling (one module each), fusion and the dual head.
-        self.pools = nn.ModuleDict({m: AttentionPool(d, cfg.n_heads, cfg.dropout) for m in MODALITIES})
+        self.pools = nn.ModuleDict({m: AttentionPool(d, cfg.n_heads, cfg.dropout) if cfg.pooling == "attention"
+                                    else MeanPool(d) for m in MODALITIES})
         self.modality_emb = nn.Parameter(torch.randn(len(MODALITIES), d) * 0.02)
         self.fusion = _encoder(d, cfg, cfg.fusion_layers)
         self.fused_norm = nn.LayerNorm(len(MODALITIES) * d)

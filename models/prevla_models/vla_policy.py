@@ -15,6 +15,44 @@ from prevla_models.vla import VLA, load_checkpoint
 CAMERA_ORDER = ("agentview", "wrist")
 
 
+def observation_tensors(obs, image_size: int, cameras: int = len(CAMERA_ORDER),
+                        device: str | torch.device = "cpu",
+                        proprio_dim: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Duck-typed observation -> (images (1, cameras, S, S, 3) uint8, proprio (1, P) float32).
+
+    P = 8: eef position, eef axis-angle, finger positions (``geometry.proprio_from_state``);
+    P = 15 appends the 7 arm joint positions (``obs.joint_positions``; the verifier uses them:
+    joint-limit danger is not visible in the end-effector pose).
+
+    Shared by every model that reads LIBERO observations (VLA, verifier), so they see the
+    same cameras in the same order and the same proprio.
+
+    Raises:
+        ValueError: a camera is missing, or an image is not (S, S, 3) uint8 with S a multiple
+            of ``image_size``.
+    """
+    imgs = []
+    for name in CAMERA_ORDER[:cameras]:
+        if name not in obs.images:
+            raise ValueError(f"observation lacks camera {name!r} (has {sorted(obs.images)})")
+        img = np.asarray(obs.images[name])
+        side = img.shape[0] if img.ndim == 3 else 0
+        if img.dtype != np.uint8 or img.shape != (side, side, 3) or side < image_size or side % image_size:
+            raise ValueError(f"camera {name!r}: expected (S, S, 3) uint8 with S a multiple of "
+                             f"{image_size}, got {img.shape} {img.dtype}")
+        imgs.append(img)
+    proprio = proprio_from_state(obs.eef_pos, obs.eef_quat_xyzw, obs.gripper_qpos)
+    if proprio_dim == 15:
+        joints = np.asarray(obs.joint_positions, dtype=np.float32).reshape(-1)
+        if joints.shape != (7,) or not np.all(np.isfinite(joints)):
+            raise ValueError(f"joint_positions: expected 7 finite values, got {joints.shape}")
+        proprio = np.concatenate([proprio, joints]).astype(np.float32)
+    elif proprio_dim != 8:
+        raise ValueError(f"proprio_dim: expected 8 or 15, got {proprio_dim}")
+    images = torch.from_numpy(np.stack(imgs)[None]).to(device)
+    return images, torch.from_numpy(proprio[None]).to(device)
+
+
 class VLAPolicy:
     """Samples (k, H, 7) float32 action chunks in [-1, 1] from a :class:`VLA`.
 
@@ -44,20 +82,8 @@ class VLAPolicy:
 
     def observation_tensors(self, obs) -> tuple[torch.Tensor, torch.Tensor]:
         """Duck-typed observation -> (images (1, C, S, S, 3) uint8, proprio (1, 8) float32)."""
-        s = self.model.cfg.image_size
-        imgs = []
-        for name in CAMERA_ORDER[: self.model.cfg.cameras]:
-            if name not in obs.images:
-                raise ValueError(f"observation lacks camera {name!r} (has {sorted(obs.images)})")
-            img = np.asarray(obs.images[name])
-            side = img.shape[0] if img.ndim == 3 else 0
-            if img.dtype != np.uint8 or img.shape != (side, side, 3) or side < s or side % s:
-                raise ValueError(f"camera {name!r}: expected (S, S, 3) uint8 with S a multiple of "
-                                 f"{s}, got {img.shape} {img.dtype}")
-            imgs.append(img)
-        proprio = proprio_from_state(obs.eef_pos, obs.eef_quat_xyzw, obs.gripper_qpos)
-        images = torch.from_numpy(np.stack(imgs)[None]).to(self.device)
-        return images, torch.from_numpy(proprio[None]).to(self.device)
+        c = self.model.cfg
+        return observation_tensors(obs, c.image_size, c.cameras, self.device)
 
     @torch.no_grad()
     def sample(self, obs, k: int, temperature: float = 1.0) -> np.ndarray:

@@ -109,20 +109,43 @@ def _vla_signature(path: str) -> dict:
             "params": model.num_parameters(), "config": {k: v for k, v in vars(c).items() if k != "vocab"}}
 
 
+def _verifier_signature(path: str) -> dict:
+    from prevla_models.verifier import load_checkpoint
+
+    model, extra = load_checkpoint(path)
+    c = model.cfg
+    return {"inputs": {"images": f"(B, {c.cameras}, S, S, 3) uint8 upright [agentview, wrist], "
+                                 f"S a multiple of {c.image_size} (encoded once per observation)",
+                       "proprio": f"(B, {c.proprio_dim}) float32 eef_pos, eef axis-angle, gripper qpos",
+                       "instruction": f"str ({len(c.vocab)}-word vocabulary)",
+                       "actions": f"(B, K, {c.horizon}, {c.action_dim}) float32 candidate chunks"},
+            "outputs": {"safety_logit": "(B, K) float32, P(safe) = sigmoid(logit)",
+                        "advantage": f"(B, K) float32, critic advantage / {extra.get('adv_scale', 1.0):.4g}"},
+            "threshold": round(model.threshold, 6),
+            "params": model.num_parameters(), "config": {k: v for k, v in vars(c).items() if k != "vocab"}}
+
+
+#: kind -> (module with load_checkpoint/save_checkpoint, signature function, id key in extra)
+_KINDS = {"vla": ("prevla_models.vla", _vla_signature, "policy_id"),
+          "verifier": ("prevla_models.verifier", _verifier_signature, "verifier_id")}
+
+
 def register(name: str, kind: str, checkpoint: str, training: dict, metrics: dict | None = None,
              default: bool = False, root: Path | None = None) -> dict:
     """Copy a weights-only checkpoint into the zoo and (re)write its manifest entry."""
     root = root or zoo_dir()
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"{name}.pt"
-    if kind != "vla":
-        raise ValueError(f"register: unsupported kind {kind!r}")
-    from prevla_models.vla import load_checkpoint, save_checkpoint
+    if kind not in _KINDS:
+        raise ValueError(f"register: unsupported kind {kind!r}; expected one of {sorted(_KINDS)}")
+    import importlib
 
-    model, extra = load_checkpoint(checkpoint)
+    module_name, signature, id_key = _KINDS[kind]
+    module = importlib.import_module(module_name)
+    model, extra = module.load_checkpoint(checkpoint)
     keep = {k: v for k, v in extra.items() if k != "train_state"}  # no optimizer state in the zoo
-    keep["policy_id"] = name  # candidate sets name the model they came from
-    save_checkpoint(str(target), model, keep)
+    keep[id_key] = name  # candidate sets and verdicts name the model they came from
+    module.save_checkpoint(str(target), model, keep)
     models = load_manifest(root)
     if default:
         for e in models.values():
@@ -131,7 +154,7 @@ def register(name: str, kind: str, checkpoint: str, training: dict, metrics: dic
     old = models.get(name, {})
     models[name] = {"kind": kind, "file": target.name, "sha256": sha256_file(str(target)),
                     "bytes": target.stat().st_size, "default": bool(default or old.get("default")),
-                    "signature": _vla_signature(str(target)), "training": training,
+                    "signature": signature(str(target)), "training": training,
                     "metrics": metrics if metrics is not None else old.get("metrics", {})}
     save_manifest(models, root)
     return models[name]

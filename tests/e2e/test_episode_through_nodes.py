@@ -3,6 +3,7 @@ real rclpy, and the `prevla demo` command a new user runs."""
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 
@@ -19,7 +20,8 @@ pytestmark = [pytest.mark.ros, pytest.mark.libero]
 
 def test_expert_episode_succeeds_through_the_nodes(ros, tmp_path):
     monitor = ros.add(EpisodeMonitor(tmp_path, expected_episodes=1, context=ros.context))
-    ros.add(VerifierNode(context=ros.context))
+    ros.add(VerifierNode(context=ros.context, parameter_overrides=[  # the expert alone
+        Parameter("verifier", value="passthrough")]))
     policy = ros.add(PolicyNode(context=ros.context, parameter_overrides=[
         Parameter("policy", value="scripted_expert")]))
     ros.add(SimNode(context=ros.context, parameter_overrides=[
@@ -51,6 +53,11 @@ def test_prevla_demo_command(tmp_path, mode):
     verdicts = [json.loads(line) for line in (run_dir / "verdicts.jsonl").read_text().splitlines()]
     if "scripted_expert" in mode:
         assert "success 1/1" in result.stdout and summary["successes"] == 1
-    else:  # the default graph runs the trained VLA (its success rate is measured by prevla eval)
-        assert verdicts and all(v["outcome"] == "accepted" for v in verdicts)
+    else:  # the default graph: the trained VLA, gated by the trained verifier
+        assert verdicts and all(v["verifier_id"] == "verifier_libero_spatial" for v in verdicts)
+        scored = [v for v in verdicts if v["outcome"] == "accepted"]
+        assert scored, "the verifier accepted nothing"
+        for v in scored:  # every accepted chunk was scored: finite P(safe), advantage
+            assert len(v["safety_probs"]) == v["samples"] and all(0 <= p <= 1 for p in v["safety_probs"])
+            assert all(math.isfinite(a) for a in v["advantages"])
         assert summary["per_episode"][0]["policy_ids"] == ["vla_libero_spatial"]  # no holds

@@ -173,7 +173,7 @@ def test_vla_policy_from_checkpoint_samples_candidates(ros, real_obs, vla_checkp
 def test_default_policy_is_the_trained_zoo_vla(ros, real_obs):
     from prevla_models import zoo
 
-    [(name, entry)] = [(n, e) for n, e in zoo.load_manifest().items() if e.get("default")]
+    [(name, entry)] = [(n, e) for n, e in zoo.load_manifest().items() if e.get("default") and e.get("kind") == "vla"]
     node = ros.add(PolicyNode(context=ros.context))  # no parameters: the defaults users get
     robot = Robot(ros, *real_obs)
     robot.publish(6_500)

@@ -1,4 +1,5 @@
-"""verifier_node over real rclpy: approved chunk, verdict, markers, bad candidates, params."""
+"""verifier_node over real rclpy: approved chunk, verdict, markers, bad candidates, params;
+the learned verifier scoring candidates against the observation they answer."""
 from __future__ import annotations
 
 import numpy as np
@@ -7,13 +8,16 @@ from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from prevla_interfaces.msg import ActionChunk, CandidateSet, Verdict
 from rclpy.parameter import Parameter
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.common import STREAM_QOS
+from prevla_ros.nodes.common import LATCHED_QOS, STREAM_QOS
 from prevla_ros.nodes.verifier_node import VerifierNode
 from prevla_ros.runtime.types import ActionChunk as Chunk
 from prevla_ros.runtime.types import CandidateSet as Candidates
+from prevla_ros.runtime.types import Observation
 
 pytestmark = pytest.mark.ros
 
@@ -27,7 +31,8 @@ def _candidate_set(arrays, stamp_ns=1_000, gripper_first=None):
 
 @pytest.fixture
 def graph(ros):
-    node = ros.add(VerifierNode(context=ros.context))
+    node = ros.add(VerifierNode(context=ros.context, parameter_overrides=[
+        Parameter("verifier", value="passthrough")]))
     probe = ros.node("probe")
     got = {"chunks": [], "verdicts": [], "markers": [], "diag": []}
     probe.create_subscription(ActionChunk, "action_chunk", got["chunks"].append, STREAM_QOS)
@@ -92,18 +97,193 @@ def test_invalid_candidates_are_skipped_and_all_invalid_gives_hold(graph):
 
 
 def test_parameters_are_declared_with_descriptions(ros):
-    node = ros.add(VerifierNode(context=ros.context))
-    for name in ("verifier", "mode", "action_dim", "max_abs_action", "hold_horizon"):
+    node = ros.add(VerifierNode(context=ros.context, parameter_overrides=[
+        Parameter("verifier", value="passthrough")]))
+    for name in ("verifier", "checkpoint", "threshold", "mode", "action_dim", "max_abs_action",
+                 "hold_horizon", "marker_frame"):
         assert node.has_parameter(name)
         assert node.describe_parameter(name).description
 
 
-def test_bad_parameter_fails_at_startup_naming_the_field(ros):
-    with pytest.raises(ValueError, match="mode"):
-        VerifierNode(context=ros.context, parameter_overrides=[Parameter("mode", value="fly")])
+@pytest.mark.parametrize("name, value", [("mode", "fly"), ("threshold", 1.5)])
+def test_bad_parameter_fails_at_startup_naming_the_field(ros, name, value):
+    with pytest.raises(ValueError, match=name):
+        VerifierNode(context=ros.context, parameter_overrides=[
+            Parameter("verifier", value="passthrough"), Parameter(name, value=value)])
 
 
 def test_diagnostics_published(graph):
     ros, node, pub, _, got = graph
     assert ros.wait_for(lambda: any(s.name == "prevla: verifier_node"
                                     for d in got["diag"] for s in d.status), timeout_s=5)
+
+
+# --- the learned verifier (verifier: model) -----------------------------------------------
+S, H = 32, 8
+INSTRUCTION = "put the bowl on the plate"
+
+
+@pytest.fixture(scope="module")
+def verifier_file(tmp_path_factory):
+    """A small randomly initialised verifier: what matters here is the plumbing, not skill."""
+    import torch
+
+    from prevla_models.verifier import Verifier, VerifierConfig, save_checkpoint
+
+    torch.manual_seed(0)
+    model = Verifier(VerifierConfig(image_size=S, horizon=H, d_model=32, n_layers=1, n_heads=2,
+                                    vocab=["put", "the", "bowl", "on", "plate"], max_words=8))
+    path = tmp_path_factory.mktemp("verifier") / "random_verifier.pt"
+    save_checkpoint(str(path), model)
+    return path
+
+
+def _observation(stamp_ns: int, side: int = 2 * S) -> Observation:
+    rng = np.random.default_rng(stamp_ns)
+    return Observation(
+        images={c: rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+                for c in ("agentview", "wrist")},
+        joint_positions=rng.normal(size=7), gripper_qpos=np.array([0.03, -0.03]),
+        eef_pos=rng.normal(size=3), eef_quat_xyzw=np.array([1.0, 0.0, 0.0, 0.0]),
+        instruction=INSTRUCTION, stamp_ns=stamp_ns)
+
+
+class Robot:
+    """Publishes observation parts the way sim_node does, and the policy's candidate sets."""
+
+    def __init__(self, ros, node):
+        probe = ros.node("robot")
+        self.ros = ros
+        self.images = {c: probe.create_publisher(Image, f"{c}/image_raw", STREAM_QOS)
+                       for c in ("agentview", "wrist")}
+        self.joints = probe.create_publisher(JointState, "joint_states", STREAM_QOS)
+        self.eef = probe.create_publisher(PoseStamped, "eef_pose", STREAM_QOS)
+        self.candidates = probe.create_publisher(CandidateSet, "candidates", STREAM_QOS)
+        self.verdicts, self.chunks = [], []
+        probe.create_subscription(Verdict, "verdict", self.verdicts.append, STREAM_QOS)
+        probe.create_subscription(ActionChunk, "action_chunk", self.chunks.append, STREAM_QOS)
+        instruction = probe.create_publisher(String, "instruction", LATCHED_QOS)
+        instruction.publish(String(data=INSTRUCTION))
+        assert ros.wait_for(lambda: self.joints.get_subscription_count() > 0
+                            and self.candidates.get_subscription_count() > 0
+                            and node.assembler.instruction == INSTRUCTION)
+
+    def observe(self, obs: Observation, agentview: Image | None = None) -> None:
+        self.images["agentview"].publish(
+            agentview or conv.image_to_msg(obs.images["agentview"], obs.stamp_ns, "agentview"))
+        self.images["wrist"].publish(conv.image_to_msg(obs.images["wrist"], obs.stamp_ns, "wrist"))
+        self.joints.publish(conv.joint_state_to_msg(obs.joint_positions, obs.gripper_qpos,
+                                                    obs.stamp_ns))
+        self.eef.publish(conv.eef_to_msg(obs.eef_pos, obs.eef_quat_xyzw, obs.stamp_ns))
+
+    def propose(self, arrays, stamp_ns: int, n_verdicts: int) -> Verdict:
+        self.candidates.publish(_candidate_set(arrays, stamp_ns=stamp_ns))
+        assert self.ros.wait_for(lambda: len(self.verdicts) >= n_verdicts
+                                 and len(self.chunks) >= n_verdicts, timeout_s=15)
+        return self.verdicts[n_verdicts - 1]
+
+
+def _model_node(ros, *params):
+    return ros.add(VerifierNode(context=ros.context, parameter_overrides=list(params)))
+
+
+def test_model_verifier_scores_candidates_against_their_observation(ros, verifier_file):
+    from prevla_models.verifier_scorer import VerifierScorer
+
+    node = _model_node(ros, Parameter("checkpoint", value=str(verifier_file)),
+                       Parameter("threshold", value=0.01))
+    robot = Robot(ros, node)
+    obs = _observation(2_000)
+    robot.observe(obs)
+    assert ros.wait_for(lambda: node.observations.get(2_000) is not None)
+    rng = np.random.default_rng(1)
+    chunks = [rng.uniform(-1, 1, (H, 7)).astype(np.float32) for _ in range(3)]
+    v = robot.propose(chunks + [np.full((H, 7), np.nan, np.float32)], 2_000, 1)
+    assert v.verifier_id == "random_verifier" and v.samples_drawn == 4
+    assert v.safety_probs[3] == 0.0 and np.isnan(v.advantages[3])  # invalid: never scored
+    p_safe, adv = np.array(v.safety_probs[:3]), np.array(v.advantages[:3])
+    assert np.all(np.isfinite(p_safe)) and np.all(np.isfinite(adv))
+    assert np.all((p_safe > 0) & (p_safe < 1)) and v.verify_ms > 0
+    # Same numbers as the scorer offline on the same observation; the best advantage wins.
+    scorer = VerifierScorer.from_checkpoint(str(verifier_file))
+    want_p, want_adv = scorer.score(obs, np.stack(chunks))
+    np.testing.assert_allclose(p_safe, want_p, atol=1e-5)
+    np.testing.assert_allclose(adv, want_adv, atol=1e-5)
+    assert v.outcome == "accepted" and v.accepted_index == int(np.argmax(want_adv))
+    assert "tau=0.010" in v.reason
+    np.testing.assert_allclose(conv.msg_to_chunk(robot.chunks[0]).actions, chunks[v.accepted_index])
+    assert node._stats["last_p_safe_max"] == pytest.approx(float(want_p.max()), abs=1e-4)
+    assert node._stats["threshold"] == pytest.approx(0.01)
+    # A set for a stamp the verifier never observed: hold, and say so.
+    v = robot.propose(chunks, 999, 2)
+    assert v.outcome == "hold" and "no observation for stamp 999" in v.reason
+    # A set that arrives before its observation waits for it: before any part of it ...
+    early = _observation(2_500)
+    robot.candidates.publish(_candidate_set(chunks, stamp_ns=2_500))
+    ros.spin_for(0.2)
+    assert len(robot.verdicts) == 2
+    robot.observe(early)
+    assert ros.wait_for(lambda: len(robot.verdicts) == 3 and len(robot.chunks) == 3)
+    assert robot.verdicts[2].outcome == "accepted"
+    # ... or between its parts.
+    later = _observation(3_000)
+    robot.images["wrist"].publish(conv.image_to_msg(later.images["wrist"], 3_000, "wrist"))
+    assert ros.wait_for(lambda: node.assembler.is_pending(3_000))
+    robot.candidates.publish(_candidate_set(chunks, stamp_ns=3_000))
+    ros.spin_for(0.2)
+    assert len(robot.verdicts) == 3  # still waiting
+    robot.observe(later)
+    assert ros.wait_for(lambda: len(robot.verdicts) == 4 and len(robot.chunks) == 4)
+    assert robot.verdicts[3].outcome == "accepted"
+    assert np.all(np.isfinite(robot.verdicts[3].advantages))
+    # A set whose observation never completes is answered with a hold after a while.
+    robot.images["wrist"].publish(conv.image_to_msg(later.images["wrist"], 3_500, "wrist"))
+    robot.candidates.publish(_candidate_set(chunks, stamp_ns=3_500))
+    assert ros.wait_for(lambda: len(robot.verdicts) == 5, timeout_s=5)
+    assert robot.verdicts[4].outcome == "hold" and "stamp 3500" in robot.verdicts[4].reason
+
+
+def test_malformed_observation_is_not_stored_and_its_candidates_hold(ros, verifier_file):
+    node = _model_node(ros, Parameter("checkpoint", value=str(verifier_file)),
+                       Parameter("threshold", value=0.01))
+    robot = Robot(ros, node)
+    obs = _observation(4_000)
+    bad = conv.image_to_msg(obs.images["agentview"], 4_000, "agentview")
+    bad.encoding = "mono8"
+    robot.observe(obs, agentview=bad)
+    assert ros.wait_for(lambda: 4_000 in node._malformed)  # the policy answers after it too
+    v = robot.propose([np.zeros((H, 7), np.float32)], 4_000, 1)
+    assert v.outcome == "hold" and "no observation for stamp 4000" in v.reason
+    assert "malformed agentview" in v.reason and node.observations.get(4_000) is None
+    # The next good observation is scored as usual.
+    robot.observe(_observation(5_000))
+    assert ros.wait_for(lambda: node.observations.get(5_000) is not None)
+    v = robot.propose([np.zeros((H, 7), np.float32)], 5_000, 2)
+    assert v.outcome == "accepted" and np.isfinite(v.advantages[0])
+
+
+def test_missing_checkpoint_holds_every_decision_and_the_node_stays_up(ros, tmp_path):
+    missing = tmp_path / "no_such_verifier.pt"
+    node = _model_node(ros, Parameter("checkpoint", value=str(missing)))
+    robot = Robot(ros, node)
+    diag = []
+    ros.node("diag_probe").create_subscription(DiagnosticArray, "/diagnostics", diag.append, 10)
+    for n, stamp in enumerate((6_000, 7_000), start=1):
+        robot.observe(_observation(stamp))
+        v = robot.propose([np.zeros((H, 7), np.float32)], stamp, n)
+        assert v.outcome == "hold" and v.accepted_index == -1
+        assert "verifier unavailable" in v.reason and str(missing) in v.reason
+    assert conv.msg_to_chunk(robot.chunks[-1]).source == "hold"
+    assert ros.wait_for(lambda: any("verifier unavailable" in s.message
+                                    for d in diag for s in d.status), timeout_s=5)
+
+
+def test_default_parameters_load_the_zoo_default_verifier(ros):
+    # Needs a default "verifier" entry in models/zoo/manifest.yaml (sha256-checked).
+    from prevla_models.verifier_scorer import VerifierScorer
+
+    node = ros.add(VerifierNode(context=ros.context))
+    assert node.config.verifier == "model" and node.config.checkpoint == ""
+    assert isinstance(node.scheduler.scorer, VerifierScorer), getattr(
+        node.scheduler.scorer, "reason", node.scheduler.scorer)
+    assert 0.0 < node.scheduler.threshold < 1.0

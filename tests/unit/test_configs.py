@@ -39,6 +39,9 @@ BAD_VALUES = [
     (PolicyNodeConfig, "temperature", -1.0),
     (PolicyNodeConfig, "image_size", -1),
     (VerifierNodeConfig, "verifier", "oracle"),
+    (VerifierNodeConfig, "threshold", 1.0),
+    (VerifierNodeConfig, "threshold", -0.1),
+    (VerifierNodeConfig, "threshold", math.nan),
     (VerifierNodeConfig, "mode", "dream"),
     (VerifierNodeConfig, "action_dim", 0),
     (VerifierNodeConfig, "max_abs_action", -1.0),
@@ -77,7 +80,8 @@ def test_every_validated_field_is_covered():
     # every value is meaningful. Everything else must appear in BAD_VALUES above.
     unchecked = {("SimNodeConfig", "publish_privileged"), ("PolicyNodeConfig", "seed"),
                  ("VerifierNodeConfig", "marker_frame"),
-                 ("PolicyNodeConfig", "checkpoint")}  # resolved (and sha256-checked) at load
+                 ("PolicyNodeConfig", "checkpoint"),  # resolved (and sha256-checked) at load
+                 ("VerifierNodeConfig", "checkpoint")}
     covered = {(c.__name__, n) for c, n, _ in BAD_VALUES}
     every = {(cls.__name__, f.name) for cls, f in ALL_FIELDS}
     assert every - unchecked == covered
@@ -86,6 +90,12 @@ def test_every_validated_field_is_covered():
 def test_the_learned_vla_from_the_zoo_is_the_default_policy():
     cfg = PolicyNodeConfig()
     assert (cfg.policy, cfg.checkpoint) == ("vla", "")  # "" = the zoo's default VLA
+
+
+def test_the_learned_verifier_from_the_zoo_is_the_default_verifier():
+    cfg = VerifierNodeConfig()
+    assert (cfg.verifier, cfg.checkpoint, cfg.threshold) == ("model", "", 0.0)
+    assert VerifierNodeConfig(threshold=0.7).threshold == 0.7
 
 
 @pytest.mark.parametrize("suite", SUITES)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prevla_ros.runtime.observation import PART_NAMES, ObservationAssembler
+from prevla_ros.runtime.observation import PART_NAMES, ObservationAssembler, RecentObservations
 from prevla_ros.runtime.types import ObjectPose
 
 
@@ -129,3 +129,26 @@ def test_unknown_parts_are_rejected():
     with pytest.raises(ValueError, match="max_pending"):
         ObservationAssembler(max_pending=0)
     assert set(asm.required) <= set(PART_NAMES)
+
+
+def test_is_pending_while_parts_are_missing():
+    asm = ObservationAssembler()
+    parts = _parts(5)
+    assert not asm.is_pending(5)
+    asm.add(5, "wrist", parts["wrist"])
+    assert asm.is_pending(5)
+    for name in ("agentview", "joints", "eef"):
+        asm.add(5, name, parts[name])
+    assert not asm.is_pending(5)
+
+
+def test_recent_observations_keep_the_newest_by_stamp():
+    recent = RecentObservations(capacity=3)
+    for stamp in (4, 1, 3, 2, 5):  # arrival order is not stamp order
+        recent.add(ObservationAssembler(required=("agentview",)).add(
+            stamp, "agentview", _parts(stamp)["agentview"]))
+    assert len(recent) == 3
+    assert [recent.get(s) is not None for s in (1, 2, 3, 4, 5)] == [False, False, True, True, True]
+    assert recent.get(4).stamp_ns == 4 and recent.get(4).images["agentview"][0, 0, 0] == 4
+    with pytest.raises(ValueError, match="capacity"):
+        RecentObservations(0)

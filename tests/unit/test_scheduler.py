@@ -1,4 +1,4 @@
-"""The decision step: validation of every candidate, passthrough selection, hold fallback."""
+"""The decision step: validation of every candidate, passthrough and model selection, holds."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 from prevla_ros.runtime.chunks import HOLD_SOURCE
 from prevla_ros.runtime.scheduler import (OUTCOME_ACCEPTED, OUTCOME_HOLD, Scheduler,
-                                          SchedulerConfig)
+                                          SchedulerConfig, UnavailableScorer)
 from prevla_ros.runtime.types import ACTION_DIM, GRIPPER_CLOSE
 
 
@@ -94,3 +94,148 @@ def test_config_validation_names_the_field(field, value):
 def test_config_accepts_both_modes():
     assert SchedulerConfig(mode="imagine").mode == "imagine"
     assert SchedulerConfig(mode="execute").mode == "execute"
+
+
+# --- the model verifier -------------------------------------------------------------------
+class ScriptedScorer:
+    """A scorer whose answers are fixed per candidate (matched by the chunk's first value)."""
+
+    verifier_id = "scripted_verifier"
+
+    def __init__(self, table: dict[float, tuple[float, float]], threshold: float = 0.5,
+                 error: Exception | None = None) -> None:
+        self.table, self.threshold, self.error = table, threshold, error
+        self.calls: list[tuple[object, np.ndarray]] = []
+
+    def score(self, obs, candidates):
+        self.calls.append((obs, candidates))
+        if self.error is not None:
+            raise self.error
+        rows = [self.table[round(float(c[0, 0]), 3)] for c in candidates]
+        return (np.array([r[0] for r in rows], np.float32),
+                np.array([r[1] for r in rows], np.float32))
+
+
+OBS = object()  # the scheduler hands the observation to the scorer untouched
+
+
+def _model(scorer=None, **config) -> Scheduler:
+    return Scheduler(SchedulerConfig(verifier="model", **config), scorer)
+
+
+def test_model_accepts_highest_advantage_among_safe_candidates():
+    # 0.1: safe, low advantage; 0.2: unsafe, best advantage; 0.3: safe, best safe advantage.
+    scorer = ScriptedScorer({0.1: (0.9, 0.1), 0.2: (0.2, 5.0), 0.3: (0.6, 1.0), 0.4: (0.5, 0.5)})
+    scheduler = _model(scorer)
+    candidates = [_valid(0.1), _nan(), _valid(0.2), _valid(0.3), _valid(0.4)]
+    d = scheduler.decide(candidates, stamp_ns=5, source="vla", observation=OBS)
+    assert d.outcome == OUTCOME_ACCEPTED and d.accepted_index == 3
+    np.testing.assert_array_equal(d.chunk.actions, candidates[3])
+    assert d.chunk.source == "vla" and d.chunk.stamp_ns == 5
+    # One scoring call for the valid candidates only, with the observation untouched.
+    [(obs, batch)] = scorer.calls
+    assert obs is OBS and batch.shape == (4, 4, ACTION_DIM) and batch.dtype == np.float32
+    np.testing.assert_allclose(d.safety_probs, [0.9, 0.0, 0.2, 0.6, 0.5])
+    np.testing.assert_allclose(d.advantages, [0.1, np.nan, 5.0, 1.0, 0.5])
+    assert "tau=0.500" in d.reason and "p_safe=0.600" in d.reason and "advantage=1.000" in d.reason
+    assert scheduler.verifier_id == "scripted_verifier" and scheduler.threshold == 0.5
+    assert d.total_ms >= d.verify_ms >= 0.0
+
+
+def test_model_threshold_is_inclusive_and_ties_keep_the_policy_order():
+    scorer = ScriptedScorer({0.1: (0.5, 1.0), 0.2: (0.7, 1.0)})
+    d = _model(scorer).decide([_valid(0.1), _valid(0.2)], observation=OBS)
+    assert d.accepted_index == 0  # p_safe == tau passes; equal advantages: first one
+
+
+def test_model_holds_when_no_candidate_is_safe():
+    scorer = ScriptedScorer({0.1: (0.3, 2.0), 0.2: (0.45, 1.0)}, threshold=0.5)
+    d = _model(scorer, hold_horizon=3).decide([_valid(0.1), _valid(0.2)], stamp_ns=9,
+                                              last_gripper=GRIPPER_CLOSE, observation=OBS)
+    assert d.outcome == OUTCOME_HOLD and d.accepted_index == -1
+    assert d.reason == "no candidate passed the safety threshold tau=0.500; best p_safe=0.450"
+    assert d.chunk.source == HOLD_SOURCE and d.chunk.stamp_ns == 9
+    assert d.chunk.actions.shape == (3, ACTION_DIM)
+    assert np.all(d.chunk.actions[:, -1] == GRIPPER_CLOSE)
+    np.testing.assert_allclose(d.safety_probs, [0.3, 0.45])  # scored, even when holding
+    np.testing.assert_allclose(d.advantages, [2.0, 1.0])
+
+
+def test_explicit_threshold_overrides_the_calibrated_one():
+    scorer = ScriptedScorer({0.1: (0.6, 2.0), 0.2: (0.9, 1.0)}, threshold=0.5)
+    assert _model(scorer).decide([_valid(0.1), _valid(0.2)], observation=OBS).accepted_index == 0
+    strict = _model(scorer, threshold=0.8)
+    assert strict.threshold == 0.8
+    d = strict.decide([_valid(0.1), _valid(0.2)], observation=OBS)
+    assert d.accepted_index == 1 and "tau=0.800" in d.reason
+    assert strict.decide([_valid(0.1)], observation=OBS).outcome == OUTCOME_HOLD
+
+
+@pytest.mark.parametrize("error", [ValueError("camera 'wrist': expected (S, S, 3) uint8"),
+                                   RuntimeError("CUDA out of memory")])
+def test_scorer_error_holds_with_its_message(error):
+    scorer = ScriptedScorer({}, error=error)
+    d = _model(scorer).decide([_valid(0.1), _valid(0.2)], observation=OBS)
+    assert d.outcome == OUTCOME_HOLD and d.accepted_index == -1
+    assert d.reason == f"verifier could not score the candidates: {error}"
+    assert np.all(np.isnan(d.safety_probs)) and np.all(np.isnan(d.advantages))
+
+
+def test_scorer_answer_of_the_wrong_shape_holds():
+    class Short(ScriptedScorer):
+        def score(self, obs, candidates):
+            return np.ones(1, np.float32), np.ones(1, np.float32)
+
+    d = _model(Short({})).decide([_valid(0.1), _valid(0.2)], observation=OBS)
+    assert d.outcome == OUTCOME_HOLD and "expected (2,)" in d.reason
+
+
+def test_candidates_of_different_horizons_hold_instead_of_crashing():
+    scorer = ScriptedScorer({0.1: (0.9, 1.0)})
+    d = _model(scorer).decide([_valid(0.1, h=4), _valid(0.1, h=5)], observation=OBS)
+    assert d.outcome == OUTCOME_HOLD and d.reason.startswith("verifier could not score")
+
+
+def test_missing_observation_holds_and_does_not_score():
+    scorer = ScriptedScorer({0.1: (0.9, 1.0)})
+    d = _model(scorer).decide([_valid(0.1)], stamp_ns=1234)
+    assert d.outcome == OUTCOME_HOLD and "no observation for stamp 1234" in d.reason
+    assert scorer.calls == []
+
+
+def test_missing_or_unavailable_scorer_holds_with_the_reason():
+    d = _model(None).decide([_valid(0.1)], observation=OBS)
+    assert d.outcome == OUTCOME_HOLD and "no scorer" in d.reason
+    unavailable = UnavailableScorer("verifier checkpoint unusable: /x.pt not found")
+    scheduler = _model(unavailable)
+    d = scheduler.decide([_valid(0.1)], observation=OBS)
+    assert d.outcome == OUTCOME_HOLD
+    assert d.reason == "verifier unavailable: verifier checkpoint unusable: /x.pt not found"
+    assert np.isnan(scheduler.threshold) and scheduler.verifier_id == "model"
+
+
+def test_model_still_validates_first():
+    scorer = ScriptedScorer({})
+    d = _model(scorer).decide([_nan(), np.zeros((4, 6), np.float32)], observation=OBS)
+    assert d.outcome == OUTCOME_HOLD and d.reason.startswith("no valid candidate: #0")
+    assert scorer.calls == [] and d.samples_drawn == 2
+    assert _model(scorer).decide([], observation=OBS).reason == "no candidates"
+
+
+def test_passthrough_ignores_a_scorer():
+    scorer = ScriptedScorer({})
+    scheduler = Scheduler(SchedulerConfig(verifier="passthrough"), scorer)
+    d = scheduler.decide([_valid(0.1)], observation=OBS)
+    assert d.accepted_index == 0 and scorer.calls == [] and scheduler.verifier_id == "passthrough"
+
+
+@pytest.mark.parametrize("value", [1.0, -0.1, 1.5, float("nan"), float("inf"), True])
+def test_threshold_validation_names_the_field(value):
+    with pytest.raises(ValueError, match=r"SchedulerConfig\.threshold"):
+        SchedulerConfig(threshold=value)
+
+
+def test_threshold_accepts_zero_and_the_open_interval():
+    assert SchedulerConfig().threshold == 0.0
+    assert SchedulerConfig(threshold=0.01).threshold == 0.01
+    assert SchedulerConfig(threshold=0.99).threshold == 0.99

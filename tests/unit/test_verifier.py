@@ -64,7 +64,7 @@ def test_default_config_matches_the_spec():
     assert (c.image_size, c.cameras, c.horizon, c.action_dim, c.proprio_dim, c.d_model, c.n_layers, c.n_heads,
             c.fusion_layers, c.max_words) == (64, 2, 8, 7, 8, 96, 2, 4, 1, 24)
     assert (c.dropout, c.focal_gamma, c.focal_alpha, c.adv_weight, c.calib_weight, c.calib_margin,
-            c.init_threshold) == (0.0, 2.0, 0.25, 1.0, 0.1, 0.5, 0.5)
+            c.init_threshold) == (0.0, 2.0, 0.75, 1.0, 0.1, 0.5, 0.5)
 
 
 # ------------------------------------------------------------------ losses vs hand-computed values

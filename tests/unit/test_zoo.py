@@ -74,3 +74,39 @@ def test_committed_default_vla_is_intact_and_documented():
     spatial = entry["metrics"]["closed_loop"]["libero_spatial"]
     assert spatial["episodes"] >= 100 and len(spatial["per_task"]) == 10
     json.dumps(entry)  # plain data only
+
+
+def test_register_verifier_keeps_threshold_and_one_default_per_kind(tmp_path, tiny_ckpt):
+    from prevla_models import verifier as ver
+
+    torch.manual_seed(0)
+    model = ver.Verifier(ver.VerifierConfig(image_size=32, vocab=["pick", "bowl"], d_model=32, n_layers=1, n_heads=2))
+    model.set_threshold(0.8)
+    src = tmp_path / "v.pt"
+    ver.save_checkpoint(str(src), model, {"adv_scale": 0.5, "train_state": {"step": 1}})
+    root = tmp_path / "zoo"
+    zoo.register("vla_a", "vla", str(tiny_ckpt), {}, default=True, root=root)
+    entry = zoo.register("ver_a", "verifier", str(src), {"data": "d"}, {"auroc": 0.9}, default=True, root=root)
+    assert entry["signature"]["threshold"] == pytest.approx(0.8) and "/ 0.5" in entry["signature"]["outputs"]["advantage"]
+    loaded, extra = ver.load_checkpoint(zoo.resolve("", "verifier", root))
+    assert loaded.threshold == pytest.approx(0.8) and extra["verifier_id"] == "ver_a" and "train_state" not in extra
+    assert zoo.resolve("", "vla", root).endswith("vla_a.pt")  # defaults are per kind
+    with pytest.raises(ValueError, match="unsupported kind"):
+        zoo.register("x", "world_model", str(src), {}, root=root)
+
+
+def test_committed_default_verifier_is_intact_and_documented():
+    from prevla_models.verifier import load_checkpoint as load_verifier
+
+    models = zoo.load_manifest()
+    defaults = [n for n, e in models.items() if e.get("kind") == "verifier" and e.get("default")]
+    assert len(defaults) == 1, f"exactly one default verifier expected in {zoo.zoo_dir()}"
+    entry = models[defaults[0]]
+    model, extra = load_verifier(zoo.resolve("", "verifier"))
+    assert extra["verifier_id"] == defaults[0] and 0 < model.threshold < 1
+    assert entry["signature"]["threshold"] == pytest.approx(model.threshold, abs=1e-6)
+    for key in ("data", "command", "wall_s", "machine", "labels"):
+        assert key in entry["training"], key
+    held_out = entry["metrics"]["held_out"]
+    for key in ("auroc_unsafe", "auprc_unsafe", "ece", "spearman_advantage", "win_rate"):
+        assert key in held_out, key

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import glob
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -23,47 +22,33 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from prevla_models.vla import VLA, VLAConfig, build_vocab, load_checkpoint, save_checkpoint
+from prevla_training.loop import TrainLoopConfig, resume_from
 
 GRIPPER_DIM = 6  # LIBERO gripper command is already +-1: never normalised
 
 
 @dataclass
-class TrainPolicyConfig:
-    """Configuration of :func:`train_policy`."""
+class TrainPolicyConfig(TrainLoopConfig):
+    """Configuration of :func:`train_policy` (optimisation fields: ``TrainLoopConfig``)."""
 
     data: str = field(default="outputs/demos/libero_spatial/*.hdf5", metadata={"help": "Glob of demo HDF5 files."})
     out_dir: str = field(default="outputs/policy", metadata={"help": "Checkpoints, metrics.jsonl, loss.png."})
-    steps: int = field(default=20000, metadata={"help": "Total optimizer steps."})
-    batch_size: int = field(default=32, metadata={"help": "Samples per step."})
-    lr: float = field(default=3e-4, metadata={"help": "Peak AdamW learning rate."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay."})
-    warmup_steps: int = field(default=200, metadata={"help": "Linear warm-up steps before the cosine decay."})
-    min_lr_ratio: float = field(default=0.1, metadata={"help": "Final lr as a fraction of the peak."})
-    grad_clip: float = field(default=1.0, metadata={"help": "Max gradient norm (0 = off)."})
-    log_interval: int = field(default=10, metadata={"help": "Steps between metrics.jsonl lines."})
     ckpt_interval: int = field(default=1000, metadata={"help": "Steps between checkpoints (and last.pt)."})
-    seed: int = field(default=0, metadata={"help": "Seed of model init and batch sampling."})
     device: str = field(default="auto", metadata={"help": "'auto' (cuda if present), 'cpu', 'cuda', 'cuda:1' ..."})
     num_workers: int = field(default=0, metadata={"help": "DataLoader worker processes."})
-    num_threads: int = field(default=0, metadata={"help": "CPU torch threads (0 = all cores, at most 8)."})
     cache_data: bool = field(default=True, metadata={"help": "Hold all demos in RAM (fast random access; ~10 MB per LIBERO demo)."})
-    aug_shift: int = field(default=8, metadata={"help": "Random-shift augmentation: max shift in input pixels (0 = off)."})
     stats_samples: int = field(default=2000, metadata={"help": "Samples used for normalisation statistics."})
-    resume: bool = field(default=False, metadata={"help": "Continue from out_dir/last.pt if it exists."})
-    stop_at: int = field(default=0, metadata={"help": "Stop (with a checkpoint) at this step, e.g. for time-limited jobs; 0 = run to steps."})
     model: VLAConfig = field(default_factory=VLAConfig, metadata={"help": "Model config (vocab is filled from data)."})
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if isinstance(self.model, dict):
             self.model = VLAConfig(**self.model)
-        for name in ("steps", "batch_size", "log_interval", "ckpt_interval", "stats_samples"):
+        for name in ("ckpt_interval", "stats_samples"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainPolicyConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "num_workers", "num_threads", "stop_at", "aug_shift"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"TrainPolicyConfig.{name} must be >= 0, got {getattr(self, name)}")
-        if not self.lr > 0 or self.weight_decay < 0 or self.grad_clip < 0 or not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError("TrainPolicyConfig: need lr > 0, weight_decay >= 0, grad_clip >= 0, 0 <= min_lr_ratio <= 1")
+        if int(self.num_workers) < 0:
+            raise ValueError(f"TrainPolicyConfig.num_workers must be >= 0, got {self.num_workers}")
         if not (self.device == "auto" or self.device == "cpu" or self.device.startswith("cuda")):
             raise ValueError(f"TrainPolicyConfig.device must be 'auto', 'cpu' or 'cuda[:N]', got {self.device!r}")
 
@@ -131,15 +116,6 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
     return out.permute(0, 2, 3, 1).to(images.dtype).reshape(images.shape)
 
 
-def _lr_lambda(cfg: TrainPolicyConfig):
-    def f(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return (step + 1) / cfg.warmup_steps
-        frac = (step - cfg.warmup_steps) / max(cfg.steps - cfg.warmup_steps, 1)
-        return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-    return f
-
-
 def _plot(metrics_path: str, png_path: str) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -179,14 +155,8 @@ def train_policy(cfg: TrainPolicyConfig, demos=None) -> dict:
     metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     torch.manual_seed(cfg.seed)
 
-    start, state = 0, None
-    if cfg.resume and os.path.exists(last_path):
-        model, extra = load_checkpoint(last_path)
-        state = extra.get("train_state")
-        if state is None:
-            raise ValueError(f"{last_path} has no training state to resume from")
-        start = int(state["step"])
-    else:
+    model, state, start = resume_from(last_path, cfg.resume, load_checkpoint)
+    if model is None:
         mcfg = VLAConfig(**{**asdict(cfg.model), "vocab": build_vocab(demos.instructions)})
         model = VLA(mcfg)
     data = ChunkDataset(demos, model.cfg.horizon)
@@ -204,7 +174,7 @@ def train_policy(cfg: TrainPolicyConfig, demos=None) -> dict:
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n and "pos" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
     amp_dtype = None
     if device.type == "cuda":
         amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

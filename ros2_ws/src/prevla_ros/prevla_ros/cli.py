@@ -5,6 +5,8 @@
     prevla expert-eval ...                    scripted-expert success rates (no ROS)
     prevla record-demos ...                   expert demonstrations as LIBERO-format HDF5
     prevla train-policy ...                   train the small VLA on recorded demonstrations
+    prevla label-candidates ...               label verifier candidates by branching in LIBERO
+    prevla train-verifier ...                 train the verifier (+ ablations table)
 
 The graph runs composed in one process (one rclpy executor, the default: lowest latency)
 or, with ``--processes``, as one OS process per node talking over Fast DDS.
@@ -158,34 +160,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_expert_eval(argv: list[str]) -> int:
-    from prevla_ros.sim import expert_eval
-
-    return expert_eval.main(argv)
-
-
-def cmd_record_demos(argv: list[str]) -> int:
-    from prevla_training import demos
-
-    return demos.main(argv) or 0
-
-
-def cmd_eval(argv: list[str]) -> int:
-    from prevla_ros.sim import evaluate
-
-    return evaluate.main(argv)
+#: Verbs handled by their own module's ``main(argv)`` and argparse (ROS-free jobs).
+DELEGATED = {
+    "expert-eval": ("prevla_ros.sim.expert_eval", "scripted-expert success rates"),
+    "record-demos": ("prevla_training.demos", "record expert demonstrations"),
+    "train-policy": ("prevla_training.train_policy", "train the VLA on demonstrations"),
+    "eval": ("prevla_ros.sim.evaluate", "closed-loop policy success rates"),
+    "label-candidates": ("prevla_training.candidates", "label verifier candidates by branching in LIBERO"),
+    "train-verifier": ("prevla_training.train_verifier", "train the verifier on labelled candidates"),
+}
 
 
-def cmd_train_policy(argv: list[str]) -> int:
-    from prevla_training import train_policy
+def run_delegated(verb: str, argv: list[str]) -> int:
+    """Run ``verb``'s module main; a returned dict (final metrics) or None counts as success."""
+    import importlib
 
-    train_policy.main(argv)  # returns the final metrics (printed and written by itself)
-    return 0
-
-
-#: Verbs handled by their own module's argparse (ROS-free jobs).
-DELEGATED = {"expert-eval": cmd_expert_eval, "record-demos": cmd_record_demos,
-             "train-policy": cmd_train_policy, "eval": cmd_eval}
+    rc = importlib.import_module(DELEGATED[verb][0]).main(argv)
+    return rc if isinstance(rc, int) else 0
 
 
 def _graph_options(p: argparse.ArgumentParser, default_episodes: int | None) -> None:
@@ -203,7 +194,7 @@ def _graph_options(p: argparse.ArgumentParser, default_episodes: int | None) -> 
     p.add_argument("--checkpoint", default=None, help="VLA checkpoint: file or zoo:NAME")
     p.add_argument("--num-candidates", type=int, default=None, help="K candidates per decision")
     p.add_argument("--noise-std", type=float, default=None, help="expert candidate noise std")
-    p.add_argument("--verifier", default=None, help="verifier (passthrough)")
+    p.add_argument("--verifier", default=None, help="verifier: model (default, the zoo verifier) | passthrough")
     p.add_argument("--processes", action="store_true",
                    help="one OS process per node instead of one composed process")
 
@@ -212,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("MUJOCO_GL", "egl")
     if argv[:1] and argv[0] in DELEGATED:
-        return DELEGATED[argv[0]](argv[1:])
+        return run_delegated(argv[0], argv[1:])
     parser = argparse.ArgumentParser(prog="prevla", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -222,10 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     _graph_options(demo, 2)
     demo.add_argument("--out", default="outputs/demo", help="output directory")
     demo.add_argument("--timeout-s", type=float, default=600.0, help="give up after this long")
-    sub.add_parser("expert-eval", help="scripted-expert success rates (see --help there)")
-    sub.add_parser("record-demos", help="record expert demonstrations (see --help there)")
-    sub.add_parser("eval", help="closed-loop policy success rates (see --help there)")
-    sub.add_parser("train-policy", help="train the VLA on demonstrations (see --help there)")
+    for verb, (_, text) in DELEGATED.items():
+        sub.add_parser(verb, help=f"{text} (see --help there)")
     args = parser.parse_args(argv)
     return {"up": cmd_up, "demo": cmd_demo}[args.command](args)
 

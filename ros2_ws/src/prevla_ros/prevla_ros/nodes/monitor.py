@@ -66,7 +66,10 @@ class EpisodeMonitor(Node):
     def _on_verdict(self, msg: Verdict) -> None:
         record = {"stamp_ns": conv.from_time(msg.header.stamp), "outcome": msg.outcome,
                   "accepted_index": int(msg.accepted_index), "samples": int(msg.samples_drawn),
-                  "verify_ms": float(msg.verify_ms), "reason": msg.reason}
+                  "verify_ms": float(msg.verify_ms), "reason": msg.reason,
+                  "verifier_id": msg.verifier_id,
+                  "safety_probs": [round(float(p), 4) for p in msg.safety_probs],
+                  "advantages": [round(float(a), 4) for a in msg.advantages]}
         self.verdicts.append(record)
         self._append("verdicts.jsonl", record)
         if self._current is not None:

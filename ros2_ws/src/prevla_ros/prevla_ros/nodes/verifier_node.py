@@ -1,10 +1,22 @@
 """verifier_node: candidate sets in; the approved action chunk, a verdict and rviz markers out.
 
-Subscribes: ``candidates`` (prevla_interfaces/CandidateSet), ``eef_pose`` (PoseStamped).
+Subscribes: ``candidates`` (prevla_interfaces/CandidateSet), ``eef_pose`` (PoseStamped); with
+``verifier: model`` also ``agentview/image_raw``, ``wrist/image_raw`` (sensor_msgs/Image),
+``joint_states`` and ``instruction`` (String, latched), assembled into observations by stamp.
 Publishes: ``action_chunk`` (ActionChunk), ``verdict`` (Verdict), ``approved_path``
 (visualization_msgs/MarkerArray), ``/diagnostics``.
+
+With ``verifier: model`` a candidate set is scored against the observation whose stamp its
+header carries (the policy node answers each observation under its stamp). A set whose
+observation is still arriving (some of its parts are in, or none yet of a stamp that new)
+waits for it, up to ``OBSERVATION_WAIT_S``: topics are not ordered across each other. A set
+whose observation is unknown (older stamp) or malformed gets a hold. A
+verifier checkpoint that cannot be loaded is logged once and every decision is a hold that
+says why; the node stays up.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
@@ -12,17 +24,46 @@ from prevla_interfaces.msg import ActionChunk as ActionChunkMsg
 from prevla_interfaces.msg import CandidateSet as CandidateSetMsg
 from prevla_interfaces.msg import Verdict
 from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.common import (ERROR, OK, WARN, STREAM_QOS, Diagnostics, declare_config,
-                                     run_node)
+from prevla_ros.nodes.common import (ERROR, OK, WARN, LATCHED_QOS, STREAM_QOS, Diagnostics,
+                                     declare_config, run_node)
 from prevla_ros.runtime.configs import VerifierNodeConfig
-from prevla_ros.runtime.scheduler import OUTCOME_HOLD, Scheduler, SchedulerConfig
-from prevla_ros.runtime.types import GRIPPER_OPEN
+from prevla_ros.runtime.observation import ObservationAssembler, RecentObservations
+from prevla_ros.runtime.scheduler import (OUTCOME_HOLD, Scheduler, SchedulerConfig,
+                                          UnavailableScorer)
+from prevla_ros.runtime.types import CAMERAS, GRIPPER_OPEN, Observation, Scorer
 
 APPROVED_RGBA = (0.1, 0.9, 0.2, 1.0)
 HOLD_RGBA = (0.9, 0.2, 0.1, 1.0)
+#: Complete observations (and malformed stamps) remembered for matching candidate sets.
+KEEP_OBSERVATIONS = 8
+#: Longest wait for the rest of a candidate set's observation before answering with a hold.
+OBSERVATION_WAIT_S = 1.0
+
+
+def make_scorer(config: VerifierNodeConfig, log) -> Scorer | None:
+    """The learned verifier for ``verifier: model`` (None otherwise); an unusable checkpoint
+    is logged and gives an ``UnavailableScorer``, so every decision holds and says why."""
+    if config.verifier != "model":
+        return None
+    from prevla_models import zoo  # torch: only when the model verifier is asked for
+    from prevla_models.checkpoints import sha256_file
+    from prevla_models.verifier_scorer import VerifierScorer
+
+    try:
+        path = zoo.resolve(config.checkpoint, "verifier")  # "" / zoo:NAME -> verified file
+        scorer = VerifierScorer.from_checkpoint(path)
+        log.info(f"loaded verifier {path} (sha256 {sha256_file(path)}, "
+                 f"calibrated tau={scorer.threshold:.3f})")
+    except (FileNotFoundError, ValueError) as exc:
+        log.error(f"cannot load verifier checkpoint: {exc}; answering every candidate set "
+                  "with a hold until the node is restarted with a valid checkpoint")
+        return UnavailableScorer(f"verifier checkpoint unusable: {exc}")
+    return scorer
 
 
 class VerifierNode(Node):
@@ -30,34 +71,107 @@ class VerifierNode(Node):
 
     def __init__(self, **kwargs) -> None:
         super().__init__("verifier_node", **kwargs)
-        self.config = declare_config(self, VerifierNodeConfig)
+        self.config = c = declare_config(self, VerifierNodeConfig)
         self.scheduler = Scheduler(SchedulerConfig(
-            mode=self.config.mode, verifier=self.config.verifier,
-            action_dim=self.config.action_dim, max_abs_action=self.config.max_abs_action,
-            hold_horizon=self.config.hold_horizon))
+            mode=c.mode, verifier=c.verifier, action_dim=c.action_dim,
+            max_abs_action=c.max_abs_action, hold_horizon=c.hold_horizon,
+            threshold=c.threshold), make_scorer(c, self.get_logger()))
+        self.assembler = ObservationAssembler(max_pending=KEEP_OBSERVATIONS)
+        self.observations = RecentObservations(KEEP_OBSERVATIONS)
+        self._malformed: dict[int, str] = {}  # stamp -> why its observation was not stored
+        self._waiting: tuple[CandidateSetMsg, float] | None = None  # set, monotonic arrival
+        self._newest_part = -1  # newest stamp of any observation part received
         self._eef: np.ndarray | None = None
         self._last_gripper = GRIPPER_OPEN
         self._stats = {"decisions": 0, "holds": 0, "rejected_candidates": 0,
-                       "last_verify_ms": 0.0, "last_outcome": ""}
+                       "last_verify_ms": 0.0, "last_outcome": "", "observations": 0,
+                       "threshold": round(self.scheduler.threshold, 4),
+                       "last_p_safe_max": float("nan")}
         self._chunk_pub = self.create_publisher(ActionChunkMsg, "action_chunk", STREAM_QOS)
         self._verdict_pub = self.create_publisher(Verdict, "verdict", STREAM_QOS)
         self._marker_pub = self.create_publisher(MarkerArray, "approved_path", 5)
         self.create_subscription(CandidateSetMsg, "candidates", self._on_candidates, STREAM_QOS)
-        self.create_subscription(PoseStamped, "eef_pose", self._on_eef, STREAM_QOS)
+        self.create_subscription(PoseStamped, "eef_pose", lambda m: self._add(
+            m.header.stamp, "eef", lambda: conv.msg_to_pose(m.pose)), STREAM_QOS)
+        if c.verifier == "model":  # the verifier sees what the policy saw
+            for camera in CAMERAS:
+                self.create_subscription(Image, f"{camera}/image_raw", lambda m, cam=camera:
+                                         self._add(m.header.stamp, cam,
+                                                   lambda: conv.msg_to_image(m)), STREAM_QOS)
+            self.create_subscription(JointState, "joint_states", lambda m: self._add(
+                m.header.stamp, "joints", lambda: conv.msg_to_joint_state(m)), STREAM_QOS)
+            self.create_subscription(String, "instruction", self._on_instruction, LATCHED_QOS)
+            self.create_timer(OBSERVATION_WAIT_S / 4, self._check_waiting)
         Diagnostics(self, self._diagnostics)
-        self.get_logger().info(f"verifier '{self.config.verifier}' in {self.config.mode} mode")
+        self.get_logger().info(f"verifier '{self.scheduler.verifier_id}' ({c.verifier}) in "
+                               f"{c.mode} mode, tau={self.scheduler.threshold:.3f}")
 
-    def _on_eef(self, msg: PoseStamped) -> None:
+    # --- inputs ---------------------------------------------------------------------------
+    def _add(self, stamp, part: str, convert) -> None:
+        stamp_ns = conv.from_time(stamp)
+        self._newest_part = max(self._newest_part, stamp_ns)
         try:
-            self._eef, _ = conv.msg_to_pose(msg.pose)
+            value = convert()
         except ValueError as exc:
-            self.get_logger().error(f"ignoring eef_pose: {exc}")
+            self._malformed[stamp_ns] = f"malformed {part}: {exc}"
+            for old in sorted(self._malformed)[:-KEEP_OBSERVATIONS]:
+                del self._malformed[old]
+            self.get_logger().error(f"observation {stamp_ns}: {self._malformed[stamp_ns]} "
+                                    "(not stored)")
+            if self._waiting is not None and self._waiting_stamp() == stamp_ns:
+                self._decide_waiting()
+            return
+        if part == "eef":
+            self._eef = value[0]
+        if self.config.verifier == "model":
+            obs = self.assembler.add(stamp_ns, part, value)
+            if obs is not None:
+                self._on_observation(obs)
+
+    def _on_instruction(self, msg: String) -> None:
+        self.assembler.instruction = msg.data
+
+    def _on_observation(self, obs: Observation) -> None:
+        self.observations.add(obs)
+        self._stats["observations"] += 1
+        if self._waiting is not None and self._waiting_stamp() <= obs.stamp_ns:
+            self._decide_waiting()  # its own observation, or a newer one (then it holds)
 
     def _on_candidates(self, msg: CandidateSetMsg) -> None:
+        if self._waiting is not None:  # a newer set: answer the older one now
+            self._decide_waiting()
+        if self._observation_coming(conv.from_time(msg.header.stamp)):
+            self._waiting = (msg, time.monotonic())
+            return
+        self._decide(msg)
+
+    def _observation_coming(self, stamp_ns: int) -> bool:
+        """Parts of this stamp's observation are in, or none yet of a stamp this new."""
+        return (self.config.verifier == "model" and self.observations.get(stamp_ns) is None
+                and stamp_ns not in self._malformed
+                and getattr(self.scheduler.scorer, "available", True)
+                and (self.assembler.is_pending(stamp_ns) or stamp_ns > self._newest_part))
+
+    def _waiting_stamp(self) -> int:
+        return conv.from_time(self._waiting[0].header.stamp)
+
+    def _decide_waiting(self) -> None:
+        msg, self._waiting = self._waiting[0], None
+        self._decide(msg)
+
+    def _check_waiting(self) -> None:
+        if self._waiting is not None and time.monotonic() - self._waiting[1] > OBSERVATION_WAIT_S:
+            self._decide_waiting()
+
+    # --- decision -------------------------------------------------------------------------
+    def _decide(self, msg: CandidateSetMsg) -> None:
         stamp = conv.from_time(msg.header.stamp)
+        obs = self.observations.get(stamp)
         decision = self.scheduler.decide(conv.msg_to_candidate_arrays(msg), stamp_ns=stamp,
                                          last_gripper=self._last_gripper,
-                                         source=msg.policy_id)
+                                         source=msg.policy_id, observation=obs)
+        if obs is None and stamp in self._malformed and decision.outcome == OUTCOME_HOLD:
+            decision.reason += f" ({self._malformed[stamp]})"
         for index, why in decision.rejected.items():
             self.get_logger().error(f"candidate #{index} from '{msg.policy_id}' rejected: {why}")
         if decision.outcome == OUTCOME_HOLD:
@@ -72,12 +186,19 @@ class VerifierNode(Node):
             self._marker_pub.publish(conv.path_markers(
                 conv.chunk_path(self._eef, decision.chunk.actions), stamp, "approved_path",
                 rgba, self.config.marker_frame))
+        scored = [p for i, p in enumerate(decision.safety_probs)
+                  if i not in decision.rejected and np.isfinite(p)]
+        if scored:
+            self._stats["last_p_safe_max"] = round(float(max(scored)), 4)
         self._stats["decisions"] += 1
         self._stats["rejected_candidates"] += len(decision.rejected)
         self._stats["last_verify_ms"] = round(decision.verify_ms, 3)
         self._stats["last_outcome"] = decision.outcome
 
     def _diagnostics(self):
+        scorer = self.scheduler.scorer
+        if scorer is not None and not getattr(scorer, "available", True):
+            return ERROR, f"verifier unavailable: {scorer.reason}", self._stats
         if self._stats["decisions"] == 0:
             return WARN, "waiting for candidates", self._stats
         level = ERROR if self._stats["last_outcome"] == OUTCOME_HOLD else OK

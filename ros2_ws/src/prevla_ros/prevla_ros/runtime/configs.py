@@ -4,6 +4,7 @@ rejects bad values with a ``ValueError`` naming the field, so a node fails at st
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 
 from prevla_ros.runtime.scheduler import MODES, VERIFIERS
@@ -114,8 +115,16 @@ class PolicyNodeConfig:
 class VerifierNodeConfig:
     """Parameters of ``verifier_node`` (scores candidates, publishes the approved chunk)."""
 
-    verifier: str = _help("verifier: " + ", ".join(VERIFIERS) + " (passthrough = accept the "
-                          "first valid candidate: the policy-alone baseline)", "passthrough")
+    verifier: str = _help("verifier: " + ", ".join(VERIFIERS) + " (model = the learned "
+                          "Pre-VLA verifier in `checkpoint`: the safe candidate with the highest "
+                          "advantage; passthrough = accept the first valid candidate: the "
+                          "policy-alone baseline)", "model")
+    checkpoint: str = _help("verifier checkpoint (verifier model): a file, zoo:NAME from "
+                            "models/zoo/manifest.yaml, or empty for the zoo's default verifier "
+                            "(sha256-checked); a missing or corrupt file is logged and every "
+                            "decision is a hold", "")
+    threshold: float = _help("accept threshold tau on P(safe) (verifier model); 0 = the "
+                             "checkpoint's calibrated threshold, else in (0, 1)", 0.0)
     mode: str = _help("execute: gate before the robot moves; imagine: gate before the "
                       "world model rolls a chunk out", "execute")
     action_dim: int = _help("action dimension the robot accepts", 7)
@@ -129,6 +138,8 @@ class VerifierNodeConfig:
         n = type(self).__name__
         _check(self.verifier in VERIFIERS, n, "verifier",
                f"must be one of {VERIFIERS}, got {self.verifier!r}")
+        _check(math.isfinite(self.threshold) and 0.0 <= self.threshold < 1.0, n, "threshold",
+               f"must be 0 (calibrated) or in (0, 1), got {self.threshold!r}")
         _check(self.mode in MODES, n, "mode", f"must be one of {MODES}, got {self.mode!r}")
         _check(self.action_dim >= 1, n, "action_dim", f"must be >= 1, got {self.action_dim}")
         _check(self.max_abs_action > 0, n, "max_abs_action",

@@ -64,6 +64,10 @@ class ObservationAssembler:
             del self._pending[min(self._pending)]
         return None
 
+    def is_pending(self, stamp_ns: int) -> bool:
+        """True while some but not all parts of ``stamp_ns`` are in."""
+        return stamp_ns in self._pending
+
     def _build(self, stamp_ns: int, parts: dict[str, Any]) -> Observation:
         joints = parts.get("joints", (np.zeros(7), np.zeros(2)))
         eef = parts.get("eef", (np.zeros(3), np.array([0.0, 0.0, 0.0, 1.0])))
@@ -72,3 +76,28 @@ class ObservationAssembler:
         return Observation(images=images, joint_positions=joints[0], gripper_qpos=joints[1],
                            eef_pos=eef[0], eef_quat_xyzw=eef[1], instruction=self.instruction,
                            stamp_ns=stamp_ns, objects=objects)
+
+
+class RecentObservations:
+    """The newest ``capacity`` complete observations, by stamp.
+
+    A verifier scores a candidate set against the observation whose stamp the set carries;
+    keeping a few lets a set that arrives after a newer observation still find its own.
+    """
+
+    def __init__(self, capacity: int = 8) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._by_stamp: dict[int, Observation] = {}
+
+    def add(self, obs: Observation) -> None:
+        self._by_stamp[obs.stamp_ns] = obs
+        while len(self._by_stamp) > self.capacity:
+            del self._by_stamp[min(self._by_stamp)]
+
+    def get(self, stamp_ns: int) -> Observation | None:
+        return self._by_stamp.get(stamp_ns)
+
+    def __len__(self) -> int:
+        return len(self._by_stamp)

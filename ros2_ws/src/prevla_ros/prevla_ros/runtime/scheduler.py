@@ -4,22 +4,30 @@ Every candidate is validated first (shape, action dimension, finite values, magn
 invalid ones are never executable whatever the verifier says. Then the configured
 verifier scores the valid ones and the scheduler picks one, or falls back to a hold chunk.
 
-Verifiers available now:
+Verifiers:
 - ``passthrough``: no scoring; accept the first valid candidate. This is the *policy
   alone* baseline the evaluation keeps, not a placeholder.
+- ``model``: the learned Pre-VLA verifier (a :class:`~prevla_ros.runtime.types.Scorer`)
+  scores every valid candidate against the observation they answer, in one call. Among the
+  candidates with P(safe) >= tau (tau: ``SchedulerConfig.threshold``, or the scorer's
+  calibrated threshold when that is 0) the one with the highest predicted advantage is
+  accepted (ties: the policy's order). When none passes, or nothing can be scored (no
+  scorer, no observation, the scorer rejects its input), the robot gets a hold chunk and
+  the decision says why: a verifier that cannot judge never lets a chunk through.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from prevla_ros.runtime.chunks import chunk_problem, hold_chunk
-from prevla_ros.runtime.types import ACTION_DIM, GRIPPER_OPEN, ActionChunk
+from prevla_ros.runtime.types import ACTION_DIM, GRIPPER_OPEN, ActionChunk, Observation, Scorer
 
 MODES = ("execute", "imagine")
-VERIFIERS = ("passthrough",)
+VERIFIERS = ("passthrough", "model")
 OUTCOME_ACCEPTED = "accepted"
 OUTCOME_FALLBACK = "fallback_best"
 OUTCOME_HOLD = "hold"
@@ -35,6 +43,8 @@ class SchedulerConfig:
         action_dim: action dimension the robot accepts; other candidates are rejected.
         max_abs_action: candidates with any |value| above this are rejected (broken policy).
         hold_horizon: length of the hold chunk published when nothing is usable.
+        threshold: accept threshold tau on P(safe) of the model verifier; 0 uses the
+            scorer's calibrated threshold.
     """
 
     mode: str = "execute"
@@ -42,6 +52,7 @@ class SchedulerConfig:
     action_dim: int = ACTION_DIM
     max_abs_action: float = 10.0
     hold_horizon: int = 8
+    threshold: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -56,6 +67,11 @@ class SchedulerConfig:
                 f"SchedulerConfig.max_abs_action must be > 0, got {self.max_abs_action}")
         if self.hold_horizon < 1:
             raise ValueError(f"SchedulerConfig.hold_horizon must be >= 1, got {self.hold_horizon}")
+        t = self.threshold
+        if (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
+                or not 0.0 <= t < 1.0):
+            raise ValueError("SchedulerConfig.threshold must be 0 (the scorer's calibrated "
+                             f"threshold) or in (0, 1), got {t!r}")
 
 
 @dataclass
@@ -63,7 +79,9 @@ class Decision:
     """What the scheduler decided for one observation.
 
     ``safety_probs``/``advantages`` have one entry per candidate considered: 0.0 / NaN for a
-    rejected (invalid) candidate, NaN / NaN where the verifier does not score (passthrough).
+    rejected (invalid) candidate, the model's P(safe) / advantage for a scored one, NaN / NaN
+    where nothing was scored (passthrough, or the model verifier could not score).
+    ``verify_ms`` is the time the verifier took (the scoring call for ``model``).
     """
 
     chunk: ActionChunk
@@ -79,19 +97,59 @@ class Decision:
     rejected: dict[int, str] = field(default_factory=dict)
 
 
-class Scheduler:
-    """Validates, scores and selects candidate chunks for one observation at a time."""
+class UnavailableScorer:
+    """Stands where the verifier model failed to load (missing or corrupt checkpoint).
 
-    def __init__(self, config: SchedulerConfig) -> None:
+    The scheduler answers every decision with a hold that carries ``reason``: the robot
+    holds, the node stays up and keeps saying why.
+    """
+
+    available = False
+    threshold = float("nan")
+
+    def __init__(self, reason: str, verifier_id: str = "model") -> None:
+        self.reason = reason
+        self.verifier_id = verifier_id
+
+    def score(self, obs, candidates):
+        raise RuntimeError(self.reason)
+
+
+class Scheduler:
+    """Validates, scores and selects candidate chunks for one observation at a time.
+
+    Args:
+        config: the decision step's configuration.
+        scorer: the learned verifier (any :class:`Scorer`); used when ``config.verifier`` is
+            "model", where its absence makes every decision a hold.
+    """
+
+    def __init__(self, config: SchedulerConfig, scorer: Scorer | None = None) -> None:
         self.config = config
+        self.scorer = scorer
 
     @property
     def verifier_id(self) -> str:
+        if self.config.verifier == "model" and self.scorer is not None:
+            return str(getattr(self.scorer, "verifier_id", "model"))
         return self.config.verifier
 
+    @property
+    def threshold(self) -> float:
+        """The tau in use: the configured one, else the scorer's calibrated one (NaN: none)."""
+        if self.config.threshold > 0:
+            return float(self.config.threshold)
+        if self.scorer is None or not getattr(self.scorer, "available", True):
+            return float("nan")
+        return float(self.scorer.threshold)
+
     def decide(self, candidates: list[np.ndarray], stamp_ns: int = 0,
-               last_gripper: float = GRIPPER_OPEN, source: str = "") -> Decision:
-        """Pick the chunk to publish among ``candidates`` (each expected (H, action_dim))."""
+               last_gripper: float = GRIPPER_OPEN, source: str = "",
+               observation: Observation | None = None) -> Decision:
+        """Pick the chunk to publish among ``candidates`` (each expected (H, action_dim)).
+
+        ``observation`` is the one the candidates answer; the model verifier needs it.
+        """
         t0 = time.perf_counter()
         k = len(candidates)
         safety = np.full(k, np.nan, dtype=np.float32)
@@ -106,19 +164,67 @@ class Scheduler:
                 rejected[i] = problem
                 safety[i] = 0.0
         t1 = time.perf_counter()
-        # Passthrough: the first valid candidate, exactly as the policy ranked them.
-        if valid:
-            index = valid[0]
-            chunk = ActionChunk(np.asarray(candidates[index], dtype=np.float32), source, stamp_ns)
-            outcome, reason = OUTCOME_ACCEPTED, f"{self.config.verifier}: first valid candidate"
+        if not valid:
+            index, verify_ms = -1, 0.0
+            reason = ("no candidates" if k == 0 else "no valid candidate: " + "; ".join(
+                f"#{i}: {why}" for i, why in sorted(rejected.items())))
+        elif self.config.verifier == "passthrough":
+            # The first valid candidate, exactly as the policy ranked them.
+            index, reason = valid[0], "passthrough: first valid candidate"
+            verify_ms = (time.perf_counter() - t1) * 1e3
         else:
-            index = -1
+            index, reason, verify_ms = self._select_by_model(
+                candidates, valid, observation, stamp_ns, safety, advantage)
+        if index >= 0:
+            chunk = ActionChunk(np.asarray(candidates[index], dtype=np.float32), source, stamp_ns)
+            outcome = OUTCOME_ACCEPTED
+        else:
             chunk = hold_chunk(self.config.hold_horizon, last_gripper, stamp_ns,
                                self.config.action_dim)
             outcome = OUTCOME_HOLD
-            reason = ("no candidates" if k == 0 else "no valid candidate: " + "; ".join(
-                f"#{i}: {why}" for i, why in sorted(rejected.items())))
-        t2 = time.perf_counter()
+        total_ms = (time.perf_counter() - t0) * 1e3
         return Decision(chunk=chunk, accepted_index=index, outcome=outcome, reason=reason,
                         safety_probs=safety, advantages=advantage, samples_drawn=k, rounds=1,
-                        verify_ms=(t2 - t1) * 1e3, total_ms=(t2 - t0) * 1e3, rejected=rejected)
+                        verify_ms=verify_ms, total_ms=total_ms, rejected=rejected)
+
+    def _select_by_model(self, candidates: list[np.ndarray], valid: list[int],
+                         observation: Observation | None, stamp_ns: int, safety: np.ndarray,
+                         advantage: np.ndarray) -> tuple[int, str, float]:
+        """Score the valid candidates (filling ``safety``/``advantage`` in place) and pick one.
+
+        Returns (accepted index or -1, reason, scoring time in ms).
+        """
+        scorer = self.scorer
+        if scorer is None:
+            return -1, "model verifier has no scorer (no verifier model loaded)", 0.0
+        if not getattr(scorer, "available", True):
+            return -1, f"verifier unavailable: {getattr(scorer, 'reason', 'not loaded')}", 0.0
+        if observation is None:
+            return -1, f"no observation for stamp {stamp_ns} to score the candidates against", 0.0
+        tau = self.threshold
+        if not 0.0 < tau < 1.0:
+            return -1, f"verifier threshold tau={tau} is not in (0, 1)", 0.0
+        t = time.perf_counter()
+        try:
+            p_safe, adv = scorer.score(observation, np.stack(
+                [np.asarray(candidates[i], dtype=np.float32) for i in valid]))
+            p_safe = np.asarray(p_safe, dtype=np.float32)
+            adv = np.asarray(adv, dtype=np.float32)
+            if p_safe.shape != (len(valid),) or adv.shape != (len(valid),):
+                raise ValueError(f"scorer returned shapes {p_safe.shape} and {adv.shape}, "
+                                 f"expected ({len(valid)},) each")
+        except (ValueError, RuntimeError) as exc:  # e.g. horizons differ, or the model's do not
+            return -1, f"verifier could not score the candidates: {exc}", \
+                (time.perf_counter() - t) * 1e3
+        verify_ms = (time.perf_counter() - t) * 1e3
+        safety[valid], advantage[valid] = p_safe, adv
+        safe = [j for j in range(len(valid)) if p_safe[j] >= tau]  # NaN never passes
+        if not safe:
+            best = float(np.nanmax(p_safe)) if np.any(np.isfinite(p_safe)) else float("nan")
+            return -1, (f"no candidate passed the safety threshold tau={tau:.3f}; "
+                        f"best p_safe={best:.3f}"), verify_ms
+        # Highest advantage among the safe ones; NaN ranks last, ties keep the policy's order.
+        j = max(safe, key=lambda j: (adv[j] if np.isfinite(adv[j]) else -np.inf, -j))
+        return valid[j], (f"model: #{valid[j]} p_safe={p_safe[j]:.3f} >= tau={tau:.3f}, "
+                          f"advantage={adv[j]:.3f} (best of {len(safe)} safe / "
+                          f"{len(valid)} scored)"), verify_ms

@@ -103,3 +103,24 @@ class Policy(Protocol):
     def reset(self) -> None:
         """Forget per-episode state (called when a new episode starts)."""
         ...
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """The contract of a learned verifier: score K candidate chunks of one observation.
+
+    ``prevla_models.verifier_scorer.VerifierScorer`` meets it. An optional ``verifier_id``
+    attribute names the scorer in verdicts.
+    """
+
+    @property
+    def threshold(self) -> float:
+        """Calibrated accept threshold tau on P(safe), in (0, 1)."""
+        ...
+
+    def score(self, obs: Observation, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(p_safe, advantage), two (K,) float32 arrays, for ``candidates`` (K, H, ACTION_DIM).
+
+        Raises ``ValueError`` for candidates or an observation it cannot score.
+        """
+        ...

@@ -1,0 +1,181 @@
+"""Verifier training side: metrics vs hand-computed values, safety labels, candidate perturbation,
+MC returns / advantages of the critic, the episode split, and a tiny end-to-end training with
+an exact resume (CPU, synthetic labelled data in the real on-disk schema's in-memory form)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from prevla_models.verifier import VerifierConfig, load_checkpoint
+from prevla_ros.sim.outcomes import OUTCOME_FIELDS, STATE_DIM, SafetySpec
+from prevla_training import verifier_metrics as vm
+from prevla_training.candidates import LabelConfig, make_candidates, missing_episodes
+from prevla_training.critic import (CandidateData, Critic, chunk_advantages, cross_fitted_advantages, mc_returns,
+                                    split_episodes)
+from prevla_training.train_verifier import TrainVerifierConfig, ablation_table, train_verifier
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+# ------------------------------------------------------------------ metrics
+def test_auroc_and_auprc_hand_computed():
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    pos = np.array([1, 0, 1, 0], bool)
+    # pairs (pos, neg): (0.9>0.8) (0.9>0.6) (0.7<0.8) (0.7>0.6) -> 3/4
+    assert vm.auroc(scores, pos) == pytest.approx(0.75)
+    # ranks: pos at 1 (precision 1/1) and 3 (precision 2/3) -> AP = (1 + 2/3) / 2
+    assert vm.auprc(scores, pos) == pytest.approx((1 + 2 / 3) / 2)
+    assert vm.auroc(np.ones(4), pos) == pytest.approx(0.5)  # ties count half
+    assert vm.auroc(scores, np.zeros(4, bool)) is None
+
+
+def test_ece_and_spearman_hand_computed():
+    p = np.array([0.05, 0.15, 0.95, 0.85])
+    y = np.array([0, 0, 1, 0])
+    # bins: [0,0.1): p .05 y 0 -> .05 ; [0.1,0.2): .15 ; [0.8,0.9): .85 vs 0 ; [0.9,1]: .95 vs 1 -> .05
+    assert vm.ece(p, y) == pytest.approx((0.05 + 0.15 + 0.85 + 0.05) / 4)
+    assert vm.spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert vm.spearman([1, 2, 3], [3, 2, 1]) == pytest.approx(-1.0)
+    assert vm.spearman([1, 1, 1], [1, 2, 3]) is None
+
+
+def test_pick_and_ranking():
+    p = np.array([[0.9, 0.2, 0.8], [0.1, 0.3, 0.2]])
+    adv = np.array([[0.0, 5.0, 1.0], [3.0, 0.0, 1.0]])
+    # row 0: safe ones 0 and 2 -> best advantage is 2; row 1: none safe -> best P(safe) = 1
+    assert vm.pick(p, adv, 0.5).tolist() == [2, 1]
+    true_safe = np.array([[1, 0, 1], [1, 1, 1]], float)
+    true_adv = np.array([[0.0, 9.0, 2.0], [0.0, 1.0, 0.5]])
+    r = vm.ranking(p, adv, 0.5, true_safe, true_adv)
+    # row 0: pick 2 (safe, 2.0) beats 0 and 1 (unsafe), ties itself -> (2 + .5)/3; row 1: pick 1 best -> same
+    assert r["win_rate"] == pytest.approx((2.5 / 3 + 2.5 / 3) / 2)
+    assert r["pick_unsafe"] == 0.0 and r["random_unsafe"] == pytest.approx(1 / 6)
+    c = vm.classification(np.array([0.9, 0.1, 0.6, 0.2]), np.array([1, 0, 0, 1]), 0.5)
+    assert c["unsafe_recall"] == 0.5 and c["false_reject_rate"] == 0.5
+
+
+# ------------------------------------------------------------------ labels
+def test_safety_spec_reasons_and_validation():
+    o = {f: np.zeros((1, 7), np.float32) for f in OUTCOME_FIELDS}
+    o["joint_margin_rad"][:] = 1.0
+    o["max_force_env"][0, 0] = 101.0
+    o["max_force_obj"][0, 1] = 51.0
+    o["collateral_m"][0, 2] = 0.031
+    o["tilt_deg"][0, 3] = 31.0
+    o["fall_m"][0, 4] = 0.051
+    o["joint_margin_rad"][0, 5] = 0.01
+    spec = SafetySpec()
+    assert spec.safe(o).tolist() == [[0, 0, 0, 0, 0, 0, 1]]
+    assert SafetySpec(env_force_n=200).safe(o)[0, 0] == 1
+    with pytest.raises(ValueError, match="SafetySpec.tilt_deg"):
+        SafetySpec(tilt_deg=-1)
+
+
+def test_make_candidates_perturbs_motion_and_gripper():
+    rng = np.random.default_rng(0)
+    samples = np.random.default_rng(1).uniform(-0.5, 0.5, (4, 8, 7)).astype(np.float32)
+    samples[..., 6] = 1.0
+    cands, src = make_candidates(samples, 2, 0.3, rng)
+    assert cands.shape == (6, 8, 7) and src.tolist() == [0, 0, 0, 0, 1, 2]
+    np.testing.assert_array_equal(cands[:4], samples)
+    assert not np.allclose(cands[4, :, :6], samples[1, :, :6]) and np.all(np.abs(cands[4]) <= 1)
+    np.testing.assert_array_equal(cands[4, :, 6], samples[1, :, 6])  # noise never touches the gripper
+    np.testing.assert_array_equal(cands[5, :, 6], -samples[2, :, 6])
+    np.testing.assert_array_equal(cands[5, :, :6], samples[2, :, :6])
+    with pytest.raises(ValueError, match="LabelConfig.perturbed"):
+        LabelConfig(perturbed=3)
+
+
+def test_resume_skips_finished_episodes_only(tmp_path):
+    (tmp_path / "init10.hdf5").write_bytes(b"done")
+    (tmp_path / "init11.hdf5.tmp").write_bytes(b"interrupted")
+    assert missing_episodes(tmp_path, [10, 11, 12]) == [11, 12]
+
+
+# ------------------------------------------------------------------ synthetic data
+def synthetic(n_eps: int = 8, n_dec: int = 6, k: int = 4, h: int = 4, seed: int = 0) -> CandidateData:
+    """Episodes whose success and candidate outcomes depend on the data (learnable)."""
+    rng = np.random.default_rng(seed)
+    n = n_eps * n_dec
+    actions = rng.uniform(-1, 1, (n, k, h, 7)).astype(np.float32)
+    outcome = {f: np.zeros((n, k), np.float32) for f in OUTCOME_FIELDS}
+    outcome["joint_margin_rad"][:] = 1.0
+    outcome["steps"][:] = h
+    # unsafe <=> the candidate pushes hard along x (first action dim); visible in the actions
+    outcome["max_force_env"][:] = np.where(actions[:, :, :, 0].mean(2) > 0.25, 300.0, 0.0)
+    state = rng.normal(size=(n, STATE_DIM)).astype(np.float32)
+    episodes = [dict(file=f"e{e}", task_id=e % 2, init_state=10 + e, success=bool(e % 3), length=n_dec * h)
+                for e in range(n_eps)]
+    images = rng.integers(0, 255, (n, 2, 16, 16, 3), dtype=np.uint8)
+    return CandidateData(images=images, proprio=rng.normal(size=(n, 8)).astype(np.float32),
+                         instructions=["put the bowl on the plate" if e % 2 else "open the drawer"
+                                       for e in range(n_eps) for _ in range(n_dec)],
+                         task_id=np.repeat([e % 2 for e in range(n_eps)], n_dec),
+                         episode=np.repeat(np.arange(n_eps), n_dec), step=np.tile(np.arange(n_dec) * h, n_eps),
+                         state=state, next_state=state[:, None].repeat(k, 1) + 0.1, actions=actions,
+                         outcome=outcome, source=np.zeros(k, np.int8), episodes=episodes,
+                         max_steps=n_dec * h, gamma=0.9)
+
+
+def test_mc_returns_and_split():
+    d = synthetic()
+    g = mc_returns(d)
+    # episode 1 succeeds at T = 24: the decision at step 8 has return 0.9 ** (24 - 1 - 8)
+    assert g[6 + 2] == pytest.approx(0.9 ** 15)
+    assert np.all(g[:6] == 0)  # episode 0 fails
+    train, val = split_episodes(d, 0.25, seed=0)
+    assert set(train) | set(val) == set(range(8)) and not set(train) & set(val)
+    assert {d.episodes[e]["task_id"] for e in val} == {0, 1}  # stratified per task
+    with pytest.raises(ValueError, match="val_fraction"):
+        split_episodes(d, 1.0, 0)
+
+
+def test_chunk_advantages_formula():
+    d = synthetic()
+    torch.manual_seed(0)
+    critic = Critic(STATE_DIM, 2, "full", 16).eval()
+    d.outcome["success"][0, 1] = 1.0
+    d.outcome["reward"][0, 1] = 0.9 ** 2
+    rows = np.array([0, 1])
+    a = chunk_advantages(critic, d, rows)
+    v = lambda s, step, task: critic.value(s[None], np.array([step / d.max_steps]), np.array([task]))[0]  # noqa: E731
+    v_s = v(d.state[0], 0, 0)
+    assert a[0, 0] == pytest.approx(0.9 ** 4 * v(d.next_state[0, 0], 4, 0) - v_s, abs=1e-5)
+    assert a[0, 1] == pytest.approx(0.9 ** 2 - v_s, abs=1e-5)  # success is terminal: no bootstrap
+    grid = ({"features": "progress", "hidden": 0, "steps": 20}, {"features": "full", "hidden": 8, "steps": 20})
+    adv, report = cross_fitted_advantages(d, folds=4, n_tasks=2, seed=0, grid=grid)
+    assert adv.shape == (48, 4) and np.isfinite(adv).all() and report["folds"] == 4
+    assert len(report["grid"]) == 2  # the lowest out-of-fold MSE is chosen
+    assert abs(report["oof_mse"] - min(r["oof_mse"] for r in report["grid"])) < 1e-4
+    with pytest.raises(ValueError, match="critic features"):
+        Critic(STATE_DIM, 2, "pixels")
+
+
+def test_train_verifier_end_to_end_and_exact_resume(tmp_path):
+    d = synthetic()
+    common = dict(data="unused", steps=6, batch_size=4, log_interval=2, eval_interval=3, critic_folds=2, val_fraction=0.25, aug_shift=2, num_threads=1, warmup_steps=2,
+                  safety=SafetySpec(), model=VerifierConfig(image_size=16, d_model=32, n_heads=2, n_layers=1))
+    full = train_verifier(TrainVerifierConfig(out_dir=str(tmp_path / "a"), **common), data=d)
+    assert full["class_balance"]["unsafe"] > 0 and full["data"]["val_episodes"] == 2
+    for key in ("auroc_unsafe", "auprc_unsafe", "ece", "spearman_advantage", "win_rate", "threshold"):
+        assert key in full["val"]
+    assert (tmp_path / "a" / "curves.png").stat().st_size > 0
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text())["steps"] == 6
+    train_verifier(TrainVerifierConfig(out_dir=str(tmp_path / "b"), stop_at=3, **common), data=d)
+    train_verifier(TrainVerifierConfig(out_dir=str(tmp_path / "b"), resume=True, **common), data=d)
+    a, _ = load_checkpoint(str(tmp_path / "a" / "verifier.pt"))
+    b, extra = load_checkpoint(str(tmp_path / "b" / "verifier.pt"))
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(pa, pb, msg=name)
+    assert extra["adv_scale"] > 0 and extra["variant"] == "full"
+    assert "| full |" in ablation_table([full])
+
+
+def test_train_verifier_config_errors_name_the_field():
+    with pytest.raises(ValueError, match="variant"):
+        TrainVerifierConfig(variant="nope")
+    with pytest.raises(ValueError, match="TrainVerifierConfig.steps"):
+        TrainVerifierConfig(steps=0)

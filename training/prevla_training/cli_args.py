@@ -1,0 +1,34 @@
+"""One argparse front-end for the training jobs' config dataclasses (``--field-name`` per field)."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+
+def add_config_args(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (),
+                    rename: dict[str, str] | None = None) -> None:
+    """Add ``--<field>`` for every scalar field of dataclass ``cls`` (help from its metadata).
+
+    Booleans become ``--<field>`` flags (store_true, default False required); fields in ``skip``
+    and non-scalar (dataclass) fields are left out; ``rename`` maps field -> option name.
+    """
+    defaults = cls()
+    for f in dataclasses.fields(cls):
+        value = getattr(defaults, f.name)
+        if f.name in skip or dataclasses.is_dataclass(value):
+            continue
+        opt = "--" + (rename or {}).get(f.name, f.name.replace("_", "-"))
+        if isinstance(value, bool):
+            p.add_argument(opt, dest=f.name, action="store_true", help=f.metadata.get("help"))
+        else:
+            p.add_argument(opt, dest=f.name, type=type(value), default=value, help=f.metadata.get("help"))
+
+
+def parse_config(p: argparse.ArgumentParser, cls, argv: list[str] | None, **fixed):
+    """Parse ``argv`` into ``cls(**args, **fixed)``; a ValueError becomes an argparse error
+    (exit 2, message naming the field)."""
+    args = vars(p.parse_args(argv))
+    try:
+        return cls(**args, **fixed)
+    except ValueError as exc:
+        p.error(str(exc))

@@ -1,0 +1,269 @@
+"""Train the Pre-VLA verifier on branched, labelled candidates (``prevla label-candidates``).
+
+    prevla train-verifier --data outputs/candidates/libero_spatial --out outputs/verifier/full \
+        --steps 3000 [--variant full|bce|no_calib|mean_pool] [--resume]
+    prevla train-verifier --table outputs/verifier/*/metrics.json   # the ablation table
+
+Episodes are split into train / held-out per task (``val_fraction``, seeded), never decisions
+of one episode on both sides. Labels: safety from ``SafetySpec`` over the recorded outcomes,
+advantages from the cross-fitted critic (``prevla_training.critic``), divided by their train
+standard deviation (stored as ``adv_scale``). Batches for step s are drawn with a generator
+seeded by (seed, s), so ``--resume`` from ``last.pt`` continues exactly. Outputs in ``--out``:
+``metrics.jsonl`` (train losses, periodic held-out metrics), ``curves.png``, ``last.pt``,
+``verifier.pt`` (final weights + metrics) and ``metrics.json`` (data, class balance, critic
+quality, held-out metrics, time).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+
+from prevla_models.verifier import Verifier, VerifierConfig, build_vocab, load_checkpoint, save_checkpoint
+from prevla_ros.sim.outcomes import SafetySpec
+from prevla_training.cli_args import add_config_args
+from prevla_training.critic import CandidateData, cross_fitted_advantages, load_candidates, split_episodes
+from prevla_training.loop import TrainLoopConfig, resume_from
+from prevla_training.train_policy import random_shift
+from prevla_training.verifier_metrics import all_metrics
+
+#: Ablations: overrides of the model config (the objective's knobs live there).
+VARIANTS = {"full": {}, "bce": {"focal_gamma": 0.0, "focal_alpha": 0.5},
+            "no_calib": {"calib_weight": 0.0}, "mean_pool": {"pooling": "mean"}}
+
+
+@dataclass
+class TrainVerifierConfig(TrainLoopConfig):
+    """Configuration of :func:`train_verifier` (optimisation fields: ``TrainLoopConfig``)."""
+
+    steps: int = field(default=2000, metadata={"help": "Total optimizer steps."})
+    warmup_steps: int = field(default=100, metadata={"help": "Linear warm-up steps before the cosine decay."})
+    log_interval: int = field(default=50, metadata={"help": "Steps between training-loss lines in metrics.jsonl."})
+    batch_size: int = field(default=32, metadata={"help": "Decisions per step (each with its K candidates)."})
+    data: str = field(default="outputs/candidates/libero_spatial", metadata={"help": "label-candidates output dir"})
+    out_dir: str = field(default="outputs/verifier/full", metadata={"help": "checkpoints, metrics, curves"})
+    variant: str = field(default="full", metadata={"help": "full | bce | no_calib | mean_pool (ablations)"})
+    eval_interval: int = field(default=500, metadata={"help": "steps between held-out evaluations (and last.pt)"})
+    val_fraction: float = field(default=0.2, metadata={"help": "held-out fraction of each task's episodes"})
+    threshold_lr: float = field(default=0.02, metadata={"help": "peak lr of the threshold logit (one scalar)"})
+    critic_folds: int = field(default=5, metadata={"help": "cross-fitting folds of the critic"})
+    safety: SafetySpec = field(default_factory=SafetySpec, metadata={"help": "unsafe-label thresholds"})
+    model: VerifierConfig = field(default_factory=lambda: VerifierConfig(dropout=0.1), metadata={"help": "model config"})
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.safety, dict):
+            self.safety = SafetySpec(**self.safety)
+        if isinstance(self.model, dict):
+            self.model = VerifierConfig(**self.model)
+        if self.variant not in VARIANTS:
+            raise ValueError(f"TrainVerifierConfig.variant must be one of {sorted(VARIANTS)}, got {self.variant!r}")
+        for name in ("eval_interval", "critic_folds"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainVerifierConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.threshold_lr > 0:
+            raise ValueError(f"TrainVerifierConfig.threshold_lr must be > 0, got {self.threshold_lr}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"TrainVerifierConfig.val_fraction must be in (0, 1), got {self.val_fraction}")
+
+
+def make_labels(cfg: TrainVerifierConfig, data: CandidateData, train_eps: np.ndarray) -> dict:
+    """Safety labels, normalised advantages, and the report on both (class balance, critic)."""
+    safe = cfg.safety.safe(data.outcome)
+    reasons = cfg.safety.unsafe_reasons(data.outcome)
+    n_tasks = int(max(e["task_id"] for e in data.episodes)) + 1
+    adv, critic_report = cross_fitted_advantages(data, cfg.critic_folds, n_tasks, cfg.seed)
+    train_rows = np.isin(data.episode, train_eps)
+    scale = float(adv[train_rows].std()) or 1.0
+    by_source = {f"source_{s}": float(1 - safe[:, i].mean()) for i, s in enumerate(data.source.tolist())}
+    balance = dict(candidates=int(safe.size), unsafe=int((safe == 0).sum()),
+                   unsafe_rate=float((safe == 0).mean()),
+                   by_reason={k: int(v.sum()) for k, v in reasons.items()}, unsafe_rate_by_source=by_source)
+    return dict(safe=safe, advantage=adv / scale, adv_scale=scale, critic=critic_report, balance=balance)
+
+
+def verifier_proprio(data: CandidateData, rows: np.ndarray) -> np.ndarray:
+    """(len(rows), 15): the policy's 8-D proprio + the 7 arm joint positions (from the state)."""
+    from prevla_ros.sim.outcomes import JOINTS
+
+    return np.concatenate([data.proprio[rows], data.state[rows][:, JOINTS]], axis=1).astype(np.float32)
+
+
+def make_batch(data: CandidateData, labels: dict, rows: np.ndarray) -> dict:
+    """Decisions ``rows`` -> the dict ``Verifier.loss`` takes."""
+    return {"images": torch.from_numpy(data.images[rows]), "proprio": torch.from_numpy(verifier_proprio(data, rows)),
+            "instructions": [data.instructions[i] for i in rows], "actions": torch.from_numpy(data.actions[rows]),
+            "safe": torch.from_numpy(labels["safe"][rows]), "advantage": torch.from_numpy(labels["advantage"][rows])}
+
+
+@torch.no_grad()
+def predict(model: Verifier, data: CandidateData, rows: np.ndarray, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(P(safe), predicted advantage), each (len(rows), K)."""
+    model.eval()
+    ps, adv = [], []
+    for i in range(0, len(rows), batch):
+        r = rows[i:i + batch]
+        out = model(torch.from_numpy(data.images[r]), torch.from_numpy(verifier_proprio(data, r)),
+                    [data.instructions[j] for j in r], torch.from_numpy(data.actions[r]))
+        ps.append(torch.sigmoid(out["safety_logit"]).numpy())
+        adv.append(out["advantage"].numpy())
+    return np.concatenate(ps), np.concatenate(adv)
+
+
+def evaluate(model: Verifier, data: CandidateData, labels: dict, rows: np.ndarray) -> dict:
+    """Held-out metrics (``verifier_metrics.all_metrics``) of ``model`` on decisions ``rows``."""
+    p, a = predict(model, data, rows)
+    return all_metrics(p, a, model.threshold, labels["safe"][rows], labels["advantage"][rows])
+
+
+def _plot(metrics_path: str, png_path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in open(metrics_path)]
+    tr, ev = [r for r in rows if r["split"] == "train"], [r for r in rows if r["split"] == "val"]
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.5))
+    for key in ("focal", "advantage", "calib"):
+        ax[0].plot([r["step"] for r in tr], [r[key] for r in tr], label=key)
+    ax[0].set_yscale("log"), ax[0].set_title("training losses"), ax[0].legend()
+    ax[1].plot([r["step"] for r in tr], [r["threshold"] for r in tr])
+    ax[1].set_title("threshold tau (P(safe))")
+    for key in ("auroc_unsafe", "auprc_unsafe", "spearman_advantage", "win_rate"):
+        ax[2].plot([r["step"] for r in ev], [r[key] if r[key] is not None else np.nan for r in ev], "o-", label=key)
+    ax[2].set_title("held-out"), ax[2].legend(fontsize=7)
+    for a in ax:
+        a.set_xlabel("step"), a.grid(alpha=0.3)
+    fig.tight_layout(), fig.savefig(png_path, dpi=100), plt.close(fig)
+
+
+def train_verifier(cfg: TrainVerifierConfig, data: CandidateData | None = None) -> dict:
+    """Train (or resume) one verifier variant; returns the metrics.json content."""
+    t_all = time.perf_counter()
+    torch.set_num_threads(cfg.num_threads or min(os.cpu_count() or 1, 8))
+    data = load_candidates(cfg.data) if data is None else data
+    train_eps, val_eps = split_episodes(data, cfg.val_fraction, cfg.seed)
+    t_lab = time.perf_counter()
+    labels = make_labels(cfg, data, train_eps)
+    label_s = time.perf_counter() - t_lab
+    train_rows, val_rows = np.where(np.isin(data.episode, train_eps))[0], np.where(np.isin(data.episode, val_eps))[0]
+    os.makedirs(cfg.out_dir, exist_ok=True)
+    last_path, metrics_path = os.path.join(cfg.out_dir, "last.pt"), os.path.join(cfg.out_dir, "metrics.jsonl")
+    torch.manual_seed(cfg.seed)
+    model, state, start = resume_from(last_path, cfg.resume, load_checkpoint)
+    if model is None:
+        k = data.actions.shape[1:]
+        mcfg = VerifierConfig(**{**asdict(cfg.model), **VARIANTS[cfg.variant], "horizon": int(k[1]), "proprio_dim": 15,
+                                 "action_dim": int(k[2]), "vocab": build_vocab(sorted(set(data.instructions)))})
+        model = Verifier(mcfg)
+        p = verifier_proprio(data, train_rows)
+        model.set_normalization(p.mean(0), p.std(0))
+        open(metrics_path, "w").close()
+    model.train()
+    no_decay = lambda n, p: p.dim() < 2 or "emb" in n or "pos" in n or "query" in n  # noqa: E731
+    params = [(n, p) for n, p in model.named_parameters() if n != "threshold_logit"]
+    # The threshold is one calibration scalar: its own lr (threshold_lr), so it can travel
+    # several logits in a short run; never decayed (decay would pull tau towards 0.5).
+    opt = torch.optim.AdamW([{"params": [p for n, p in params if not no_decay(n, p)], "weight_decay": cfg.weight_decay},
+                             {"params": [p for n, p in params if no_decay(n, p)], "weight_decay": 0.0},
+                             {"params": [model.threshold_logit], "weight_decay": 0.0, "lr": cfg.threshold_lr}],
+                            lr=cfg.lr, betas=(0.9, 0.95))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
+    if state is not None:
+        opt.load_state_dict(state["optimizer"]), sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"].cpu())
+    extra_base = {"verifier_id": f"verifier_{cfg.variant}", "adv_scale": labels["adv_scale"],
+                  "safety_spec": asdict(cfg.safety), "variant": cfg.variant}
+
+    def checkpoint(step: int) -> None:
+        ts = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()}
+        save_checkpoint(last_path, model, {**extra_base, "step": step, "train_state": ts})
+
+    from tqdm import tqdm
+
+    end, window, t0, t_train = min(cfg.stop_at or cfg.steps, cfg.steps), [], time.perf_counter(), time.perf_counter()
+    with open(metrics_path, "a") as log, tqdm(total=cfg.steps, initial=start, desc=f"verifier {cfg.variant}") as bar:
+        for step in range(start, end):
+            g = np.random.default_rng([cfg.seed, step])
+            batch = make_batch(data, labels, g.choice(train_rows, cfg.batch_size, replace=len(train_rows) < cfg.batch_size))
+            batch["images"] = random_shift(batch["images"], cfg.aug_shift, torch.Generator().manual_seed(cfg.seed * 7919 + step))
+            model.train()
+            loss, parts = model.loss(batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+            opt.step(), sched.step()
+            window.append(parts)
+            bar.update(1), bar.set_postfix(loss=f"{parts['total']:.4f}", tau=f"{parts['threshold']:.3f}")
+            done = step + 1
+            if done % cfg.log_interval == 0 or done == end:
+                row = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
+                row.update(step=done, split="train", steps_per_s=len(window) / (time.perf_counter() - t0))
+                log.write(json.dumps(row) + "\n"), log.flush()
+                window, t0 = [], time.perf_counter()
+            if done % cfg.eval_interval == 0 or done == end:
+                log.write(json.dumps({"step": done, "split": "val", **evaluate(model, data, labels, val_rows)}) + "\n")
+                log.flush()
+                checkpoint(done)
+    train_s = time.perf_counter() - t_train
+    _plot(metrics_path, os.path.join(cfg.out_dir, "curves.png"))
+    val = evaluate(model, data, labels, val_rows)
+    train_m = evaluate(model, data, labels, train_rows[:: max(1, len(train_rows) // 1000)])
+    result = dict(config=asdict(cfg), variant=cfg.variant, params=model.num_parameters(),
+                  data=dict(episodes=len(data.episodes), train_episodes=len(train_eps), val_episodes=len(val_eps),
+                            decisions=len(data), train_decisions=len(train_rows), val_decisions=len(val_rows),
+                            candidates_per_decision=int(data.actions.shape[1]),
+                            episode_success_rate=float(np.mean([e["success"] for e in data.episodes]))),
+                  class_balance=labels["balance"], critic=labels["critic"], adv_scale=labels["adv_scale"],
+                  val=val, train_subset=train_m, steps=end, label_s=round(label_s, 1), train_s=round(train_s, 1),
+                  wall_s=round(time.perf_counter() - t_all, 1))
+    save_checkpoint(os.path.join(cfg.out_dir, "verifier.pt"), model, {**extra_base, "step": end, "metrics": val})
+    with open(os.path.join(cfg.out_dir, "metrics.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    print(ablation_table([result]))
+    return result
+
+
+def _fmt(v, pct: bool = False) -> str:
+    return "-" if v is None else (f"{100 * v:.1f}%" if pct else f"{v:.3f}")
+
+
+def ablation_table(results: list[dict]) -> str:
+    """Markdown: one row per variant with the held-out metrics."""
+    lines = ["| variant | AUROC unsafe | AUPRC unsafe | ECE | tau | unsafe recall @tau | false rejects @tau "
+             "| Spearman adv | top-vs-random win | pick unsafe (random) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in results:
+        v = r["val"]
+        lines.append(f"| {r['variant']} | {_fmt(v['auroc_unsafe'])} | {_fmt(v['auprc_unsafe'])} | {_fmt(v['ece'])} | "
+                     f"{_fmt(v['threshold'])} | {_fmt(v['unsafe_recall'], True)} | {_fmt(v['false_reject_rate'], True)} | "
+                     f"{_fmt(v['spearman_advantage'])} | {_fmt(v['win_rate'], True)} | "
+                     f"{_fmt(v['pick_unsafe'], True)} ({_fmt(v['random_unsafe'], True)}) |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``prevla train-verifier``."""
+    p = argparse.ArgumentParser(prog="prevla train-verifier", description=__doc__.split("\n\n")[0])
+    add_config_args(p, TrainVerifierConfig, rename={"out_dir": "out"})
+    p.add_argument("--table", nargs="+", metavar="METRICS_JSON", help="print the ablation table of these runs and exit")
+    args = vars(p.parse_args(argv))
+    table = args.pop("table")
+    if table:
+        print(ablation_table([json.load(open(x)) for x in table]))
+        return 0
+    try:
+        cfg = TrainVerifierConfig(**args)
+    except ValueError as exc:
+        p.error(str(exc))
+    train_verifier(cfg)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
