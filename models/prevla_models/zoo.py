@@ -95,18 +95,26 @@ def resolve(spec: str, kind: str, root: Path | None = None) -> str:
     return str(entry_path(name, models[name], root))
 
 
+def _observation_inputs(c, note: str = "") -> dict:
+    """The observation part of a model's input signature (VLA and verifier share it)."""
+    proprio = "eef_pos, eef axis-angle, gripper qpos" + (", 7 arm joint positions" if c.proprio_dim == 15 else "")
+    return {"images": f"(B, {c.cameras}, S, S, 3) uint8 upright [agentview, wrist], S a multiple of {c.image_size}{note}",
+            "proprio": f"(B, {c.proprio_dim}) float32 {proprio}",
+            "instruction": f"str ({len(c.vocab)}-word vocabulary)"}
+
+
+def _summary(model) -> dict:
+    return {"params": model.num_parameters(), "config": {k: v for k, v in vars(model.cfg).items() if k != "vocab"}}
+
+
 def _vla_signature(path: str) -> dict:
     from prevla_models.vla import load_checkpoint
 
     model, _ = load_checkpoint(path)
     c = model.cfg
-    return {"inputs": {"images": f"(B, {c.cameras}, S, S, 3) uint8 upright [agentview, wrist], "
-                                 f"S a multiple of {c.image_size}",
-                       "proprio": f"(B, {c.proprio_dim}) float32 eef_pos, eef axis-angle, gripper qpos",
-                       "instruction": f"str ({len(c.vocab)}-word vocabulary)"},
+    return {"inputs": _observation_inputs(c),
             "outputs": {"chunks": f"(B, k, {c.horizon}, {c.action_dim}) float32 in [-1, 1], "
-                                  "LIBERO OSC_POSE deltas + gripper"},
-            "params": model.num_parameters(), "config": {k: v for k, v in vars(c).items() if k != "vocab"}}
+                                  "LIBERO OSC_POSE deltas + gripper"}, **_summary(model)}
 
 
 def _verifier_signature(path: str) -> dict:
@@ -114,15 +122,11 @@ def _verifier_signature(path: str) -> dict:
 
     model, extra = load_checkpoint(path)
     c = model.cfg
-    return {"inputs": {"images": f"(B, {c.cameras}, S, S, 3) uint8 upright [agentview, wrist], "
-                                 f"S a multiple of {c.image_size} (encoded once per observation)",
-                       "proprio": f"(B, {c.proprio_dim}) float32 eef_pos, eef axis-angle, gripper qpos",
-                       "instruction": f"str ({len(c.vocab)}-word vocabulary)",
+    return {"inputs": {**_observation_inputs(c, " (encoded once per observation)"),
                        "actions": f"(B, K, {c.horizon}, {c.action_dim}) float32 candidate chunks"},
             "outputs": {"safety_logit": "(B, K) float32, P(safe) = sigmoid(logit)",
                         "advantage": f"(B, K) float32, critic advantage / {extra.get('adv_scale', 1.0):.4g}"},
-            "threshold": round(model.threshold, 6),
-            "params": model.num_parameters(), "config": {k: v for k, v in vars(c).items() if k != "vocab"}}
+            "threshold": round(model.threshold, 6), **_summary(model)}
 
 
 #: kind -> (module with load_checkpoint/save_checkpoint, signature function, id key in extra)

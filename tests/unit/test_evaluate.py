@@ -71,3 +71,24 @@ def test_expert_eval_keeps_its_json_fields(tmp_path):
     assert {"task_id", "instruction", "episodes", "successes", "success_rate", "mean_steps",
             "mean_steps_success"} <= set(t)
     assert t["successes"] == 1 and s["success_rate"] == 1.0
+
+
+def test_verifier_arm_needs_a_learned_policy():
+    with pytest.raises(ValueError, match="verifier arm"):
+        EvalConfig(arms=("verifier",), policy="scripted_expert")
+    assert EvalConfig(arms=("policy", "verifier"), policy="vla").arms == ("policy", "verifier")
+
+
+@pytest.mark.libero
+def test_verifier_arm_runs_the_scheduler_with_the_zoo_verifier(tmp_path):
+    out = tmp_path / "eval.json"
+    res = evaluate(EvalConfig(suite="libero_spatial", task_ids=[3], episodes_per_task=1, init_start=10,
+                              policy="vla", arms=("verifier",), num_candidates=4, workers=0, out=str(out)))
+    [row] = res["tasks"]
+    [ep] = res["episodes"]
+    assert row["arm"] == "verifier" and len(ep["verify_ms"]) == ep["decisions"] > 0
+    assert all(n >= 4 for n in ep["samples"]) and set(ep["outcome"]) <= {"accepted", "fallback_best", "hold"}
+    assert 0 < row["verify_ms_p50"] < 1000 and row["samples_per_decision"] >= 4
+    assert 0 <= row["resample_rate"] <= 1 and 0 <= row["hold_rate"] <= 1
+    assert out.with_suffix(".png").stat().st_size > 0
+    assert "| **all** | verifier |" in out.with_suffix(".md").read_text()

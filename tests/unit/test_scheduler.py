@@ -239,3 +239,86 @@ def test_threshold_accepts_zero_and_the_open_interval():
     assert SchedulerConfig().threshold == 0.0
     assert SchedulerConfig(threshold=0.01).threshold == 0.01
     assert SchedulerConfig(threshold=0.99).threshold == 0.99
+
+
+# --- adaptive resampling under a budget (Scheduler.run) -----------------------------------
+class ScriptedSampler:
+    """Round r returns the chunks listed for it (first value = the scorer's key)."""
+
+    def __init__(self, rounds: list[list[float]]) -> None:
+        self.rounds, self.calls = rounds, []
+
+    def __call__(self, k: int, temperature: float) -> np.ndarray:
+        self.calls.append((k, temperature))
+        values = self.rounds[min(len(self.calls) - 1, len(self.rounds) - 1)][:k]
+        return np.stack([_valid(v) for v in values])
+
+
+RUN_TABLE = {0.1: (0.2, 1.0), 0.2: (0.4, 2.0), 0.3: (0.9, 0.5), 0.4: (0.95, 3.0), 0.5: (0.6, 0.0)}
+
+
+def test_run_accepts_in_the_first_round_without_resampling():
+    sampler = ScriptedSampler([[0.1, 0.3, 0.4]])
+    d = _model(ScriptedScorer(RUN_TABLE)).run(sampler, OBS, k=3, temperature=1.0)
+    assert d.outcome == OUTCOME_ACCEPTED and d.rounds == 1 and d.samples_drawn == 3
+    assert d.chunk.actions[0, 0] == pytest.approx(0.4) and sampler.calls == [(3, 1.0)]
+
+
+def test_run_resamples_hotter_until_a_candidate_passes():
+    sampler = ScriptedSampler([[0.1, 0.2], [0.1, 0.1], [0.2, 0.3]])
+    d = _model(ScriptedScorer(RUN_TABLE), temperature_step=0.25).run(sampler, OBS, k=2, temperature=1.0)
+    assert d.outcome == OUTCOME_ACCEPTED and d.rounds == 3 and d.samples_drawn == 6
+    assert [t for _, t in sampler.calls] == [1.0, 1.25, 1.5]
+    assert d.chunk.actions[0, 0] == pytest.approx(0.3)
+
+
+def test_run_sample_budget_then_fallback_to_the_safest_seen():
+    from prevla_ros.runtime.scheduler import OUTCOME_FALLBACK
+
+    sampler = ScriptedSampler([[0.2, 0.1], [0.1, 0.1], [0.1, 0.1]])
+    # tau 0.5: nothing passes; budget 4 samples -> two rounds; safest seen is 0.2 (p 0.4)
+    d = _model(ScriptedScorer(RUN_TABLE), max_samples=4, fallback_min_p_safe=0.3).run(sampler, OBS, k=2)
+    assert d.outcome == OUTCOME_FALLBACK and d.rounds == 2 and d.samples_drawn == 4
+    assert d.chunk.actions[0, 0] == pytest.approx(0.2) and "fallback" in d.reason
+    # the same, but the safest is not safe enough for the fallback: hold
+    d = _model(ScriptedScorer(RUN_TABLE), max_samples=4, fallback_min_p_safe=0.5).run(
+        ScriptedSampler([[0.2, 0.1]]), OBS, k=2)
+    assert d.outcome == OUTCOME_HOLD and d.chunk.source == HOLD_SOURCE and "budget spent" in d.reason
+
+
+def test_run_round_and_time_budgets_and_modes_keep_their_own_settings():
+    d = _model(ScriptedScorer(RUN_TABLE), max_rounds=2).run(ScriptedSampler([[0.1]]), OBS, k=1)
+    assert d.rounds == 2 and d.outcome == OUTCOME_HOLD
+    slow = ScriptedSampler([[0.1]])
+    d = _model(ScriptedScorer(RUN_TABLE), max_rounds=50, max_ms=1e-6).run(slow, OBS, k=1)
+    assert d.rounds == 1 and d.outcome == OUTCOME_HOLD  # the time budget stops resampling
+    imagine = _model(ScriptedScorer(RUN_TABLE), mode="imagine", threshold=0.3)
+    execute = _model(ScriptedScorer(RUN_TABLE), mode="execute", threshold=0.5)
+    for scheduler, accepted in ((imagine, True), (execute, False)):
+        d = scheduler.run(ScriptedSampler([[0.2]]), OBS, k=1)
+        assert (d.outcome == OUTCOME_ACCEPTED) == accepted
+
+
+def test_run_passthrough_and_unscorable_never_resample():
+    sampler = ScriptedSampler([[0.1, 0.2]])
+    d = Scheduler(SchedulerConfig()).run(sampler, OBS, k=2)
+    assert d.outcome == OUTCOME_ACCEPTED and d.rounds == 1 and len(sampler.calls) == 1
+    sampler = ScriptedSampler([[0.1]])
+    d = _model(ScriptedScorer(RUN_TABLE)).run(sampler, None, k=1)  # no observation: final hold
+    assert d.outcome == OUTCOME_HOLD and len(sampler.calls) == 1
+
+
+@pytest.mark.parametrize("field, value", [("max_rounds", 0), ("max_samples", 0), ("max_ms", -1.0),
+                                          ("temperature_step", -0.1), ("fallback_min_p_safe", 1.5)])
+def test_budget_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=rf"SchedulerConfig\.{field}"):
+        SchedulerConfig(**{field: value})
+
+
+def test_policy_order_ranking_is_a_pure_gate():
+    scorer = ScriptedScorer({0.1: (0.2, 9.0), 0.2: (0.6, 0.1), 0.3: (0.9, 5.0)})
+    candidates = [_valid(0.1), _valid(0.2), _valid(0.3)]
+    assert _model(scorer).decide(candidates, observation=OBS).accepted_index == 2
+    assert _model(scorer, ranking="policy_order").decide(candidates, observation=OBS).accepted_index == 1
+    with pytest.raises(ValueError, match=r"SchedulerConfig\.ranking"):
+        SchedulerConfig(ranking="vibes")

@@ -28,6 +28,7 @@ from prevla_ros.runtime.types import ACTION_DIM, GRIPPER_OPEN, ActionChunk, Obse
 
 MODES = ("execute", "imagine")
 VERIFIERS = ("passthrough", "model")
+RANKINGS = ("advantage", "policy_order")
 OUTCOME_ACCEPTED = "accepted"
 OUTCOME_FALLBACK = "fallback_best"
 OUTCOME_HOLD = "hold"
@@ -45,6 +46,16 @@ class SchedulerConfig:
         hold_horizon: length of the hold chunk published when nothing is usable.
         threshold: accept threshold tau on P(safe) of the model verifier; 0 uses the
             scorer's calibrated threshold.
+        max_rounds: sampling rounds per decision in :meth:`Scheduler.run` (1 = no resampling).
+        max_samples: candidates per decision over all rounds (the sample budget).
+        max_ms: wall-clock budget of a decision in ms (0 = none); no new round starts after it.
+        temperature_step: each resampling round samples at a temperature this much higher.
+        fallback_min_p_safe: when the budget is spent and nothing passed tau, the scored
+            candidate with the highest P(safe) is executed if its P(safe) is at least this
+            (outcome ``fallback_best``); otherwise the robot holds.
+        ranking: among the candidates that pass tau, "advantage" takes the highest predicted
+            advantage, "policy_order" the first in the policy's order (the verifier as a
+            pure safety gate).
     """
 
     mode: str = "execute"
@@ -53,6 +64,12 @@ class SchedulerConfig:
     max_abs_action: float = 10.0
     hold_horizon: int = 8
     threshold: float = 0.0
+    max_rounds: int = 3
+    max_samples: int = 24
+    max_ms: float = 0.0
+    temperature_step: float = 0.5
+    fallback_min_p_safe: float = 0.5
+    ranking: str = "advantage"
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -72,6 +89,14 @@ class SchedulerConfig:
                 or not 0.0 <= t < 1.0):
             raise ValueError("SchedulerConfig.threshold must be 0 (the scorer's calibrated "
                              f"threshold) or in (0, 1), got {t!r}")
+        for name, ok, text in (("ranking", self.ranking in RANKINGS, f"one of {RANKINGS}"),
+                               ("max_rounds", self.max_rounds >= 1, ">= 1"),
+                               ("max_samples", self.max_samples >= 1, ">= 1"),
+                               ("max_ms", self.max_ms >= 0, ">= 0 (0 = no time budget)"),
+                               ("temperature_step", self.temperature_step >= 0, ">= 0"),
+                               ("fallback_min_p_safe", 0 <= self.fallback_min_p_safe <= 1, "in [0, 1]")):
+            if not ok:
+                raise ValueError(f"SchedulerConfig.{name} must be {text}, got {getattr(self, name)!r}")
 
 
 @dataclass
@@ -187,6 +212,51 @@ class Scheduler:
                         safety_probs=safety, advantages=advantage, samples_drawn=k, rounds=1,
                         verify_ms=verify_ms, total_ms=total_ms, rejected=rejected)
 
+    def run(self, sample, observation: Observation | None, k: int, temperature: float = 1.0,
+            stamp_ns: int = 0, last_gripper: float = GRIPPER_OPEN, source: str = "") -> Decision:
+        """Decide with adaptive resampling: ``sample(k, temperature) -> (k, H, A)`` candidates.
+
+        Round r samples ``k`` candidates at ``temperature + r * temperature_step`` and decides
+        on them (:meth:`decide`); the first accepted candidate ends the decision. Rounds stop
+        when ``max_rounds``, ``max_samples`` or ``max_ms`` is reached; then the fallback: the
+        highest-P(safe) candidate seen if it reaches ``fallback_min_p_safe``, else a hold.
+        Passthrough (or a verifier that cannot score) never resamples: its answer is final.
+        """
+        cfg, t0 = self.config, time.perf_counter()
+        samples = rounds = 0
+        verify_ms = 0.0
+        best: tuple[float, np.ndarray] | None = None
+        decision = None
+        while True:
+            n = min(k, cfg.max_samples - samples)
+            cands = list(np.asarray(sample(n, temperature + rounds * cfg.temperature_step)))
+            samples, rounds = samples + len(cands), rounds + 1
+            decision = self.decide(cands, stamp_ns, last_gripper, source, observation)
+            verify_ms += decision.verify_ms
+            scored = np.where(np.isfinite(decision.safety_probs))[0]
+            if cfg.verifier != "model" or decision.outcome == OUTCOME_ACCEPTED or not len(scored) \
+                    or decision.rejected and len(scored) == len(decision.rejected):
+                break  # accepted, passthrough, or nothing scorable: no point resampling
+            i = int(scored[np.argmax(decision.safety_probs[scored])])
+            if best is None or decision.safety_probs[i] > best[0]:
+                best = (float(decision.safety_probs[i]), np.asarray(cands[i], dtype=np.float32))
+            elapsed = (time.perf_counter() - t0) * 1e3
+            if (rounds >= cfg.max_rounds or samples >= cfg.max_samples
+                    or (cfg.max_ms > 0 and elapsed >= cfg.max_ms)):
+                if best is not None and best[0] >= cfg.fallback_min_p_safe:
+                    decision.chunk = ActionChunk(best[1], source, stamp_ns)
+                    decision.outcome, decision.accepted_index = OUTCOME_FALLBACK, -1
+                    decision.reason = (f"budget spent ({rounds} rounds, {samples} samples): "
+                                       f"fallback to the safest candidate, p_safe={best[0]:.3f}; "
+                                       + decision.reason)
+                else:
+                    decision.reason = f"budget spent ({rounds} rounds, {samples} samples): " + decision.reason
+                break
+        decision.samples_drawn, decision.rounds = samples, rounds
+        decision.verify_ms = verify_ms
+        decision.total_ms = (time.perf_counter() - t0) * 1e3
+        return decision
+
     def _select_by_model(self, candidates: list[np.ndarray], valid: list[int],
                          observation: Observation | None, stamp_ns: int, safety: np.ndarray,
                          advantage: np.ndarray) -> tuple[int, str, float]:
@@ -223,8 +293,10 @@ class Scheduler:
             best = float(np.nanmax(p_safe)) if np.any(np.isfinite(p_safe)) else float("nan")
             return -1, (f"no candidate passed the safety threshold tau={tau:.3f}; "
                         f"best p_safe={best:.3f}"), verify_ms
-        # Highest advantage among the safe ones; NaN ranks last, ties keep the policy's order.
-        j = max(safe, key=lambda j: (adv[j] if np.isfinite(adv[j]) else -np.inf, -j))
+        if self.config.ranking == "policy_order":  # a pure safety gate: the policy's choice
+            j = min(safe)
+        else:  # highest advantage among the safe ones; NaN ranks last, ties keep the policy's order
+            j = max(safe, key=lambda j: (adv[j] if np.isfinite(adv[j]) else -np.inf, -j))
         return valid[j], (f"model: #{valid[j]} p_safe={p_safe[j]:.3f} >= tau={tau:.3f}, "
                           f"advantage={adv[j]:.3f} (best of {len(safe)} safe / "
                           f"{len(valid)} scored)"), verify_ms

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-ARMS = ("policy", "random")
+ARMS = ("policy", "random", "verifier")
 
 
 @dataclass
@@ -33,7 +33,15 @@ class EvalConfig:
     policy: str = field(default="scripted_expert", metadata={
         "help": "scripted_expert | vla (zoo default) | vla:<file or zoo:NAME> | remote:<ws url>"})
     arms: tuple[str, ...] = field(default=("policy",), metadata={
-        "help": "policy = candidate 0 of K; random = a uniformly random candidate (seeded)"})
+        "help": "policy = candidate 0 of K; random = a uniformly random candidate (seeded); "
+                "verifier = the scheduler with the learned verifier (resampling, fallback)"})
+    verifier: str = field(default="", metadata={
+        "help": "verifier checkpoint of the verifier arm: '' = zoo default, zoo:NAME or a file"})
+    threshold: float = field(default=0.0, metadata={"help": "verifier tau; 0 = calibrated"})
+    max_rounds: int = field(default=3, metadata={"help": "verifier arm: sampling rounds per decision"})
+    max_samples: int = field(default=24, metadata={"help": "verifier arm: candidates per decision"})
+    ranking: str = field(default="advantage", metadata={
+        "help": "verifier arm: advantage (best predicted advantage among safe) | policy_order (gate only)"})
     num_candidates: int = field(default=1, metadata={"help": "K candidates per decision"})
     horizon: int = field(default=8, metadata={"help": "H actions per chunk"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
@@ -59,6 +67,9 @@ class EvalConfig:
         if self.render not in ("auto", "on", "off"):
             raise ValueError(f"render: expected auto|on|off, got {self.render!r}")
         parse_policy_spec(self.policy)
+        if "verifier" in self.arms and not self.policy.startswith(("vla", "remote")):
+            raise ValueError("arms: the verifier arm scores learned-policy candidates; "
+                             f"use --policy vla (got {self.policy!r})")
 
 
 def parse_policy_spec(spec: str) -> tuple[str, str]:
@@ -97,6 +108,18 @@ def _build_policy(cfg: EvalConfig, suite: str, task_id: int):
     return policy
 
 
+def _build_scheduler(cfg: EvalConfig):
+    """The runtime's scheduler with the learned verifier (the verifier arm)."""
+    from prevla_models import zoo
+    from prevla_models.verifier_scorer import VerifierScorer
+    from prevla_ros.runtime.scheduler import Scheduler, SchedulerConfig
+
+    scorer = VerifierScorer.from_checkpoint(zoo.resolve(cfg.verifier, "verifier"))
+    return Scheduler(SchedulerConfig(verifier="model", threshold=cfg.threshold, max_rounds=cfg.max_rounds,
+                                     max_samples=cfg.max_samples, hold_horizon=cfg.horizon,
+                                     ranking=cfg.ranking), scorer)
+
+
 def run_task_arm(cfg_dict: dict, suite: str, task_id: int, arm: str) -> list[dict]:
     """Worker: all episodes of one (task, arm) on one env; picklable arguments only."""
     os.environ.setdefault("MUJOCO_GL", "egl")
@@ -110,6 +133,7 @@ def run_task_arm(cfg_dict: dict, suite: str, task_id: int, arm: str) -> list[dic
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
     render = cfg.render == "on" or (cfg.render == "auto" and cfg.policy != "scripted_expert")
     policy = _build_policy(cfg, suite, task_id)
+    scheduler = _build_scheduler(cfg) if arm == "verifier" else None
     n_init = num_init_states(suite, task_id)
     rng = np.random.default_rng([cfg.seed, task_id, ARMS.index(arm)])
     env = LiberoEnv(LiberoEnvConfig(suite=suite, task_id=task_id,
@@ -124,13 +148,22 @@ def run_task_arm(cfg_dict: dict, suite: str, task_id: int, arm: str) -> list[dic
             decisions = invalid = 0
             gripper = -1.0
             ms: list[float] = []
+            stats: dict[str, list] = {"verify_ms": [], "samples": [], "rounds": [], "outcome": []}
             while not done:
                 obs = env.observe()
                 t0 = time.perf_counter()
-                chunks = np.asarray(policy.sample(obs, cfg.num_candidates, cfg.temperature))
+                if scheduler is not None:
+                    d = scheduler.run(lambda n, t: policy.sample(obs, n, t), obs, cfg.num_candidates,
+                                      cfg.temperature, last_gripper=gripper)
+                    actions = d.chunk.actions
+                    for key, v in (("verify_ms", round(d.verify_ms, 3)), ("samples", d.samples_drawn),
+                                   ("rounds", d.rounds), ("outcome", d.outcome)):
+                        stats[key].append(v)
+                else:
+                    chunks = np.asarray(policy.sample(obs, cfg.num_candidates, cfg.temperature))
+                    i = 0 if arm == "policy" else int(rng.integers(len(chunks)))
+                    actions = chunks[i] if len(chunks) else None
                 ms.append(1000 * (time.perf_counter() - t0))
-                i = 0 if arm == "policy" else int(rng.integers(len(chunks)))
-                actions = chunks[i] if len(chunks) else None
                 if actions is None or chunk_problem(actions) is not None:
                     invalid += 1
                     actions = hold_chunk(cfg.horizon, gripper).actions
@@ -144,7 +177,7 @@ def run_task_arm(cfg_dict: dict, suite: str, task_id: int, arm: str) -> list[dic
                         break
             results.append(dict(task_id=task_id, arm=arm, init_state=init, success=bool(success),
                                 steps=env.step_count, decisions=decisions, invalid_picks=invalid,
-                                policy_ms=[round(m, 3) for m in ms]))
+                                policy_ms=[round(m, 3) for m in ms], **stats))
     finally:
         env.close()
     return results
@@ -193,7 +226,8 @@ def evaluate(cfg: EvalConfig) -> dict:
                 decisions_per_episode=float(np.mean([e["decisions"] for e in eps])),
                 invalid_picks=sum(e["invalid_picks"] for e in eps),
                 policy_ms_p50=float(np.percentile(ms, 50)) if ms else 0.0,
-                policy_ms_p99=float(np.percentile(ms, 99)) if ms else 0.0))
+                policy_ms_p99=float(np.percentile(ms, 99)) if ms else 0.0,
+                **_scheduler_stats(eps)))
     suite_avg = {arm: float(np.mean([r["success_rate"] for r in tasks if r["arm"] == arm]))
                  for arm in cfg.arms}
     result = dict(config=asdict(cfg), suite=cfg.suite, policy=cfg.policy,
@@ -206,7 +240,51 @@ def evaluate(cfg: EvalConfig) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1))
         out.with_suffix(".md").write_text(table + "\n")
+        plot(result, out.with_suffix(".png"))
     return result
+
+
+def _scheduler_stats(eps: list[dict]) -> dict:
+    """Verification ms p50/p99, samples per decision, resample / fallback / hold rates."""
+    v = [m for e in eps for m in e.get("verify_ms", [])]
+    if not v:
+        return {}
+    rounds = [r for e in eps for r in e["rounds"]]
+    outcome = [o for e in eps for o in e["outcome"]]
+    return dict(verify_ms_p50=float(np.percentile(v, 50)), verify_ms_p99=float(np.percentile(v, 99)),
+                samples_per_decision=float(np.mean([n for e in eps for n in e["samples"]])),
+                resample_rate=float(np.mean([r > 1 for r in rounds])),
+                fallback_rate=float(np.mean([o == "fallback_best" for o in outcome])),
+                hold_rate=float(np.mean([o == "hold" for o in outcome])))
+
+
+def plot(result: dict, path: str | Path) -> None:
+    """PNG: success rate (95% CI) per task and overall, and mean steps of successes, per arm."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    arms = list(result["success_rate"])
+    tasks = sorted({r["task_id"] for r in result["tasks"]})
+    fig, ax = plt.subplots(1, 2, figsize=(13, 4))
+    width = 0.8 / len(arms)
+    for a, arm in enumerate(arms):
+        rows = [next(r for r in result["tasks"] if r["task_id"] == t and r["arm"] == arm) for t in tasks]
+        x = np.arange(len(tasks) + 1) + a * width
+        sr = [r["success_rate"] for r in rows] + [result["success_rate"][arm]]
+        n_all = sum(r["episodes"] for r in rows)
+        lo_all, hi_all = wilson_interval(round(result["success_rate"][arm] * n_all), n_all)
+        lo = [r["ci95"][0] for r in rows] + [lo_all]
+        hi = [r["ci95"][1] for r in rows] + [hi_all]
+        ax[0].bar(x, sr, width, yerr=[np.subtract(sr, lo), np.subtract(hi, sr)], capsize=2, label=arm)
+        steps = [r["mean_steps_success"] or 0 for r in rows]
+        ax[1].bar(np.arange(len(tasks)) + a * width, steps, width, label=arm)
+    ax[0].set_xticks(np.arange(len(tasks) + 1) + 0.4 - width / 2, [str(t) for t in tasks] + ["all"])
+    ax[0].set_ylabel("success rate (95% CI)"), ax[0].set_xlabel("task"), ax[0].legend()
+    ax[1].set_xticks(np.arange(len(tasks)) + 0.4 - width / 2, [str(t) for t in tasks])
+    ax[1].set_ylabel("mean steps of successful episodes"), ax[1].set_xlabel("task")
+    fig.suptitle(f"{result['policy']} on {result['suite']}")
+    fig.tight_layout(), fig.savefig(path, dpi=100), plt.close(fig)
 
 
 def format_table(result: dict) -> str:
@@ -216,15 +294,28 @@ def format_table(result: dict) -> str:
              f"H={c['horizon']}, T={c['temperature']}, {c['episodes_per_task']} episodes/task "
              f"from init {c['init_start']})", "",
              "| task | arm | success | 95% CI | steps (success) | decisions/ep | invalid "
-             "| policy ms p50/p99 |", "|---:|---|---:|---|---:|---:|---:|---:|"]
+             "| decision ms p50/p99 | verify ms p50/p99 | samples/decision | resample | fallback | hold |",
+             "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["tasks"]:
         steps = "-" if r["mean_steps_success"] is None else f"{r['mean_steps_success']:.0f}"
         lines.append(f"| {r['task_id']} | {r['arm']} | {r['successes']}/{r['episodes']} "
                      f"({100 * r['success_rate']:.0f}%) | [{100 * r['ci95'][0]:.0f}, "
                      f"{100 * r['ci95'][1]:.0f}]% | {steps} | {r['decisions_per_episode']:.1f} "
-                     f"| {r['invalid_picks']} | {r['policy_ms_p50']:.1f}/{r['policy_ms_p99']:.1f} |")
+                     f"| {r['invalid_picks']} | {r['policy_ms_p50']:.1f}/{r['policy_ms_p99']:.1f} | "
+                     + (f"{r['verify_ms_p50']:.1f}/{r['verify_ms_p99']:.1f} | {r['samples_per_decision']:.1f} | "
+                        f"{100 * r['resample_rate']:.0f}% | {100 * r['fallback_rate']:.0f}% | "
+                        f"{100 * r['hold_rate']:.0f}% |" if "verify_ms_p50" in r else "- | - | - | - | - |"))
     for arm, sr in result["success_rate"].items():
-        lines.append(f"| **all** | {arm} | **{100 * sr:.1f}%** | | | | | |")
+        eps = [e for e in result["episodes"] if e["arm"] == arm]
+        good = [e["steps"] for e in eps if e["success"]]
+        lo, hi = wilson_interval(len(good), len(eps))
+        steps = f"{np.mean(good):.0f}" if good else "-"
+        extra = _scheduler_stats(eps)
+        tail = (f"{extra['verify_ms_p50']:.1f}/{extra['verify_ms_p99']:.1f} | {extra['samples_per_decision']:.1f} | "
+                f"{100 * extra['resample_rate']:.0f}% | {100 * extra['fallback_rate']:.0f}% | "
+                f"{100 * extra['hold_rate']:.0f}% |") if extra else "- | - | - | - | - |"
+        lines.append(f"| **all** | {arm} | **{100 * sr:.1f}%** | [{100 * lo:.0f}, {100 * hi:.0f}]% | {steps} "
+                     f"| | | | {tail}")
     lines.append(f"\nwall time {result['wall_time_s']:.0f} s")
     return "\n".join(lines)
 
@@ -249,7 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--init-start", type=int, default=0, help="first official init state")
     p.add_argument("--policy", default="scripted_expert",
                    help="scripted_expert | vla:<checkpoint> | remote:<ws url>")
-    p.add_argument("--arms", default="policy", help="comma list of policy,random")
+    p.add_argument("--arms", default="policy", help="comma list of policy,random,verifier")
+    p.add_argument("--verifier", default="", help="verifier arm checkpoint ('' = zoo default)")
+    p.add_argument("--threshold", type=float, default=0.0, help="verifier tau (0 = calibrated)")
+    p.add_argument("--max-rounds", type=int, default=3, help="verifier arm: sampling rounds")
+    p.add_argument("--max-samples", type=int, default=24, help="verifier arm: samples per decision")
+    p.add_argument("--ranking", default="advantage", help="verifier arm: advantage | policy_order")
     p.add_argument("--num-candidates", type=int, default=1, help="K candidates per decision")
     p.add_argument("--horizon", type=int, default=8, help="H actions per chunk")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
@@ -263,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = EvalConfig(suite=a.suite, task_ids=parse_tasks(a.tasks),
                          episodes_per_task=a.episodes_per_task, init_start=a.init_start,
                          policy=a.policy, arms=tuple(filter(None, a.arms.split(","))),
+                         verifier=a.verifier, threshold=a.threshold, max_rounds=a.max_rounds,
+                         max_samples=a.max_samples, ranking=a.ranking,
                          num_candidates=a.num_candidates, horizon=a.horizon,
                          temperature=a.temperature, noise_std=a.noise_std,
                          execute_steps=a.execute_steps, seed=a.seed, workers=a.workers,
