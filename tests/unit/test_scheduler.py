@@ -322,3 +322,14 @@ def test_policy_order_ranking_is_a_pure_gate():
     assert _model(scorer, ranking="policy_order").decide(candidates, observation=OBS).accepted_index == 1
     with pytest.raises(ValueError, match=r"SchedulerConfig\.ranking"):
         SchedulerConfig(ranking="vibes")
+
+
+def test_run_never_falls_back_to_an_invalid_candidate():
+    # 0.5 is scorable (p 0.6 < tau 0.9); the NaN chunk is invalid (P(safe) recorded as 0.0).
+    sampler = ScriptedSampler([[0.5]])
+    invalid = lambda k, t: np.stack([_nan()])  # noqa: E731
+    d = _model(ScriptedScorer(RUN_TABLE), threshold=0.9, fallback_min_p_safe=0.0).run(invalid, OBS, k=1)
+    assert d.outcome == OUTCOME_HOLD and d.rounds == 1  # nothing scorable: no resampling, no fallback
+    d = _model(ScriptedScorer(RUN_TABLE), threshold=0.9, fallback_min_p_safe=0.0, max_rounds=1).run(sampler, OBS, k=1)
+    assert d.outcome == "fallback_best" and d.chunk.actions[0, 0] == pytest.approx(0.5)
+    assert d.scored().tolist() == [0]

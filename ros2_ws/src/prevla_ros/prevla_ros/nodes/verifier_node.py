@@ -186,10 +186,9 @@ class VerifierNode(Node):
             self._marker_pub.publish(conv.path_markers(
                 conv.chunk_path(self._eef, decision.chunk.actions), stamp, "approved_path",
                 rgba, self.config.marker_frame))
-        scored = [p for i, p in enumerate(decision.safety_probs)
-                  if i not in decision.rejected and np.isfinite(p)]
-        if scored:
-            self._stats["last_p_safe_max"] = round(float(max(scored)), 4)
+        scored = decision.scored()
+        if len(scored):
+            self._stats["last_p_safe_max"] = round(float(decision.safety_probs[scored].max()), 4)
         self._stats["decisions"] += 1
         self._stats["rejected_candidates"] += len(decision.rejected)
         self._stats["last_verify_ms"] = round(decision.verify_ms, 3)

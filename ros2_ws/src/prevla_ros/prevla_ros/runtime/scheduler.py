@@ -121,6 +121,12 @@ class Decision:
     total_ms: float = 0.0
     rejected: dict[int, str] = field(default_factory=dict)
 
+    def scored(self) -> np.ndarray:
+        """Indices of the candidates the verifier scored (valid ones with a finite P(safe))."""
+        valid = np.ones(len(self.safety_probs), dtype=bool)
+        valid[list(self.rejected)] = False
+        return np.where(valid & np.isfinite(self.safety_probs))[0]
+
 
 class UnavailableScorer:
     """Stands where the verifier model failed to load (missing or corrupt checkpoint).
@@ -226,16 +232,14 @@ class Scheduler:
         samples = rounds = 0
         verify_ms = 0.0
         best: tuple[float, np.ndarray] | None = None
-        decision = None
         while True:
             n = min(k, cfg.max_samples - samples)
             cands = list(np.asarray(sample(n, temperature + rounds * cfg.temperature_step)))
             samples, rounds = samples + len(cands), rounds + 1
             decision = self.decide(cands, stamp_ns, last_gripper, source, observation)
             verify_ms += decision.verify_ms
-            scored = np.where(np.isfinite(decision.safety_probs))[0]
-            if cfg.verifier != "model" or decision.outcome == OUTCOME_ACCEPTED or not len(scored) \
-                    or decision.rejected and len(scored) == len(decision.rejected):
+            scored = decision.scored()  # invalid candidates never count, not even as a fallback
+            if cfg.verifier != "model" or decision.outcome == OUTCOME_ACCEPTED or not len(scored):
                 break  # accepted, passthrough, or nothing scorable: no point resampling
             i = int(scored[np.argmax(decision.safety_probs[scored])])
             if best is None or decision.safety_probs[i] > best[0]:
