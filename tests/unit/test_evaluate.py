@@ -77,6 +77,9 @@ def test_verifier_arm_needs_a_learned_policy():
     with pytest.raises(ValueError, match="verifier arm"):
         EvalConfig(arms=("verifier",), policy="scripted_expert")
     assert EvalConfig(arms=("policy", "verifier"), policy="vla").arms == ("policy", "verifier")
+    for field, value in (("max_rounds", 0), ("ranking", "vibes")):  # fail at startup, not in a worker
+        with pytest.raises(ValueError, match=field):
+            EvalConfig(arms=("verifier",), policy="vla", **{field: value})
 
 
 @pytest.mark.libero

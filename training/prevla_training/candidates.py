@@ -51,9 +51,6 @@ import numpy as np
 from prevla_training.cli_args import add_config_args, parse_config
 from prevla_training.demos import _BarSink, parse_tasks
 
-SOURCES = ("policy", "motion_noise", "gripper_flip")
-
-
 @dataclass
 class LabelConfig:
     """Configuration of :func:`label_candidates`."""

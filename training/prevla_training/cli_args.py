@@ -24,11 +24,14 @@ def add_config_args(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (),
             p.add_argument(opt, dest=f.name, type=type(value), default=value, help=f.metadata.get("help"))
 
 
-def parse_config(p: argparse.ArgumentParser, cls, argv: list[str] | None, **fixed):
-    """Parse ``argv`` into ``cls(**args, **fixed)``; a ValueError becomes an argparse error
-    (exit 2, message naming the field)."""
-    args = vars(p.parse_args(argv))
+def build_config(p: argparse.ArgumentParser, cls, args: dict):
+    """``cls(**args)``; a ValueError becomes an argparse error (exit 2, naming the field)."""
     try:
-        return cls(**args, **fixed)
+        return cls(**args)
     except ValueError as exc:
         p.error(str(exc))
+
+
+def parse_config(p: argparse.ArgumentParser, cls, argv: list[str] | None):
+    """Parse ``argv`` into ``cls`` (see :func:`build_config`)."""
+    return build_config(p, cls, vars(p.parse_args(argv)))

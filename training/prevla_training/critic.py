@@ -244,7 +244,7 @@ def cross_fitted_advantages(data: CandidateData, folds: int, n_tasks: int, seed:
     g = mc_returns(data)
     best = None
     tried = []
-    for c, conf in enumerate(grid):
+    for conf in grid:
         adv = np.zeros(data.outcome["steps"].shape, np.float32)
         v_oof = np.zeros(len(data), np.float32)
         for f in range(folds):

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from prevla_models.verifier import Verifier, VerifierConfig, build_vocab, load_checkpoint, save_checkpoint
-from prevla_ros.sim.outcomes import SafetySpec
-from prevla_training.cli_args import add_config_args
+from prevla_ros.sim.outcomes import SafetySpec, safe_from_reasons
+from prevla_training.cli_args import add_config_args, build_config
 from prevla_training.critic import CandidateData, cross_fitted_advantages, load_candidates, split_episodes
 from prevla_training.loop import TrainLoopConfig, resume_from
 from prevla_training.train_policy import random_shift
@@ -74,8 +74,8 @@ class TrainVerifierConfig(TrainLoopConfig):
 
 def make_labels(cfg: TrainVerifierConfig, data: CandidateData, train_eps: np.ndarray) -> dict:
     """Safety labels, normalised advantages, and the report on both (class balance, critic)."""
-    safe = cfg.safety.safe(data.outcome)
     reasons = cfg.safety.unsafe_reasons(data.outcome)
+    safe = safe_from_reasons(reasons)
     n_tasks = int(max(e["task_id"] for e in data.episodes)) + 1
     adv, critic_report = cross_fitted_advantages(data, cfg.critic_folds, n_tasks, cfg.seed)
     train_rows = np.isin(data.episode, train_eps)
@@ -94,11 +94,16 @@ def verifier_proprio(data: CandidateData, rows: np.ndarray) -> np.ndarray:
     return np.concatenate([data.proprio[rows], data.state[rows][:, JOINTS]], axis=1).astype(np.float32)
 
 
-def make_batch(data: CandidateData, labels: dict, rows: np.ndarray) -> dict:
-    """Decisions ``rows`` -> the dict ``Verifier.loss`` takes."""
+def model_inputs(data: CandidateData, rows: np.ndarray) -> dict:
+    """Decisions ``rows`` -> the verifier's inputs: images, proprio, instructions, actions."""
     return {"images": torch.from_numpy(data.images[rows]), "proprio": torch.from_numpy(verifier_proprio(data, rows)),
-            "instructions": [data.instructions[i] for i in rows], "actions": torch.from_numpy(data.actions[rows]),
-            "safe": torch.from_numpy(labels["safe"][rows]), "advantage": torch.from_numpy(labels["advantage"][rows])}
+            "instructions": [data.instructions[i] for i in rows], "actions": torch.from_numpy(data.actions[rows])}
+
+
+def make_batch(data: CandidateData, labels: dict, rows: np.ndarray) -> dict:
+    """Decisions ``rows`` -> the dict ``Verifier.loss`` takes (inputs + labels)."""
+    return {**model_inputs(data, rows), "safe": torch.from_numpy(labels["safe"][rows]),
+            "advantage": torch.from_numpy(labels["advantage"][rows])}
 
 
 @torch.no_grad()
@@ -107,9 +112,8 @@ def predict(model: Verifier, data: CandidateData, rows: np.ndarray, batch: int =
     model.eval()
     ps, adv = [], []
     for i in range(0, len(rows), batch):
-        r = rows[i:i + batch]
-        out = model(torch.from_numpy(data.images[r]), torch.from_numpy(verifier_proprio(data, r)),
-                    [data.instructions[j] for j in r], torch.from_numpy(data.actions[r]))
+        x = model_inputs(data, rows[i:i + batch])
+        out = model(x["images"], x["proprio"], x["instructions"], x["actions"])
         ps.append(torch.sigmoid(out["safety_logit"]).numpy())
         adv.append(out["advantage"].numpy())
     return np.concatenate(ps), np.concatenate(adv)
@@ -187,6 +191,7 @@ def train_verifier(cfg: TrainVerifierConfig, data: CandidateData | None = None) 
     from tqdm import tqdm
 
     end, window, t0, t_train = min(cfg.stop_at or cfg.steps, cfg.steps), [], time.perf_counter(), time.perf_counter()
+    val = None
     with open(metrics_path, "a") as log, tqdm(total=cfg.steps, initial=start, desc=f"verifier {cfg.variant}") as bar:
         for step in range(start, end):
             g = np.random.default_rng([cfg.seed, step])
@@ -207,12 +212,14 @@ def train_verifier(cfg: TrainVerifierConfig, data: CandidateData | None = None) 
                 log.write(json.dumps(row) + "\n"), log.flush()
                 window, t0 = [], time.perf_counter()
             if done % cfg.eval_interval == 0 or done == end:
-                log.write(json.dumps({"step": done, "split": "val", **evaluate(model, data, labels, val_rows)}) + "\n")
+                val = evaluate(model, data, labels, val_rows)
+                log.write(json.dumps({"step": done, "split": "val", **val}) + "\n")
                 log.flush()
                 checkpoint(done)
     train_s = time.perf_counter() - t_train
     _plot(metrics_path, os.path.join(cfg.out_dir, "curves.png"))
-    val = evaluate(model, data, labels, val_rows)
+    if val is None:  # resumed at the end: no step ran, so nothing was evaluated yet
+        val = evaluate(model, data, labels, val_rows)
     train_m = evaluate(model, data, labels, train_rows[:: max(1, len(train_rows) // 1000)])
     result = dict(config=asdict(cfg), variant=cfg.variant, params=model.num_parameters(),
                   data=dict(episodes=len(data.episodes), train_episodes=len(train_eps), val_episodes=len(val_eps),
@@ -257,11 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     if table:
         print(ablation_table([json.load(open(x)) for x in table]))
         return 0
-    try:
-        cfg = TrainVerifierConfig(**args)
-    except ValueError as exc:
-        p.error(str(exc))
-    train_verifier(cfg)
+    train_verifier(build_config(p, TrainVerifierConfig, args))
     return 0
 
 

@@ -70,6 +70,16 @@ class EvalConfig:
         if "verifier" in self.arms and not self.policy.startswith(("vla", "remote")):
             raise ValueError("arms: the verifier arm scores learned-policy candidates; "
                              f"use --policy vla (got {self.policy!r})")
+        if "verifier" in self.arms:
+            self.scheduler_config()  # its knobs fail here, naming the field, not in a worker
+
+
+    def scheduler_config(self):
+        """The verifier arm's ``SchedulerConfig`` (validated there)."""
+        from prevla_ros.runtime.scheduler import SchedulerConfig
+
+        return SchedulerConfig(verifier="model", threshold=self.threshold, max_rounds=self.max_rounds,
+                               max_samples=self.max_samples, hold_horizon=self.horizon, ranking=self.ranking)
 
 
 def parse_policy_spec(spec: str) -> tuple[str, str]:
@@ -112,12 +122,10 @@ def _build_scheduler(cfg: EvalConfig):
     """The runtime's scheduler with the learned verifier (the verifier arm)."""
     from prevla_models import zoo
     from prevla_models.verifier_scorer import VerifierScorer
-    from prevla_ros.runtime.scheduler import Scheduler, SchedulerConfig
+    from prevla_ros.runtime.scheduler import Scheduler
 
     scorer = VerifierScorer.from_checkpoint(zoo.resolve(cfg.verifier, "verifier"))
-    return Scheduler(SchedulerConfig(verifier="model", threshold=cfg.threshold, max_rounds=cfg.max_rounds,
-                                     max_samples=cfg.max_samples, hold_horizon=cfg.horizon,
-                                     ranking=cfg.ranking), scorer)
+    return Scheduler(cfg.scheduler_config(), scorer)
 
 
 def run_task_arm(cfg_dict: dict, suite: str, task_id: int, arm: str) -> list[dict]:
@@ -258,6 +266,23 @@ def _scheduler_stats(eps: list[dict]) -> dict:
                 hold_rate=float(np.mean([o == "hold" for o in outcome])))
 
 
+def _scheduler_cells(stats: dict) -> str:
+    """The verify ms / samples / resample / fallback / hold cells of a table row."""
+    if "verify_ms_p50" not in stats:
+        return "- | - | - | - | - |"
+    return (f"{stats['verify_ms_p50']:.1f}/{stats['verify_ms_p99']:.1f} | {stats['samples_per_decision']:.1f} | "
+            f"{100 * stats['resample_rate']:.0f}% | {100 * stats['fallback_rate']:.0f}% | "
+            f"{100 * stats['hold_rate']:.0f}% |")
+
+
+def overall(result: dict, arm: str) -> dict:
+    """One arm over all its episodes: 95% CI of success, mean steps of successes, scheduler stats."""
+    eps = [e for e in result["episodes"] if e["arm"] == arm]
+    good = [e["steps"] for e in eps if e["success"]]
+    return dict(ci95=list(wilson_interval(len(good), len(eps))),
+                mean_steps_success=float(np.mean(good)) if good else None, **_scheduler_stats(eps))
+
+
 def plot(result: dict, path: str | Path) -> None:
     """PNG: success rate (95% CI) per task and overall, and mean steps of successes, per arm."""
     import matplotlib
@@ -272,10 +297,8 @@ def plot(result: dict, path: str | Path) -> None:
         rows = [next(r for r in result["tasks"] if r["task_id"] == t and r["arm"] == arm) for t in tasks]
         x = np.arange(len(tasks) + 1) + a * width
         sr = [r["success_rate"] for r in rows] + [result["success_rate"][arm]]
-        n_all = sum(r["episodes"] for r in rows)
-        lo_all, hi_all = wilson_interval(round(result["success_rate"][arm] * n_all), n_all)
-        lo = [r["ci95"][0] for r in rows] + [lo_all]
-        hi = [r["ci95"][1] for r in rows] + [hi_all]
+        ci = [r["ci95"] for r in rows] + [overall(result, arm)["ci95"]]
+        lo, hi = [c[0] for c in ci], [c[1] for c in ci]
         ax[0].bar(x, sr, width, yerr=[np.subtract(sr, lo), np.subtract(hi, sr)], capsize=2, label=arm)
         steps = [r["mean_steps_success"] or 0 for r in rows]
         ax[1].bar(np.arange(len(tasks)) + a * width, steps, width, label=arm)
@@ -302,20 +325,12 @@ def format_table(result: dict) -> str:
                      f"({100 * r['success_rate']:.0f}%) | [{100 * r['ci95'][0]:.0f}, "
                      f"{100 * r['ci95'][1]:.0f}]% | {steps} | {r['decisions_per_episode']:.1f} "
                      f"| {r['invalid_picks']} | {r['policy_ms_p50']:.1f}/{r['policy_ms_p99']:.1f} | "
-                     + (f"{r['verify_ms_p50']:.1f}/{r['verify_ms_p99']:.1f} | {r['samples_per_decision']:.1f} | "
-                        f"{100 * r['resample_rate']:.0f}% | {100 * r['fallback_rate']:.0f}% | "
-                        f"{100 * r['hold_rate']:.0f}% |" if "verify_ms_p50" in r else "- | - | - | - | - |"))
+                     + _scheduler_cells(r))
     for arm, sr in result["success_rate"].items():
-        eps = [e for e in result["episodes"] if e["arm"] == arm]
-        good = [e["steps"] for e in eps if e["success"]]
-        lo, hi = wilson_interval(len(good), len(eps))
-        steps = f"{np.mean(good):.0f}" if good else "-"
-        extra = _scheduler_stats(eps)
-        tail = (f"{extra['verify_ms_p50']:.1f}/{extra['verify_ms_p99']:.1f} | {extra['samples_per_decision']:.1f} | "
-                f"{100 * extra['resample_rate']:.0f}% | {100 * extra['fallback_rate']:.0f}% | "
-                f"{100 * extra['hold_rate']:.0f}% |") if extra else "- | - | - | - | - |"
-        lines.append(f"| **all** | {arm} | **{100 * sr:.1f}%** | [{100 * lo:.0f}, {100 * hi:.0f}]% | {steps} "
-                     f"| | | | {tail}")
+        o = overall(result, arm)
+        steps = "-" if o["mean_steps_success"] is None else f"{o['mean_steps_success']:.0f}"
+        lines.append(f"| **all** | {arm} | **{100 * sr:.1f}%** | [{100 * o['ci95'][0]:.0f}, {100 * o['ci95'][1]:.0f}]% "
+                     f"| {steps} | | | | {_scheduler_cells(o)}")
     lines.append(f"\nwall time {result['wall_time_s']:.0f} s")
     return "\n".join(lines)
 

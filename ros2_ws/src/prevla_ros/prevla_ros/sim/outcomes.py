@@ -69,8 +69,12 @@ class SafetySpec:
 
     def safe(self, o: dict[str, np.ndarray]) -> np.ndarray:
         """1.0 = SAFE, 0.0 = UNSAFE, per candidate."""
-        reasons = self.unsafe_reasons(o)
-        return (~np.any(np.stack(list(reasons.values())), axis=0)).astype(np.float32)
+        return safe_from_reasons(self.unsafe_reasons(o))
+
+
+def safe_from_reasons(reasons: dict[str, np.ndarray]) -> np.ndarray:
+    """``SafetySpec.unsafe_reasons`` -> 1.0 = SAFE (no reason applies), 0.0 = UNSAFE."""
+    return (~np.any(np.stack(list(reasons.values())), axis=0)).astype(np.float32)
 
 
 class WorldProbe:
@@ -93,18 +97,13 @@ class WorldProbe:
         ordered = [n for n in interest if n in rs.obj_body_id]
         ordered += sorted(n for n in rs.obj_body_id if n not in ordered)
         self.feature_objects = ordered[:MAX_OBJECTS]
-        self.body = {n: rs.obj_body_id[n] for n in rs.obj_body_id}
-        obj_bodies = {}
-        for name in movable:  # geoms of a movable object's body and its children
-            bid = self.body[name]
-            bodies = {bid} | {b for b in range(bid + 1, m.nbody) if m.body_rootid[b] == m.body_rootid[bid]}
-            obj_bodies[name] = bodies
-        all_obj = set().union(*obj_bodies.values()) if obj_bodies else set()
-        self.object_geom = np.array([m.geom_bodyid[g] in all_obj for g in range(m.ngeom)])
+        self.body = dict(rs.obj_body_id)
+        roots = {m.body_rootid[self.body[n]] for n in movable}  # a movable object's body tree
+        self.object_geom = np.array([m.body_rootid[m.geom_bodyid[g]] in roots for g in range(m.ngeom)])
         robot = rs.robots[0]
         self.arm_qpos = np.asarray(robot._ref_joint_pos_indexes)
         self.arm_range = np.asarray(m.jnt_range[robot._ref_joint_indexes], dtype=np.float64)
-        self._rest_z: dict[str, float] | None = None
+        self.floor_z: float | None = None
 
     @property
     def model(self):
@@ -117,8 +116,8 @@ class WorldProbe:
         return self.env._rs.sim.data._data
 
     def remember_rest(self) -> None:
-        """Record the movable objects' heights now (call right after reset) for ``fall_m``."""
-        self._rest_z = {n: float(self.data.xpos[self.body[n]][2]) for n in self.movable}
+        """Record the lowest movable object's height now (call right after reset) for ``fall_m``."""
+        self.floor_z = min((float(self.data.xpos[self.body[n]][2]) for n in self.movable), default=0.0)
 
     # ------------------------------------------------------------ instantaneous readings
     def contact_forces(self) -> tuple[float, float]:
@@ -176,7 +175,7 @@ def execute_and_measure(env, probe: WorldProbe, actions: np.ndarray, gamma: floa
     ``reward`` (gamma**t at the success step t, else 0).
     """
     start = probe.poses()
-    floor = min((probe._rest_z or {n: float(p[2]) for n, (p, _) in start.items()}).values(), default=0.0)
+    floor = probe.floor_z if probe.floor_z is not None else min((float(p[2]) for p, _ in start.values()), default=0.0)
     out = dict(max_force_env=0.0, max_force_obj=0.0, collateral_m=0.0, tilt_deg=0.0, fall_m=0.0,
                joint_margin_rad=math.inf, success=0.0, steps=0.0, reward=0.0)
     for t, a in enumerate(np.asarray(actions, dtype=np.float64)):
