@@ -55,3 +55,12 @@ def proprio_from_state(eef_pos: np.ndarray, eef_quat_xyzw: np.ndarray, gripper_q
         raise ValueError(f"expected eef_pos (3,) and gripper_qpos (2,), got {pos.shape} and {grip.shape}")
     aa = quat_xyzw_to_axis_angle(np.asarray(eef_quat_xyzw).reshape(-1))
     return np.concatenate([pos, aa, grip]).astype(np.float32)
+
+
+def with_joints(proprio: np.ndarray, joints: np.ndarray) -> np.ndarray:
+    """The verifier's 15-D proprio: ``proprio_from_state``'s 8 values (rows of them) + the 7 arm
+    joint positions (joint-limit danger is not visible in the end-effector pose)."""
+    joints = np.asarray(joints, dtype=np.float32)
+    if joints.shape[-1:] != (7,) or not np.all(np.isfinite(joints)):
+        raise ValueError(f"joint_positions: expected 7 finite values, got shape {joints.shape}")
+    return np.concatenate([np.asarray(proprio, dtype=np.float32), joints], axis=-1)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from prevla_models.geometry import proprio_from_state
+from prevla_models.geometry import proprio_from_state, with_joints
 from prevla_models.vla import VLA, load_checkpoint
 
 CAMERA_ORDER = ("agentview", "wrist")
@@ -43,10 +43,7 @@ def observation_tensors(obs, image_size: int, cameras: int = len(CAMERA_ORDER),
         imgs.append(img)
     proprio = proprio_from_state(obs.eef_pos, obs.eef_quat_xyzw, obs.gripper_qpos)
     if proprio_dim == 15:
-        joints = np.asarray(obs.joint_positions, dtype=np.float32).reshape(-1)
-        if joints.shape != (7,) or not np.all(np.isfinite(joints)):
-            raise ValueError(f"joint_positions: expected 7 finite values, got {joints.shape}")
-        proprio = np.concatenate([proprio, joints]).astype(np.float32)
+        proprio = with_joints(proprio, np.asarray(obs.joint_positions).reshape(-1))
     elif proprio_dim != 8:
         raise ValueError(f"proprio_dim: expected 8 or 15, got {proprio_dim}")
     images = torch.from_numpy(np.stack(imgs)[None]).to(device)

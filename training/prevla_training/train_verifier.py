@@ -89,9 +89,10 @@ def make_labels(cfg: TrainVerifierConfig, data: CandidateData, train_eps: np.nda
 
 def verifier_proprio(data: CandidateData, rows: np.ndarray) -> np.ndarray:
     """(len(rows), 15): the policy's 8-D proprio + the 7 arm joint positions (from the state)."""
+    from prevla_models.geometry import with_joints
     from prevla_ros.sim.outcomes import JOINTS
 
-    return np.concatenate([data.proprio[rows], data.state[rows][:, JOINTS]], axis=1).astype(np.float32)
+    return with_joints(data.proprio[rows], data.state[rows][:, JOINTS])
 
 
 def model_inputs(data: CandidateData, rows: np.ndarray) -> dict:
