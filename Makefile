@@ -10,7 +10,7 @@ IFACE_SRC := $(wildcard $(IFACES)/msg/*.msg $(IFACES)/srv/*.srv) $(IFACES)/CMake
 export MUJOCO_GL ?= egl
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo up test test-fast expert-eval verifier-data train-verifier bench bench-verifier clean help
+.PHONY: install demo up test test-fast expert-eval verifier-data train-verifier export bench bench-verifier bench-engines clean help
 help:
 	@echo "make demo    install (if needed) and run a LIBERO-Spatial episode through the ROS 2 nodes"
 	@echo "make test    install (if needed) and run the test suite"
@@ -18,6 +18,8 @@ help:
 	@echo "make verifier-data label verifier candidates by branching LIBERO-Spatial rollouts (~45 min)"
 	@echo "make train-verifier train the verifier and its three ablations, print the table"
 	@echo "make bench-verifier time scoring K = 1, 4, 8, 16 candidates (torch eager, CPU)"
+	@echo "make bench-engines time verifier / VLA per backend: torch eager vs ONNX Runtime (vs TensorRT on a GPU)"
+	@echo "make export        export the zoo's default VLA and verifier to ONNX (parity-checked, into models/zoo)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -69,7 +71,16 @@ train-verifier: install
 	$(VENV)/bin/prevla train-verifier --data $(VERIFIER_DATA) --steps $(VERIFIER_STEPS) --num-threads 1 --variant mean_pool --out outputs/verifier/mean_pool; wait
 	$(VENV)/bin/prevla train-verifier --table outputs/verifier/{full,bce,no_calib,mean_pool}/metrics.json
 
-bench: bench-verifier
+# ONNX exports of the zoo defaults (parity-checked against torch on the recorded inputs, registered in
+# the manifest); on a GPU machine add: $(VENV)/bin/prevla export --kind verifier --to tensorrt
+export: install
+	$(VENV)/bin/prevla export --kind verifier --to onnx
+	$(VENV)/bin/prevla export --kind vla --to onnx
+
+bench: bench-verifier bench-engines
+
+bench-engines: install
+	$(PY) -m prevla_training.bench_engines --out outputs/bench/engines.json
 
 bench-verifier: install
 	$(PY) -m prevla_training.bench_verifier --out outputs/bench/verifier_latency.json

@@ -7,6 +7,7 @@ For a machine with a full ROS 2 install (``launch`` and ``launch_ros`` come with
     ros2 launch prevla_ros prevla.launch.py suite:=libero_object task_id:=3 episodes:=10
     ros2 launch prevla_ros prevla.launch.py use_sim:=false   # a robot driver publishes the topics
     ros2 launch prevla_ros prevla.launch.py params_file:=/path/to/robot.params.yaml
+    ros2 launch prevla_ros prevla.launch.py backend:=tensorrt device:=cuda
     ros2 launch prevla_ros prevla.launch.py --show-args
 
 Every node parameter lives in ``params_file`` (default: the installed ``prevla.params.yaml``).
@@ -61,6 +62,16 @@ def generate_launch_description():
             description="VLA checkpoint file or zoo:NAME; empty = the zoo's default VLA "
                         "(policy_node; the verifier's checkpoint is set in params_file)"),
         DeclareLaunchArgument(
+            'backend', default_value='auto',
+            choices=['auto', 'tensorrt', 'onnxruntime', 'torch'],
+            description='runtime backend of the VLA and the verifier; the fallback chain '
+                        'tensorrt -> onnxruntime -> torch starts at the one named (auto = at '
+                        'the top) (policy_node, verifier_node)'),
+        DeclareLaunchArgument(
+            'device', default_value='auto',
+            description='device of the VLA and the verifier: auto | cpu | cuda | cuda:N '
+                        '(policy_node, verifier_node)'),
+        DeclareLaunchArgument(
             'num_candidates', default_value='4',
             description='K, candidate chunks sampled per observation (policy_node)'),
         DeclareLaunchArgument(
@@ -96,6 +107,8 @@ def generate_launch_description():
         parameters=[params_file, {
             'policy': ParameterValue(LaunchConfiguration('policy'), value_type=str),
             'checkpoint': ParameterValue(LaunchConfiguration('checkpoint'), value_type=str),
+            'backend': ParameterValue(LaunchConfiguration('backend'), value_type=str),
+            'device': ParameterValue(LaunchConfiguration('device'), value_type=str),
             'num_candidates': ParameterValue(LaunchConfiguration('num_candidates'),
                                              value_type=int),
         }])
@@ -105,6 +118,8 @@ def generate_launch_description():
             'verifier': ParameterValue(LaunchConfiguration('verifier'), value_type=str),
             'threshold': ParameterValue(LaunchConfiguration('threshold'), value_type=float),
             'mode': ParameterValue(LaunchConfiguration('mode'), value_type=str),
+            'backend': ParameterValue(LaunchConfiguration('backend'), value_type=str),
+            'device': ParameterValue(LaunchConfiguration('device'), value_type=str),
         }])
 
     return LaunchDescription(arguments + [sim_node, policy_node, verifier_node])

@@ -12,6 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Callable
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -27,6 +28,23 @@ def split_words(text: str) -> list[str]:
 def build_vocab(instructions) -> list[str]:
     """Sorted distinct words of the given instructions (for a model config's ``vocab``)."""
     return sorted({w for s in instructions for w in split_words(s)})
+
+
+def word_ids(vocab) -> dict[str, int]:
+    """Word -> embedding row of a model's vocabulary: 0 = <pad>, 1 = <unk>, then the words."""
+    return {w: i + 2 for i, w in enumerate(vocab)}
+
+
+def token_ids(word_to_id: dict[str, int], max_words: int, instructions) -> np.ndarray:
+    """Instructions (a string or a list) -> (B, max_words) int64 word ids; unknown words ->
+    <unk>, padding -> <pad>, longer instructions cut. What every backend feeds as ``tokens``."""
+    if isinstance(instructions, str):
+        instructions = [instructions]
+    ids = np.zeros((len(instructions), max_words), dtype=np.int64)
+    for b, text in enumerate(instructions):
+        words = split_words(str(text))[:max_words]
+        ids[b, : len(words)] = [word_to_id.get(w, 1) for w in words]
+    return ids
 
 
 def check_vocab(vocab, owner: str) -> list[str]:
@@ -118,3 +136,27 @@ def load_model(path: str, kind: str, config_cls: type, build: Callable, map_loca
     model.eval()
     extra = blob.get("extra") or {}
     return model.to(map_location) if isinstance(map_location, (str, torch.device)) else model, extra
+
+
+def load_any(path: str, map_location="cpu") -> tuple[nn.Module, dict, str]:
+    """``(model, extra, kind)`` of a VLA or verifier checkpoint; the kind is read from the file.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        ValueError: not a prevla VLA or verifier checkpoint (or unreadable).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, random bytes, disallowed pickle globals ...
+        raise ValueError(f"{path} is not a prevla checkpoint: {type(e).__name__}: {e}") from e
+    kind = blob.get("kind", "vla") if isinstance(blob, dict) else None  # files before 'kind' were VLAs
+    if kind == "verifier":
+        from prevla_models.verifier import load_checkpoint
+    elif kind == "vla":
+        from prevla_models.vla import load_checkpoint
+    else:
+        raise ValueError(f"{path} is not a prevla VLA or verifier checkpoint (kind {kind!r})")
+    model, extra = load_checkpoint(path, map_location)
+    return model, extra, kind

@@ -54,7 +54,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prevla_models.checkpoints import (PAD, UNK, ObsActionConfig, build_vocab, load_model,  # noqa: F401
-                                       save_model, sha256_file, split_words)
+                                       save_model, sha256_file, split_words, token_ids, word_ids)
 
 MODALITIES = ("image", "language", "proprio", "action")
 POOLINGS = ("attention", "mean")
@@ -214,7 +214,7 @@ class Verifier(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.word_to_id = {w: i + 2 for i, w in enumerate(cfg.vocab)}  # 0 = <pad>, 1 = <unk>
+        self.word_to_id = word_ids(cfg.vocab)
         # Observation tokens (as in vla.py): 4x4 patchify + two stride-2 convs -> (S/16)^2 per camera.
         self.image_encoder = nn.Sequential(
             nn.Conv2d(3, 32, 4, stride=4), nn.GroupNorm(8, 32), nn.GELU(),
@@ -276,13 +276,7 @@ class Verifier(nn.Module):
 
     def tokenize(self, instructions) -> torch.Tensor:
         """Instructions -> (B, max_words) word ids; unknown words -> <unk>, padding -> <pad>."""
-        if isinstance(instructions, str):
-            instructions = [instructions]
-        ids = torch.zeros(len(instructions), self.cfg.max_words, dtype=torch.long)
-        for b, text in enumerate(instructions):
-            words = split_words(text)[: self.cfg.max_words]
-            ids[b, : len(words)] = torch.tensor([self.word_to_id.get(w, 1) for w in words], dtype=torch.long)
-        return ids.to(self.proprio_mean.device)
+        return torch.from_numpy(token_ids(self.word_to_id, self.cfg.max_words, instructions)).to(self.proprio_mean.device)
 
     def _check_obs(self, images: torch.Tensor, proprio: torch.Tensor) -> None:
         c, s = self.cfg, self.cfg.image_size

@@ -27,7 +27,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prevla_models.checkpoints import (PAD, UNK, ObsActionConfig, build_vocab, load_model,  # noqa: F401
-                                       save_model, sha256_file, split_words)
+                                       save_model, sha256_file, split_words, token_ids, word_ids)
 
 CHECKPOINT_KIND = "vla"
 
@@ -62,7 +62,7 @@ class VLA(nn.Module):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.word_to_id = {w: i + 2 for i, w in enumerate(cfg.vocab)}  # 0 = <pad>, 1 = <unk>
+        self.word_to_id = word_ids(cfg.vocab)
         # Image encoder: patchify (4x4) then two stride-2 convs -> (S/16)^2 tokens per camera.
         self.image_encoder = nn.Sequential(
             nn.Conv2d(3, 32, 4, stride=4), nn.GroupNorm(8, 32), nn.GELU(),
@@ -112,13 +112,7 @@ class VLA(nn.Module):
 
     def tokenize(self, instructions) -> torch.Tensor:
         """Instructions -> (B, max_words) word ids; unknown words -> <unk>, padding -> <pad>."""
-        if isinstance(instructions, str):
-            instructions = [instructions]
-        ids = torch.zeros(len(instructions), self.cfg.max_words, dtype=torch.long)
-        for b, text in enumerate(instructions):
-            words = split_words(text)[: self.cfg.max_words]
-            ids[b, : len(words)] = torch.tensor([self.word_to_id.get(w, 1) for w in words], dtype=torch.long)
-        return ids.to(self.action_mean.device)
+        return torch.from_numpy(token_ids(self.word_to_id, self.cfg.max_words, instructions)).to(self.action_mean.device)
 
     def _check(self, images: torch.Tensor, proprio: torch.Tensor) -> None:
         c, s = self.cfg, self.cfg.image_size
@@ -201,30 +195,56 @@ class VLA(nn.Module):
         mask = mask.to(err.device, torch.float32)
         return (err * mask).sum() / mask.sum().clamp_min(1.0)
 
+    def integrate(self, ctx: torch.Tensor, pad: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """Chunks (B, K, H, A) in [-1, 1] from K normalised start points ``noise`` (B, K, H, A)
+        per encoded observation: ``flow_steps`` Euler steps of the flow ODE, then de-normalised.
+
+        Written with shape-following ops only, so the ONNX export keeps K (and B) dynamic.
+        """
+        b, k, h, a = noise.shape
+        ctx = ctx.unsqueeze(1).expand(b, k, *ctx.shape[1:]).reshape(b * k, *ctx.shape[1:])
+        pad = pad.unsqueeze(1).expand(b, k, *pad.shape[1:]).reshape(b * k, *pad.shape[1:])
+        x = noise.reshape(b * k, h, a)
+        dt = 1.0 / self.cfg.flow_steps
+        for i in range(self.cfg.flow_steps):
+            x = x + dt * self.velocity(x, torch.full_like(x[:, 0, 0], i * dt), ctx, pad)
+        out = x * self.action_std + self.action_mean
+        return out.clamp(-1.0, 1.0).reshape(b, k, h, a)
+
     @torch.no_grad()
     def sample(self, images, proprio, instructions, k: int, temperature: float = 1.0,
                generator: torch.Generator | None = None) -> torch.Tensor:
         """Sample k action chunks per observation: (B, k, H, A), clipped to [-1, 1].
 
-        The observation is encoded once; its context is repeated k times and all B*k chunks
-        are integrated together with ``flow_steps`` Euler steps from ``a0 = temperature * N(0, I)``.
+        The observation is encoded once; all B*k chunks are integrated together
+        (:meth:`integrate`) from :func:`start_noise`.
         """
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
-            raise ValueError(f"k (samples per observation) must be an int >= 1, got {k!r}")
-        if not (math.isfinite(temperature) and temperature >= 0):
-            raise ValueError(f"temperature must be finite and >= 0, got {temperature!r}")
+        c = self.cfg
+        noise = start_noise(images.shape[0], k, c.horizon, c.action_dim, temperature, generator,
+                            self.action_mean.device)
         ctx, pad = self.encode(images, proprio, instructions)
-        b, h, a = ctx.shape[0], self.cfg.horizon, self.cfg.action_dim
-        ctx, pad = ctx.repeat_interleave(k, dim=0), pad.repeat_interleave(k, dim=0)
-        x = torch.zeros(b * k, h, a, device=ctx.device)
-        if temperature > 0:
-            x = temperature * torch.randn(x.shape, generator=generator, device=ctx.device)
-        dt = 1.0 / self.cfg.flow_steps
-        for i in range(self.cfg.flow_steps):
-            t = torch.full((b * k,), i * dt, device=ctx.device)
-            x = x + dt * self.velocity(x, t, ctx, pad)
-        out = x * self.action_std + self.action_mean
-        return out.clamp(-1.0, 1.0).reshape(b, k, h, a)
+        return self.integrate(ctx, pad, noise)
+
+
+def start_noise(batch: int, k: int, horizon: int, action_dim: int, temperature: float = 1.0,
+                generator: torch.Generator | None = None, device="cpu") -> torch.Tensor:
+    """Start points ``temperature * N(0, I)`` of :meth:`VLA.integrate`, (batch, k, H, A) (zeros
+    at temperature 0: deterministic). Every backend draws its noise here, from the same seeded
+    generator, so torch, ONNX Runtime and TensorRT sample the same chunks."""
+    check_sampling(k, temperature)
+    shape = (batch * k, horizon, action_dim)
+    x = torch.zeros(shape, device=device)
+    if temperature > 0:
+        x = temperature * torch.randn(shape, generator=generator, device=device)
+    return x.reshape(batch, k, horizon, action_dim)
+
+
+def check_sampling(k: int, temperature: float) -> None:
+    """ValueError unless k is an int >= 1 and temperature finite and >= 0."""
+    if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        raise ValueError(f"k (samples per observation) must be an int >= 1, got {k!r}")
+    if not (isinstance(temperature, (int, float)) and math.isfinite(temperature) and temperature >= 0):
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature!r}")
 
 
 # -------------------------------------------------------------------- checkpoints

@@ -164,6 +164,13 @@ def register(name: str, kind: str, checkpoint: str, training: dict, metrics: dic
     return models[name]
 
 
+def put_entry(name: str, entry: dict, root: Path | None = None) -> None:
+    """Add or replace one manifest entry as is (exported artifacts: ``prevla export``)."""
+    models = load_manifest(root)
+    models[name] = entry
+    save_manifest(models, root)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m prevla_models.zoo", description="model zoo manifest")
     sub = p.add_subparsers(dest="cmd", required=True)

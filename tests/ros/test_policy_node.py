@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from prevla_interfaces.msg import CandidateSet, EpisodeStatus
-from prevla_interfaces.srv import SampleCandidates
+from prevla_interfaces.srv import SampleCandidates, SwapModel
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
@@ -47,6 +47,7 @@ class Robot:
         self.candidates = []
         node.create_subscription(CandidateSet, "candidates", self.candidates.append, STREAM_QOS)
         self.client = node.create_client(SampleCandidates, "sample_candidates")
+        self.swap_client = node.create_client(SwapModel, "/policy_node/swap_model")
         assert ros.wait_for(lambda: self.joints.get_subscription_count() > 0
                             and self.state.get_subscription_count() > 0)
         ros.spin_for(0.3)
@@ -185,6 +186,30 @@ def test_default_policy_is_the_trained_zoo_vla(ros, real_obs):
     assert np.std(chunks[:, :, :6], axis=0).mean() > 1e-3  # K different samples
     # the start of task 0 is a reach towards the bowl, not a hold: the arm must move
     assert np.abs(chunks[:, :, :3]).mean() > 0.05
+
+
+def test_vla_runs_on_onnxruntime_and_swaps_between_observations(ros, real_obs, vla_checkpoint):
+    from prevla_models.checkpoints import sha256_file
+
+    node = ros.add(PolicyNode(context=ros.context, parameter_overrides=[
+        Parameter("num_candidates", value=2)]))  # the zoo VLA, backend auto
+    assert node.models.slot.loaded.backend == "onnxruntime"
+    robot = Robot(ros, *real_obs)
+    robot.publish(12_000)
+    assert ros.wait_for(lambda: robot.candidates, timeout_s=30)
+    assert robot.candidates[0].policy_id == "vla_libero_spatial"
+    assert robot.swap_client.wait_for_service(timeout_sec=5)
+    future = robot.swap_client.call_async(SwapModel.Request(checkpoint=str(vla_checkpoint)))
+    assert ros.wait_for(future.done, timeout_s=30)
+    response = future.result()
+    assert response.success, response.message
+    assert response.backend == "torch" and response.sha256 == sha256_file(str(vla_checkpoint))
+    assert node.get_parameter("checkpoint").value == str(vla_checkpoint)
+    robot.publish(13_000)
+    assert ros.wait_for(lambda: len(robot.candidates) == 2, timeout_s=30)
+    msg = robot.candidates[1]
+    assert msg.policy_id == "vla_test" and len(msg.candidates) == 2
+    assert node.models.values()["swaps"] == 1 and node._stats["holds"] == 0
 
 
 @pytest.mark.parametrize("problem", ["missing", "corrupt"])

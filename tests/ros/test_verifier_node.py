@@ -1,12 +1,17 @@
 """verifier_node over real rclpy: approved chunk, verdict, markers, bad candidates, params;
-the learned verifier scoring candidates against the observation they answer."""
+the learned verifier scoring candidates against the observation they answer; its backend and
+hot-swapping its model while candidate sets stream in."""
 from __future__ import annotations
+
+import shutil
+import time
 
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from prevla_interfaces.msg import ActionChunk, CandidateSet, Verdict
+from prevla_interfaces.srv import SwapModel
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
@@ -153,7 +158,7 @@ class Robot:
 
     def __init__(self, ros, node):
         probe = ros.node("robot")
-        self.ros = ros
+        self.ros, self.node = ros, probe
         self.images = {c: probe.create_publisher(Image, f"{c}/image_raw", STREAM_QOS)
                        for c in ("agentview", "wrist")}
         self.joints = probe.create_publisher(JointState, "joint_states", STREAM_QOS)
@@ -278,12 +283,174 @@ def test_missing_checkpoint_holds_every_decision_and_the_node_stays_up(ros, tmp_
                                     for d in diag for s in d.status), timeout_s=5)
 
 
-def test_default_parameters_load_the_zoo_default_verifier(ros):
-    # Needs a default "verifier" entry in models/zoo/manifest.yaml (sha256-checked).
+def test_default_parameters_load_the_zoo_default_verifier_on_onnxruntime(ros):
+    # Needs a default "verifier" entry in models/zoo/manifest.yaml (sha256-checked) and its
+    # ONNX export: backend auto on a machine without TensorRT runs ONNX Runtime.
     from prevla_models.verifier_scorer import VerifierScorer
 
+    diag = []
+    ros.node("diag_probe").create_subscription(DiagnosticArray, "/diagnostics", diag.append, 10)
     node = ros.add(VerifierNode(context=ros.context))
     assert node.config.verifier == "model" and node.config.checkpoint == ""
+    assert (node.config.backend, node.config.device) == ("auto", "auto")
     assert isinstance(node.scheduler.scorer, VerifierScorer), getattr(
         node.scheduler.scorer, "reason", node.scheduler.scorer)
     assert 0.0 < node.scheduler.threshold < 1.0
+    loaded = node.models.slot.loaded
+    assert loaded.backend == "onnxruntime" and loaded.path.endswith(".onnx")
+    assert node.scheduler.scorer.runner.backend == "onnxruntime"
+
+    def values():
+        return [{kv.key: kv.value for kv in s.values} for d in diag for s in d.status
+                if s.name == "prevla: verifier_node"]
+    assert ros.wait_for(lambda: values(), timeout_s=5)
+    assert values()[-1]["backend"] == "onnxruntime" and values()[-1]["swaps"] == "0"
+    assert values()[-1]["sha256"] == loaded.sha256[:12]
+
+
+# --- hot swap -----------------------------------------------------------------------------
+ZOO_ID = "verifier_libero_spatial"
+SIDE = 128  # the zoo ONNX verifier is exported for 128 x 128 cameras
+
+
+def _swap(ros, client, timeout_s: float = 30.0, **request) -> SwapModel.Response:
+    future = client.call_async(SwapModel.Request(**request))
+    assert ros.wait_for(future.done, timeout_s=timeout_s)
+    return future.result()
+
+
+def _slow_loads(node, seconds: float) -> None:
+    """Make every load take ``seconds`` longer, like a big model (runs in the loading thread)."""
+    build = node.models.slot.build
+    node.models.slot.build = lambda loaded: (time.sleep(seconds), build(loaded))[1]
+
+
+@pytest.fixture
+def zoo_graph(ros):
+    """verifier_node with its defaults (the zoo verifier on ONNX Runtime), a robot and a
+    client of its ``~/swap_model``."""
+    node = _model_node(ros)
+    assert node.models.slot.loaded.backend == "onnxruntime"
+    robot = Robot(ros, node)
+    client = robot.node.create_client(SwapModel, "/verifier_node/swap_model")
+    assert client.wait_for_service(timeout_sec=5)
+    return ros, node, robot, client
+
+
+def _decide(robot, stamp: int) -> Verdict:
+    robot.observe(_observation(stamp, SIDE))
+    chunks = [np.zeros((H, 7), np.float32)]
+    return robot.propose(chunks, stamp, len(robot.verdicts) + 1)
+
+
+def test_no_candidate_set_is_dropped_while_the_model_swaps(zoo_graph, verifier_file):
+    from prevla_models.checkpoints import sha256_file
+
+    ros, node, robot, client = zoo_graph
+    _slow_loads(node, 0.5)
+    # Candidate sets at 20 Hz; the swap is asked for at the 10th, the stream goes on until 10
+    # sets after its answer (a first torch load can take seconds on a busy 2-core machine).
+    period, stamps, after = 0.05, [], None
+    rng = np.random.default_rng(0)
+    chunks = [rng.uniform(-1, 1, (H, 7)).astype(np.float32) for _ in range(4)]
+    future, during_load = None, []
+    start = time.monotonic()
+    while len(stamps) < 400 and (after is None or len(stamps) < after + 10):
+        i, stamp = len(stamps), 1_000_000_000 + len(stamps) * 50_000_000
+        stamps.append(stamp)
+        robot.observe(_observation(stamp, SIDE))
+        robot.candidates.publish(_candidate_set(chunks, stamp_ns=stamp))
+        if i == 10:
+            future = client.call_async(SwapModel.Request(checkpoint=str(verifier_file)))
+        # Paced at 20 Hz; never more than a few sets ahead of the verdicts, so a slow CI
+        # machine cannot overflow the topics' depth-5 queues (that is not the swap's doing).
+        ros.wait_for(lambda: time.monotonic() > start + (i + 1) * period
+                     and len(robot.verdicts) >= i - 2, timeout_s=10.0)
+        if future is not None and not future.done():
+            during_load.append(len(robot.verdicts))
+        elif future is not None and after is None:
+            after = len(stamps)
+    n = len(stamps)
+    assert ros.wait_for(lambda: len(robot.verdicts) >= n and len(robot.chunks) >= n,
+                        timeout_s=30)
+    ros.spin_for(0.3)  # nothing extra arrives either
+    response = future.result()
+    assert response.success, response.message
+    assert response.backend == "torch" and response.model == str(verifier_file)
+    assert response.sha256 == sha256_file(str(verifier_file)) and response.load_ms >= 500
+    # Exactly one verdict and one chunk per candidate set, in order: none dropped.
+    assert [conv.from_time(v.header.stamp) for v in robot.verdicts] == stamps
+    assert [conv.msg_to_chunk(c).stamp_ns for c in robot.chunks] == stamps
+    assert not [v.reason for v in robot.verdicts if "no observation" in v.reason]
+    # The old model served until the switch, the new one after it; decisions went on
+    # while the new one loaded.
+    ids = [v.verifier_id for v in robot.verdicts]
+    k = ids.index("random_verifier")
+    assert k > 10 and ids == [ZOO_ID] * k + ["random_verifier"] * (n - k)
+    assert during_load and during_load[-1] - during_load[0] >= 3, during_load
+    assert node.models.slot.loaded.backend == "torch" and node.models.values()["swaps"] == 1
+    assert node.get_parameter("checkpoint").value == str(verifier_file)  # says what runs
+
+
+def test_failed_swaps_keep_the_old_model_serving(zoo_graph, verifier_file, tmp_path):
+    import torch
+
+    from prevla_models.verifier import Verifier, VerifierConfig, save_checkpoint
+
+    ros, node, robot, client = zoo_graph
+    corrupt = tmp_path / "verifier.onnx"
+    onnx = node.models.slot.loaded.path
+    corrupt.write_bytes(open(onnx, "rb").read()[: 100_000])
+    torch.manual_seed(0)
+    other = tmp_path / "horizon4.pt"
+    save_checkpoint(str(other), Verifier(VerifierConfig(image_size=S, horizon=4, d_model=32,
+                                                        n_layers=1, n_heads=2)))
+    failures = [
+        ({"checkpoint": str(tmp_path / "missing.pt")}, "missing.pt"),
+        ({"checkpoint": str(verifier_file), "sha256": "0" * 64}, "sha256"),
+        ({"checkpoint": str(corrupt)}, "verifier.onnx"),
+        ({"checkpoint": str(other)}, "horizon 8 -> 4"),
+        ({"checkpoint": "zoo:vla_libero_spatial"}, "not a 'verifier'"),
+        ({"backend": "tensorflow"}, "refused: backend"),
+    ]
+    for n, (request, why) in enumerate(failures, start=1):
+        response = _swap(ros, client, **request)
+        assert not response.success and why in response.message, (request, response.message)
+        assert node.models.slot.loaded.backend == "onnxruntime"
+        v = _decide(robot, 20_000 * n)  # the old model still decides
+        assert v.verifier_id == ZOO_ID and "unavailable" not in v.reason
+        assert np.isfinite(v.advantages[0])
+    # One swap at a time: a second request while the first loads is refused.
+    _slow_loads(node, 0.5)
+    first = client.call_async(SwapModel.Request(backend="torch"))
+    second = client.call_async(SwapModel.Request(checkpoint=str(verifier_file)))
+    assert ros.wait_for(lambda: first.done() and second.done(), timeout_s=30)
+    assert first.result().success and first.result().backend == "torch"
+    assert not second.result().success and "in progress" in second.result().message
+    assert node.models.values()["swaps"] == 1 and node.models.slot.loaded.backend == "torch"
+    assert _decide(robot, 999_000).verifier_id == ZOO_ID
+
+
+def test_parameter_change_swaps_the_model_and_a_failed_one_is_reverted(zoo_graph, tmp_path):
+    ros, node, robot, client = zoo_graph
+    result = node.set_parameters([Parameter("backend", value="torch")])[0]
+    assert result.successful, result.reason
+    assert node.models.busy  # loading in the background; the old model serves meanwhile
+    assert ros.wait_for(lambda: not node.models.busy, timeout_s=30)
+    assert node.models.slot.loaded.backend == "torch" and node.config.backend == "torch"
+    assert node.scheduler.scorer.runner.backend == "torch"
+    assert _decide(robot, 30_000).verifier_id == ZOO_ID
+    # A model that cannot load: the parameter is set back, the torch model keeps serving.
+    missing = str(tmp_path / "missing.pt")
+    assert node.set_parameters([Parameter("checkpoint", value=missing)])[0].successful
+    assert ros.wait_for(lambda: not node.models.busy, timeout_s=30)
+    assert node.get_parameter("checkpoint").value == "" and node.config.checkpoint == ""
+    assert node.get_parameter("backend").value == "torch"
+    assert node.models.slot.loaded.backend == "torch" and node.models.values()["swaps"] == 1
+    assert _decide(robot, 31_000).verifier_id == ZOO_ID
+    # Invalid values and startup-only parameters are rejected outright.
+    result = node.set_parameters([Parameter("device", value="gpu")])[0]
+    assert not result.successful and "device" in result.reason
+    result = node.set_parameters([Parameter("mode", value="imagine")])[0]
+    assert not result.successful and "startup" in result.reason
+    assert not node.models.busy

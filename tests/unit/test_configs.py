@@ -38,6 +38,8 @@ BAD_VALUES = [
     (PolicyNodeConfig, "noise_std", math.nan),
     (PolicyNodeConfig, "temperature", -1.0),
     (PolicyNodeConfig, "image_size", -1),
+    (PolicyNodeConfig, "backend", "tensorflow"),
+    (PolicyNodeConfig, "device", "gpu"),
     (VerifierNodeConfig, "verifier", "oracle"),
     (VerifierNodeConfig, "threshold", 1.0),
     (VerifierNodeConfig, "threshold", -0.1),
@@ -47,6 +49,8 @@ BAD_VALUES = [
     (VerifierNodeConfig, "max_abs_action", -1.0),
     (VerifierNodeConfig, "max_abs_action", math.nan),
     (VerifierNodeConfig, "hold_horizon", 0),
+    (VerifierNodeConfig, "backend", "trt"),
+    (VerifierNodeConfig, "device", "cuda:x"),
 ]
 
 

@@ -49,7 +49,7 @@ def test_from_checkpoint_names_and_threshold(checkpoint, tmp_path):
     scorer = VerifierScorer.from_checkpoint(str(checkpoint))
     assert scorer.verifier_id == "tiny_verifier"  # the file stem without an id in extra
     assert scorer.threshold == pytest.approx(0.3) and isinstance(scorer.threshold, float)
-    assert not scorer.model.training
+    assert not scorer.runner.model.training
     named = tmp_path / "named.pt"
     save_checkpoint(str(named), tiny_verifier(), {"verifier_id": "verifier_libero_spatial"})
     assert VerifierScorer.from_checkpoint(str(named)).verifier_id == "verifier_libero_spatial"
@@ -66,7 +66,7 @@ def test_score_shapes_and_values_match_the_model(checkpoint, k):
     assert np.all((p_safe > 0) & (p_safe < 1)) and np.all(np.isfinite(adv))
     with torch.no_grad():
         images, proprio = observation_tensors(obs, S, 2)
-        out = scorer.model(images, proprio, [obs.instruction], torch.from_numpy(chunks)[None])
+        out = scorer.runner.model(images, proprio, [obs.instruction], torch.from_numpy(chunks)[None])
     np.testing.assert_allclose(p_safe, torch.sigmoid(out["safety_logit"][0]).numpy(), atol=1e-6)
     np.testing.assert_allclose(adv, out["advantage"][0].numpy(), atol=1e-6)
     # Each candidate is scored independently of the others in its set.
@@ -78,8 +78,8 @@ def test_score_shapes_and_values_match_the_model(checkpoint, k):
 def test_observation_is_encoded_once_for_all_candidates(checkpoint, monkeypatch):
     scorer = VerifierScorer.from_checkpoint(str(checkpoint))
     calls = []
-    encode = scorer.model.encode_observation
-    monkeypatch.setattr(scorer.model, "encode_observation",
+    encode = scorer.runner.model.encode_observation
+    monkeypatch.setattr(scorer.runner.model, "encode_observation",
                         lambda *a, **kw: calls.append(a[0].shape) or encode(*a, **kw))
     scorer.score(make_obs(), candidates(5))
     assert calls == [(1, 2, S, S, 3)]
@@ -88,7 +88,7 @@ def test_observation_is_encoded_once_for_all_candidates(checkpoint, monkeypatch)
 def test_score_runs_without_autograd(checkpoint):
     scorer = VerifierScorer.from_checkpoint(str(checkpoint))
     seen = []
-    scorer.model.safety_head.register_forward_hook(lambda *_: seen.append(torch.is_grad_enabled()))
+    scorer.runner.model.safety_head.register_forward_hook(lambda *_: seen.append(torch.is_grad_enabled()))
     scorer.score(make_obs(), candidates(2))
     assert seen == [False]
 
@@ -138,14 +138,17 @@ def test_missing_and_wrong_kind_checkpoints_raise(tmp_path):
 
 
 def test_vla_policy_and_the_scorer_share_one_observation_conversion():
+    from prevla_models.graphs import TorchRunner, observation_feeds
     from prevla_models.vla import VLA, VLAConfig
     from prevla_models.vla_policy import VLAPolicy
 
-    policy = VLAPolicy(VLA(VLAConfig(image_size=S, horizon=H, d_model=32, n_layers=1,
-                                     n_heads=2, head_layers=1, vocab=WORDS, max_words=8)))
+    policy = VLAPolicy(TorchRunner(VLA(VLAConfig(image_size=S, horizon=H, d_model=32, n_layers=1,
+                                                 n_heads=2, head_layers=1, vocab=WORDS, max_words=8)), "vla"))
     obs = make_obs()
-    for a, b in zip(policy.observation_tensors(obs), observation_tensors(obs, S, 2)):
-        torch.testing.assert_close(a, b)
+    feeds = observation_feeds(obs, policy.runner.meta)
+    for a, b in zip((feeds["images"], feeds["proprio"]), observation_tensors(obs, S, 2)):
+        np.testing.assert_array_equal(a, b.numpy())
+    assert feeds["tokens"].shape == (1, 8) and feeds["tokens"].dtype == np.int64
     images, proprio = observation_tensors(obs, S, 1)
     assert images.shape == (1, 1, S, S, 3) and images.dtype == torch.uint8
     assert proprio.shape == (1, 8) and proprio.dtype == torch.float32

@@ -12,6 +12,7 @@ import torch
 
 from prevla_models.geometry import proprio_from_state, quat_xyzw_to_axis_angle
 from prevla_models.vla import VLA, VLAConfig, build_vocab, load_checkpoint, save_checkpoint, sha256_file
+from prevla_models.graphs import TorchRunner
 from prevla_models.vla_policy import VLAPolicy
 from prevla_training.train_policy import TrainPolicyConfig, train_policy
 
@@ -239,7 +240,7 @@ def make_obs(instruction="put the bowl on the plate"):
 
 
 def test_vla_policy_sample_on_duck_typed_observation():
-    policy = VLAPolicy(tiny_model(), policy_id="tiny")
+    policy = VLAPolicy(TorchRunner(tiny_model(), "vla"), policy_id="tiny")
     out = policy.sample(make_obs(), k=5, temperature=1.0)
     assert out.shape == (5, H, 7) and out.dtype == np.float32
     assert np.all(out >= -1) and np.all(out <= 1)

@@ -18,14 +18,14 @@ table and writes JSON (machine, torch version, every number).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
+
+from prevla_training.cli_args import write_report
 
 KS = (1, 4, 8, 16)
 
@@ -100,11 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default="outputs/bench/verifier_latency.json", help="JSON output")
     a = p.parse_args(argv)
     result = bench(a.checkpoint, tuple(int(t) for t in a.threads.split(",")), a.iters)
-    print(table(result))
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(table(result) + "\n")
+    write_report(a.out, result, table(result))
     return 0
 
 

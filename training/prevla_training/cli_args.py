@@ -35,3 +35,16 @@ def build_config(p: argparse.ArgumentParser, cls, args: dict):
 def parse_config(p: argparse.ArgumentParser, cls, argv: list[str] | None):
     """Parse ``argv`` into ``cls`` (see :func:`build_config`)."""
     return build_config(p, cls, vars(p.parse_args(argv)))
+
+
+def write_report(out: str, result: dict, table: str) -> None:
+    """Print a benchmark's markdown ``table`` and write ``result`` as JSON to ``out`` (+ the table
+    as ``.md`` next to it)."""
+    import json
+    from pathlib import Path
+
+    print(table)
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1))
+    path.with_suffix(".md").write_text(table + "\n")

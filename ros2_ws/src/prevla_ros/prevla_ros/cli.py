@@ -7,6 +7,7 @@
     prevla train-policy ...                   train the small VLA on recorded demonstrations
     prevla label-candidates ...               label verifier candidates by branching in LIBERO
     prevla train-verifier ...                 train the verifier (+ ablations table)
+    prevla export MODEL --to onnx|tensorrt    export a model (parity-checked) into the zoo
 
 The graph runs composed in one process (one rclpy executor, the default: lowest latency)
 or, with ``--processes``, as one OS process per node talking over Fast DDS.
@@ -168,6 +169,7 @@ DELEGATED = {
     "eval": ("prevla_ros.sim.evaluate", "closed-loop policy success rates"),
     "label-candidates": ("prevla_training.candidates", "label verifier candidates by branching in LIBERO"),
     "train-verifier": ("prevla_training.train_verifier", "train the verifier on labelled candidates"),
+    "export": ("prevla_training.export", "export a model to ONNX / TensorRT, parity-checked, into the zoo"),
 }
 
 

@@ -1,19 +1,28 @@
-"""rclpy glue shared by the nodes: parameters from config dataclasses, QoS, diagnostics."""
+"""rclpy glue shared by the nodes: parameters from config dataclasses, QoS, diagnostics,
+hot-swapping a node's model."""
 from __future__ import annotations
 
 import os
 import sys
-from dataclasses import fields, replace
+import threading
+import time
+from dataclasses import dataclass, field, fields, replace
 from typing import Callable, TypeVar
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
+from prevla_interfaces.srv import SwapModel
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import ReentrantCallbackGroup
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.task import Future
 
 from prevla_ros.conversions import diagnostic_status
+from prevla_ros.runtime.engines import BACKENDS, ModelSlot
+from prevla_ros.runtime.engines.slot import Staged
 
 C = TypeVar("C")
 
@@ -84,6 +93,190 @@ class Diagnostics:
                                         self._node.get_fully_qualified_name(), level, message,
                                         values)]
         self._pub.publish(msg)
+
+
+#: Parameters whose change hot-swaps the model; a node's other parameters are startup-only.
+MODEL_FIELDS = ("checkpoint", "backend", "device")
+
+
+@dataclass
+class _Swap:
+    """One swap in flight: what to load, and how it went (written by the loading thread)."""
+
+    checkpoint: str
+    backend: str
+    device: str
+    sha256: str
+    revert: dict[str, object] | None  # parameter values to restore if it fails (None: service)
+    future: Future = field(default_factory=Future)
+    staged: Staged | None = None
+    error: str = ""
+    load_ms: float = 0.0
+    done: threading.Event = field(default_factory=threading.Event)
+
+
+class ModelSwapper:
+    """A node's model (:class:`~prevla_ros.runtime.engines.ModelSlot`) behind ROS.
+
+    Loads the model of ``node.config`` (``checkpoint``, ``backend``, ``device``) at startup and
+    hot-swaps it on a ``~/swap_model`` request (prevla_interfaces/SwapModel) or a change of
+    those parameters; the node's other parameters become startup-only. The replacement is
+    loaded, checked and warmed up in a background thread while the old model keeps serving;
+    a guard condition then switches to it on the executor thread, between two messages
+    (the guard shares the node's default callback group with the message callbacks).
+    A failed swap keeps the old model, logs why, answers ``success=false`` and, for a
+    parameter change, sets the parameters back. One swap at a time: another is refused.
+
+    Args:
+        node: the node; its ``config`` dataclass has the ``MODEL_FIELDS``.
+        slot: the node's model slot (kind and adapter builder).
+        install: puts a committed adapter where the node's callbacks use it.
+        refusal: why this node has no model to swap (e.g. passthrough verifier), else None.
+    """
+
+    def __init__(self, node: Node, slot: ModelSlot, install: Callable[[object], None],
+                 refusal: str | None = None) -> None:
+        self.node = node
+        self.slot = slot
+        self.install = install
+        self.refusal = refusal
+        self.swaps = 0
+        self._swap: _Swap | None = None  # touched on the executor thread only
+        self._quiet = False  # the swapper itself sets parameters: no swap for those
+        self._guard = node.create_guard_condition(self._finish)
+        # Reentrant: a second request runs (and is refused) while the first one awaits.
+        node.create_service(SwapModel, "~/swap_model", self._on_request,
+                            callback_group=ReentrantCallbackGroup())
+        on_config_change(node, lambda: node.config, self._on_parameters)
+
+    @property
+    def busy(self) -> bool:
+        return self._swap is not None
+
+    def load(self, fallback: Callable[[str], object]) -> object:
+        """The configured model's adapter, loaded now (startup); if it cannot be loaded, log
+        why and return ``fallback(reason)`` (a stand-in that holds and says why)."""
+        c = self.node.config
+        try:
+            staged = self.slot.prepare(c.checkpoint, c.backend, c.device)
+        except Exception as exc:  # noqa: BLE001 -- whatever broke, the node stays up and holds
+            reason = f"{self.slot.kind} model {c.checkpoint or '(zoo default)'} unusable: {exc}"
+            self.node.get_logger().error(
+                f"{reason}; answering with holds until a model loads (~/swap_model, the "
+                "checkpoint parameter, or a restart)")
+            return fallback(reason)
+        self.slot.commit(staged)
+        self._log_loaded(staged, "loaded")
+        return staged.adapter
+
+    def values(self) -> dict[str, object]:
+        """Diagnostics values: the running model and the swaps so far."""
+        m = self.slot.loaded
+        return {"backend": m.backend if m else "none", "model": m.name if m else "none",
+                "sha256": m.sha256[:12] if m else "", "swaps": self.swaps,
+                "swapping": self.busy}
+
+    # --- starting a swap (executor thread) ------------------------------------------------
+    def _begin(self, checkpoint: str, backend: str, device: str, sha256: str,
+               revert: dict[str, object] | None) -> _Swap | str:
+        """Start loading in the background; a refusal reason if no swap can start now."""
+        if self.refusal:
+            return self.refusal
+        if self._swap is not None:
+            s = self._swap
+            return (f"a model swap is in progress ({s.checkpoint or '(zoo default)'} on "
+                    f"{s.backend}); try again when it has finished")
+        swap = self._swap = _Swap(checkpoint, backend, device, sha256, revert)
+        threading.Thread(target=self._prepare, args=(swap,), daemon=True,
+                         name=f"{self.node.get_name()}-swap").start()
+        return swap
+
+    def _prepare(self, swap: _Swap) -> None:
+        """Background thread: load, check, warm up; then wake the executor."""
+        t0 = time.perf_counter()
+        try:
+            swap.staged = self.slot.prepare(swap.checkpoint, swap.backend, swap.device,
+                                            expected_sha256=swap.sha256)
+        except Exception as exc:  # noqa: BLE001 -- reported to the caller, old model kept
+            swap.error = str(exc) or type(exc).__name__
+        swap.load_ms = 1000 * (time.perf_counter() - t0)
+        swap.done.set()
+        try:
+            self._guard.trigger()
+        except Exception:  # noqa: BLE001 -- the node was destroyed meanwhile
+            pass
+
+    async def _on_request(self, request, response):
+        backend = request.backend or self.node.config.backend
+        if backend not in BACKENDS:
+            swap: _Swap | str = f"backend must be one of {BACKENDS} or empty, got {backend!r}"
+        else:
+            swap = self._begin(request.checkpoint, backend, self.node.config.device,
+                               request.sha256.strip(), None)
+        if isinstance(swap, str):
+            response.success, response.message = False, f"refused: {swap}"
+            self.node.get_logger().warning(f"model swap {response.message}")
+            return response
+        await swap.future  # completed by _finish, between two messages
+        response.success = swap.staged is not None and not swap.error
+        response.message = "swapped" if response.success else f"kept the old model: {swap.error}"
+        response.load_ms = swap.load_ms
+        if response.success:
+            m = swap.staged.loaded
+            response.model, response.backend, response.sha256 = m.name, m.backend, m.sha256
+        return response
+
+    def _on_parameters(self, old, new) -> str | None:
+        changed = [f.name for f in fields(old) if getattr(old, f.name) != getattr(new, f.name)]
+        startup_only = [f for f in changed if f not in MODEL_FIELDS]
+        if startup_only:
+            return f"{', '.join(startup_only)} can only be set at startup (restart the node)"
+        if not changed or self._quiet:
+            return None
+        swap = self._begin(new.checkpoint, new.backend, new.device, "",
+                           {f: getattr(old, f) for f in changed})
+        return swap if isinstance(swap, str) else None
+
+    # --- finishing it (executor thread, between two messages) -----------------------------
+    def _finish(self) -> None:
+        swap = self._swap
+        if swap is None or not swap.done.is_set():
+            return
+        self._swap = None
+        log = self.node.get_logger()
+        if swap.staged is not None and not swap.error:
+            try:
+                self.install(swap.staged.adapter)
+            except Exception as exc:  # noqa: BLE001 -- the old adapter is still installed
+                swap.error = f"cannot install the new model: {exc}"
+        if swap.staged is not None and not swap.error:
+            self.slot.commit(swap.staged)
+            self.swaps += 1
+            settings = {"checkpoint": swap.checkpoint, "backend": swap.backend,
+                        "device": swap.device}
+            self.node.config = replace(self.node.config, **settings)
+            self._set_quietly(settings)  # a service swap: the parameters tell the truth
+            self._log_loaded(swap.staged, f"swapped in after {swap.load_ms:.0f} ms:")
+        else:
+            log.error(f"model swap to {swap.checkpoint or '(zoo default)'} on {swap.backend} "
+                      f"failed, the old model keeps serving: {swap.error}")
+            if swap.revert:
+                self._set_quietly(swap.revert)
+        swap.future.set_result(swap)
+
+    def _set_quietly(self, values: dict[str, object]) -> None:
+        self._quiet = True  # no swap for our own parameter writes
+        try:
+            self.node.set_parameters([Parameter(k, value=v) for k, v in values.items()])
+        finally:
+            self._quiet = False
+
+    def _log_loaded(self, staged: Staged, verb: str) -> None:
+        m = staged.loaded
+        skipped = "".join(f"; skipped {note}" for note in m.notes)
+        self.node.get_logger().info(
+            f"{self.slot.kind} model {verb} {m.name} on {m.backend} ({m.device}), sha256 "
+            f"{m.sha256}, warm-up {staged.warmup_ms:.1f} ms{skipped}")
 
 
 def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:

@@ -5,7 +5,10 @@ Subscribes: ``agentview/image_raw``, ``wrist/image_raw`` (sensor_msgs/Image), ``
 ``instruction`` (String, latched), ``episode_status`` (latched).
 Publishes: ``candidates`` (prevla_interfaces/CandidateSet), ``/diagnostics``.
 Serves: ``sample_candidates`` (prevla_interfaces/SampleCandidates) to resample the latest
-observation (more candidates, another temperature).
+observation (more candidates, another temperature); ``~/swap_model``
+(prevla_interfaces/SwapModel) to hot-swap the VLA between two observations, as a change of
+the ``checkpoint``, ``backend`` or ``device`` parameter does
+(:class:`~prevla_ros.nodes.common.ModelSwapper`).
 
 A malformed input (wrong image encoding or size, bad joint state, ...) is logged and answered
 with a one-candidate *hold* set for that observation, so the robot holds and re-observes.
@@ -22,9 +25,10 @@ from std_msgs.msg import String
 
 from prevla_ros import conversions as conv
 from prevla_ros.nodes.common import (ERROR, OK, WARN, LATCHED_QOS, STATUS_QOS, STREAM_QOS,
-                                     Diagnostics, declare_config, run_node)
+                                     Diagnostics, ModelSwapper, declare_config, run_node)
 from prevla_ros.runtime.chunks import HOLD_SOURCE, hold_chunk
 from prevla_ros.runtime.configs import PolicyNodeConfig
+from prevla_ros.runtime.engines import LoadedModel, ModelSlot
 from prevla_ros.runtime.observation import ObservationAssembler
 from prevla_ros.runtime.policies import (ScriptedExpertPolicy, UnavailablePolicy,
                                          build_policy)
@@ -32,26 +36,17 @@ from prevla_ros.runtime.types import (GRIPPER_OPEN, ActionChunk, CandidateSet, O
                                       Policy)
 
 
-def make_policy(config: PolicyNodeConfig, log) -> tuple[Policy, tuple[str, ...]]:
-    """The configured policy and the observation parts it needs."""
+def make_policy(config: PolicyNodeConfig, log,
+                models: ModelSwapper) -> tuple[Policy, tuple[str, ...]]:
+    """The configured policy and the observation parts it needs; the VLA is loaded through
+    the node's model swapper (an unusable model gives an ``UnavailablePolicy``: holds)."""
     images_and_state = ("agentview", "wrist", "joints", "eef")
     if config.policy == "remote":
         log.info(f"remote policy at {config.remote_url} (connects on the first observation)")
         return build_policy("remote", config.horizon, remote_url=config.remote_url,
                             remote_timeout_s=config.remote_timeout_s), images_and_state
     if config.policy == "vla":
-        from prevla_models import zoo
-        from prevla_models.checkpoints import sha256_file
-
-        try:
-            path = zoo.resolve(config.checkpoint, "vla")  # "" / zoo:NAME -> verified file
-            policy = build_policy("vla", config.horizon, seed=config.seed, checkpoint=path)
-            log.info(f"loaded VLA {path} (sha256 {sha256_file(path)})")
-        except (FileNotFoundError, ValueError) as exc:
-            log.error(f"cannot load VLA checkpoint: {exc}; answering every observation with "
-                      "a hold until the node is restarted with a valid checkpoint")
-            policy = UnavailablePolicy("vla", f"VLA checkpoint unusable: {exc}")
-        return policy, images_and_state
+        return models.load(lambda why: UnavailablePolicy("vla", why)), images_and_state
     policy = build_policy("scripted_expert", config.horizon, config.noise_std, config.seed)
     return policy, images_and_state + ("objects",)
 
@@ -62,7 +57,10 @@ class PolicyNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("policy_node", **kwargs)
         self.config = declare_config(self, PolicyNodeConfig)
-        self.policy, parts = make_policy(self.config, self.get_logger())
+        self.models = ModelSwapper(self, ModelSlot("vla", self._build_vla), self._install,
+                                   None if self.config.policy == "vla" else
+                                   f"policy is {self.config.policy}: it runs no VLA model")
+        self.policy, parts = make_policy(self.config, self.get_logger(), self.models)
         self.assembler = ObservationAssembler(required=parts)
         self._last_obs: Observation | None = None
         self._held_stamps: set[int] = set()
@@ -85,6 +83,15 @@ class PolicyNode(Node):
         Diagnostics(self, self._diagnostics)
         self.get_logger().info(f"policy '{self.policy.policy_id}', K={self.config.num_candidates}"
                                f", H={self.config.horizon}")
+
+    def _build_vla(self, loaded: LoadedModel) -> Policy:
+        from prevla_models.vla_policy import VLAPolicy  # torch: only for policy vla
+
+        return VLAPolicy(loaded.runner, seed=self.config.seed)
+
+    def _install(self, policy: Policy) -> None:
+        """A swapped-in VLA (called between two observations)."""
+        self.policy = policy
 
     # --- inputs ---------------------------------------------------------------------------
     def _add(self, stamp_ns: int, part: str, convert) -> None:
@@ -190,11 +197,12 @@ class PolicyNode(Node):
         self.get_logger().error(reason)
 
     def _diagnostics(self):
+        values = {**self._stats, **self.models.values()}
         if self._stats["last_error"]:
-            return ERROR, self._stats["last_error"], self._stats
+            return ERROR, self._stats["last_error"], values
         if self._stats["candidate_sets"] == 0:
-            return WARN, "waiting for a complete observation", self._stats
-        return OK, "sampling", self._stats
+            return WARN, "waiting for a complete observation", values
+        return OK, "sampling", values
 
 
 def main(args: list[str] | None = None) -> int:

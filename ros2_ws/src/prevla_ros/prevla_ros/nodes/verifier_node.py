@@ -11,12 +11,18 @@ header carries (the policy node answers each observation under its stamp). A set
 observation is still arriving (some of its parts are in, or none yet of a stamp that new)
 waits for it, up to ``OBSERVATION_WAIT_S``: topics are not ordered across each other. A set
 whose observation is unknown (older stamp) or malformed gets a hold. A
-verifier checkpoint that cannot be loaded is logged once and every decision is a hold that
+verifier model that cannot be loaded is logged once and every decision is a hold that
 says why; the node stays up.
+
+The model runs on ``backend`` / ``device`` (fallback chain tensorrt -> onnxruntime -> torch,
+:mod:`prevla_ros.runtime.engines`) and is hot-swapped, between two candidate sets, by the
+``~/swap_model`` service (prevla_interfaces/SwapModel) or a change of ``checkpoint``,
+``backend`` or ``device`` (:class:`~prevla_ros.nodes.common.ModelSwapper`).
 """
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import numpy as np
 from geometry_msgs.msg import PoseStamped
@@ -30,8 +36,9 @@ from visualization_msgs.msg import MarkerArray
 
 from prevla_ros import conversions as conv
 from prevla_ros.nodes.common import (ERROR, OK, WARN, LATCHED_QOS, STREAM_QOS, Diagnostics,
-                                     declare_config, run_node)
+                                     ModelSwapper, declare_config, run_node)
 from prevla_ros.runtime.configs import VerifierNodeConfig
+from prevla_ros.runtime.engines import LoadedModel, ModelSlot
 from prevla_ros.runtime.observation import ObservationAssembler, RecentObservations
 from prevla_ros.runtime.scheduler import (OUTCOME_HOLD, Scheduler, SchedulerConfig,
                                           UnavailableScorer)
@@ -45,25 +52,13 @@ KEEP_OBSERVATIONS = 8
 OBSERVATION_WAIT_S = 1.0
 
 
-def make_scorer(config: VerifierNodeConfig, log) -> Scorer | None:
-    """The learned verifier for ``verifier: model`` (None otherwise); an unusable checkpoint
-    is logged and gives an ``UnavailableScorer``, so every decision holds and says why."""
-    if config.verifier != "model":
-        return None
-    from prevla_models import zoo  # torch: only when the model verifier is asked for
-    from prevla_models.checkpoints import sha256_file
-    from prevla_models.verifier_scorer import VerifierScorer
+def build_scorer(loaded: LoadedModel) -> Scorer:
+    """The scheduler's scorer over a loaded verifier (any backend)."""
+    from prevla_models.verifier_scorer import VerifierScorer  # only for verifier: model
 
-    try:
-        path = zoo.resolve(config.checkpoint, "verifier")  # "" / zoo:NAME -> verified file
-        scorer = VerifierScorer.from_checkpoint(path)
-        log.info(f"loaded verifier {path} (sha256 {sha256_file(path)}, "
-                 f"calibrated tau={scorer.threshold:.3f})")
-    except (FileNotFoundError, ValueError) as exc:
-        log.error(f"cannot load verifier checkpoint: {exc}; answering every candidate set "
-                  "with a hold until the node is restarted with a valid checkpoint")
-        return UnavailableScorer(f"verifier checkpoint unusable: {exc}")
-    return scorer
+    model_id = loaded.runner.meta["model_id"]
+    # A checkpoint saved without an id is reported by its file name.
+    return VerifierScorer(loaded.runner, Path(loaded.path).stem if model_id == "verifier" else None)
 
 
 class VerifierNode(Node):
@@ -75,7 +70,12 @@ class VerifierNode(Node):
         self.scheduler = Scheduler(SchedulerConfig(
             mode=c.mode, verifier=c.verifier, action_dim=c.action_dim,
             max_abs_action=c.max_abs_action, hold_horizon=c.hold_horizon,
-            threshold=c.threshold), make_scorer(c, self.get_logger()))
+            threshold=c.threshold))
+        self.models = ModelSwapper(self, ModelSlot("verifier", build_scorer), self._install,
+                                   None if c.verifier == "model" else
+                                   f"verifier is {c.verifier}: it runs no model")
+        if c.verifier == "model":
+            self.scheduler.scorer = self.models.load(UnavailableScorer)
         self.assembler = ObservationAssembler(max_pending=KEEP_OBSERVATIONS)
         self.observations = RecentObservations(KEEP_OBSERVATIONS)
         self._malformed: dict[int, str] = {}  # stamp -> why its observation was not stored
@@ -105,6 +105,11 @@ class VerifierNode(Node):
         Diagnostics(self, self._diagnostics)
         self.get_logger().info(f"verifier '{self.scheduler.verifier_id}' ({c.verifier}) in "
                                f"{c.mode} mode, tau={self.scheduler.threshold:.3f}")
+
+    def _install(self, scorer: Scorer) -> None:
+        """A swapped-in verifier (called between two candidate sets)."""
+        self.scheduler.scorer = scorer
+        self._stats["threshold"] = round(self.scheduler.threshold, 4)
 
     # --- inputs ---------------------------------------------------------------------------
     def _add(self, stamp, part: str, convert) -> None:
@@ -196,12 +201,13 @@ class VerifierNode(Node):
 
     def _diagnostics(self):
         scorer = self.scheduler.scorer
+        values = {**self._stats, **self.models.values()}
         if scorer is not None and not getattr(scorer, "available", True):
-            return ERROR, f"verifier unavailable: {scorer.reason}", self._stats
+            return ERROR, f"verifier unavailable: {scorer.reason}", values
         if self._stats["decisions"] == 0:
-            return WARN, "waiting for candidates", self._stats
+            return WARN, "waiting for candidates", values
         level = ERROR if self._stats["last_outcome"] == OUTCOME_HOLD else OK
-        return level, f"last decision: {self._stats['last_outcome']}", self._stats
+        return level, f"last decision: {self._stats['last_outcome']}", values
 
 
 def main(args: list[str] | None = None) -> int:

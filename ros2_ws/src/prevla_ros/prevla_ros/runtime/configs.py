@@ -5,8 +5,10 @@ rejects bad values with a ``ValueError`` naming the field, so a node fails at st
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field, fields
 
+from prevla_ros.runtime.engines.loader import BACKENDS, DEVICES
 from prevla_ros.runtime.scheduler import MODES, VERIFIERS
 
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
@@ -20,6 +22,28 @@ def _help(text: str, default):
 def _check(ok: bool, cls: str, name: str, message: str) -> None:
     if not ok:
         raise ValueError(f"{cls}.{name}: {message}")
+
+
+def _model_help(kind: str, when: str, unusable: str) -> str:
+    return (f"{kind} model ({when}): a file (.pt, .onnx, .engine), zoo:NAME from "
+            f"models/zoo/manifest.yaml, or empty for the zoo's default {kind} (sha256-checked); "
+            f"a missing or corrupt file at startup is logged and {unusable}. Changing checkpoint, "
+            "backend or device at run time hot-swaps the model (reverted if it fails)")
+
+
+BACKEND_HELP = ("runtime backend of the model: " + ", ".join(BACKENDS) + "; the fallback chain "
+                "tensorrt -> onnxruntime -> torch starts at the one named (auto = at the top), "
+                "and a backend that cannot run here logs why and the next is tried")
+DEVICE_HELP = ("device of the model: auto (cuda when a GPU is visible, else cpu), cpu, cuda or "
+               "cuda:N")
+
+
+def _check_engine(config, n: str) -> None:
+    """The ``backend`` and ``device`` fields shared by the nodes that run a model."""
+    _check(config.backend in BACKENDS, n, "backend",
+           f"must be one of {BACKENDS}, got {config.backend!r}")
+    _check(config.device in DEVICES or re.fullmatch(r"cuda:\d+", config.device) is not None, n,
+           "device", f"must be one of {DEVICES} or cuda:N, got {config.device!r}")
 
 
 @dataclass
@@ -77,10 +101,9 @@ class PolicyNodeConfig:
                         "scripted_expert (privileged scripted LIBERO expert + Gaussian noise) "
                         "or remote (a policy server at `remote_url`, openpi websocket protocol)",
                         "vla")
-    checkpoint: str = _help("VLA checkpoint (policy vla): a file, zoo:NAME from "
-                            "models/zoo/manifest.yaml, or empty for the zoo's default VLA "
-                            "(sha256-checked); a missing or corrupt file is logged and "
-                            "answered with hold chunks", "")
+    checkpoint: str = _help(_model_help("VLA", "policy vla", "answered with hold chunks"), "")
+    backend: str = _help(BACKEND_HELP + " (policy vla)", "auto")
+    device: str = _help(DEVICE_HELP + " (policy vla)", "auto")
     remote_url: str = _help("policy server URL (policy remote); an unreachable server is "
                             "logged and answered with hold chunks", "ws://127.0.0.1:8000")
     remote_timeout_s: float = _help("longest wait for a policy server to connect or reply",
@@ -98,6 +121,7 @@ class PolicyNodeConfig:
         n = type(self).__name__
         _check(self.policy in POLICIES, n, "policy",
                f"must be one of {POLICIES}, got {self.policy!r}")
+        _check_engine(self, n)
         _check(self.remote_url.startswith(("ws://", "wss://")), n, "remote_url",
                f"must start with ws:// or wss://, got {self.remote_url!r}")
         _check(self.remote_timeout_s > 0, n, "remote_timeout_s",
@@ -119,10 +143,9 @@ class VerifierNodeConfig:
                           "Pre-VLA verifier in `checkpoint`: the safe candidate with the highest "
                           "advantage; passthrough = accept the first valid candidate: the "
                           "policy-alone baseline)", "model")
-    checkpoint: str = _help("verifier checkpoint (verifier model): a file, zoo:NAME from "
-                            "models/zoo/manifest.yaml, or empty for the zoo's default verifier "
-                            "(sha256-checked); a missing or corrupt file is logged and every "
-                            "decision is a hold", "")
+    checkpoint: str = _help(_model_help("verifier", "verifier model", "every decision is a hold"), "")
+    backend: str = _help(BACKEND_HELP + " (verifier model)", "auto")
+    device: str = _help(DEVICE_HELP + " (verifier model)", "auto")
     threshold: float = _help("accept threshold tau on P(safe) (verifier model); 0 = the "
                              "checkpoint's calibrated threshold, else in (0, 1)", 0.0)
     mode: str = _help("execute: gate before the robot moves; imagine: gate before the "
@@ -138,6 +161,7 @@ class VerifierNodeConfig:
         n = type(self).__name__
         _check(self.verifier in VERIFIERS, n, "verifier",
                f"must be one of {VERIFIERS}, got {self.verifier!r}")
+        _check_engine(self, n)
         _check(math.isfinite(self.threshold) and 0.0 <= self.threshold < 1.0, n, "threshold",
                f"must be 0 (calibrated) or in (0, 1), got {self.threshold!r}")
         _check(self.mode in MODES, n, "mode", f"must be one of {MODES}, got {self.mode!r}")

@@ -100,20 +100,21 @@ class UnavailablePolicy:
 
 def build_policy(kind: str, horizon: int, noise_std: float = 0.0, seed: int = 0,
                  checkpoint: str = "", remote_url: str = "",
-                 remote_timeout_s: float | None = None):
+                 remote_timeout_s: float | None = None, backend: str = "auto", device: str = "cpu"):
     """The one place a policy kind becomes a ``Policy`` (nodes and the evaluator use it).
 
     Args:
         kind: "scripted_expert", "vla" (``checkpoint``: a file, ``zoo:NAME`` or ``""`` for
-            the zoo's default VLA, sha256-checked) or "remote" (``remote_url``).
+            the zoo's default VLA, sha256-checked, run on ``backend`` / ``device`` through the
+            engine fallback chain, :mod:`prevla_ros.runtime.engines`) or "remote" (``remote_url``).
         horizon: actions per chunk (the VLA's comes from its checkpoint).
         noise_std: candidate noise of the scripted expert.
         seed: sampling seed.
         remote_timeout_s: connect and reply timeout of a remote policy (None: its defaults).
 
     Raises:
-        FileNotFoundError / ValueError: a VLA checkpoint that is missing, unusable or fails
-            its zoo sha256 check.
+        FileNotFoundError / ValueError / EngineError: a VLA model that is missing, unusable
+            on every backend, or fails its zoo sha256 check.
     """
     if kind == "remote":
         from prevla_ros.runtime.remote_policy import RemotePolicyConfig, WebsocketPolicy
@@ -122,10 +123,10 @@ def build_policy(kind: str, horizon: int, noise_std: float = 0.0, seed: int = 0,
                     {"connect_timeout_s": remote_timeout_s, "request_timeout_s": remote_timeout_s})
         return WebsocketPolicy(RemotePolicyConfig(url=remote_url, horizon=horizon, **timeouts))
     if kind == "vla":
-        from prevla_models import zoo  # torch: only when a VLA is asked for
-        from prevla_models.vla_policy import VLAPolicy
+        from prevla_models.vla_policy import VLAPolicy  # torch: only when a VLA is asked for
+        from prevla_ros.runtime.engines import load_model
 
-        return VLAPolicy.from_checkpoint(zoo.resolve(checkpoint, "vla"), seed=seed)
+        return VLAPolicy(load_model("vla", checkpoint, backend, device).runner, seed=seed)
     if kind == "scripted_expert":
         from prevla_ros.sim.expert import expert_for_task  # LIBERO: only when needed
 

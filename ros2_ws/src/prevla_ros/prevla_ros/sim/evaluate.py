@@ -38,6 +38,8 @@ class EvalConfig:
     verifier: str = field(default="", metadata={
         "help": "verifier checkpoint of the verifier arm: '' = zoo default, zoo:NAME or a file"})
     threshold: float = field(default=0.0, metadata={"help": "verifier tau; 0 = calibrated"})
+    backend: str = field(default="auto", metadata={
+        "help": "VLA and verifier backend: auto | tensorrt | onnxruntime | torch (fallback chain)"})
     max_rounds: int = field(default=3, metadata={"help": "verifier arm: sampling rounds per decision"})
     max_samples: int = field(default=24, metadata={"help": "verifier arm: candidates per decision"})
     ranking: str = field(default="advantage", metadata={
@@ -64,6 +66,10 @@ class EvalConfig:
         if self.temperature < 0 or self.noise_std < 0:
             raise ValueError(f"temperature/noise_std: expected >= 0, got "
                              f"{self.temperature}/{self.noise_std}")
+        from prevla_ros.runtime.engines import BACKENDS
+
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend: expected one of {BACKENDS}, got {self.backend!r}")
         if self.render not in ("auto", "on", "off"):
             raise ValueError(f"render: expected auto|on|off, got {self.render!r}")
         parse_policy_spec(self.policy)
@@ -110,7 +116,7 @@ def _build_policy(cfg: EvalConfig, suite: str, task_id: int):
     kind, arg = parse_policy_spec(cfg.policy)
     # A per-task seed so tasks evaluated in parallel draw independent expert noise.
     seed = cfg.seed * 1009 + task_id if kind == "scripted_expert" else cfg.seed
-    policy = build_policy(kind, cfg.horizon, cfg.noise_std, seed,
+    policy = build_policy(kind, cfg.horizon, cfg.noise_std, seed, backend=cfg.backend,
                           checkpoint=arg if kind == "vla" else "",
                           remote_url=arg if kind == "remote" else "")
     if isinstance(policy, ScriptedExpertPolicy):
@@ -120,11 +126,11 @@ def _build_policy(cfg: EvalConfig, suite: str, task_id: int):
 
 def _build_scheduler(cfg: EvalConfig):
     """The runtime's scheduler with the learned verifier (the verifier arm)."""
-    from prevla_models import zoo
     from prevla_models.verifier_scorer import VerifierScorer
+    from prevla_ros.runtime.engines import load_model
     from prevla_ros.runtime.scheduler import Scheduler
 
-    scorer = VerifierScorer.from_checkpoint(zoo.resolve(cfg.verifier, "verifier"))
+    scorer = VerifierScorer(load_model("verifier", cfg.verifier, cfg.backend).runner)
     return Scheduler(cfg.scheduler_config(), scorer)
 
 
@@ -358,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--arms", default="policy", help="comma list of policy,random,verifier")
     p.add_argument("--verifier", default="", help="verifier arm checkpoint ('' = zoo default)")
     p.add_argument("--threshold", type=float, default=0.0, help="verifier tau (0 = calibrated)")
+    p.add_argument("--backend", default="auto", help="auto | tensorrt | onnxruntime | torch")
     p.add_argument("--max-rounds", type=int, default=3, help="verifier arm: sampling rounds")
     p.add_argument("--max-samples", type=int, default=24, help="verifier arm: samples per decision")
     p.add_argument("--ranking", default="advantage", help="verifier arm: advantage | policy_order")
@@ -374,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = EvalConfig(suite=a.suite, task_ids=parse_tasks(a.tasks),
                          episodes_per_task=a.episodes_per_task, init_start=a.init_start,
                          policy=a.policy, arms=tuple(filter(None, a.arms.split(","))),
-                         verifier=a.verifier, threshold=a.threshold, max_rounds=a.max_rounds,
+                         verifier=a.verifier, threshold=a.threshold, backend=a.backend, max_rounds=a.max_rounds,
                          max_samples=a.max_samples, ranking=a.ranking,
                          num_candidates=a.num_candidates, horizon=a.horizon,
                          temperature=a.temperature, noise_std=a.noise_std,

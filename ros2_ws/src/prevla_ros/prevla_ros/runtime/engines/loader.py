@@ -1,0 +1,137 @@
+"""Model spec + backend -> a runner, with the documented fallback chain.
+
+Specs (as everywhere in prevla): ``""`` / ``zoo:default`` = the zoo's default model of the kind,
+``zoo:NAME`` = a manifest entry, anything else = a file (``.pt`` torch checkpoint, ``.onnx``
+export, ``.engine`` / ``.plan`` TensorRT engine with its ``.json`` description).
+
+A zoo model is a *family*: the torch checkpoint entry and the entries exported from it
+(``source: <its name>``, ``format: onnx | tensorrt``). ``backend: auto`` tries the family's
+TensorRT engines (GPU only), then its ONNX export, then the checkpoint; a named backend starts
+the chain there (``torch`` = torch only). A file path runs on the backend of its suffix.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prevla_ros.runtime.engines.errors import EngineError, EngineUnavailable
+
+BACKENDS = ("auto", "tensorrt", "onnxruntime", "torch")
+FALLBACK_CHAIN = ("tensorrt", "onnxruntime", "torch")
+DEVICES = ("auto", "cpu", "cuda")
+FORMAT_BACKEND = {"pt": "torch", "onnx": "onnxruntime", "tensorrt": "tensorrt"}
+SUFFIX_BACKEND = {".pt": "torch", ".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt"}
+
+
+@dataclass
+class LoadedModel:
+    """A runner and where it came from."""
+
+    runner: object
+    backend: str
+    path: str
+    sha256: str
+    name: str  # zoo entry name, or the file path
+    device: str
+    notes: list[str] = field(default_factory=list)  # why earlier backends of the chain were skipped
+
+    @property
+    def model_id(self) -> str:
+        return str(self.runner.meta["model_id"])
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda:N`` / ``cpu`` unchanged."""
+    if device == "auto":
+        try:
+            import torch
+
+            return "cuda" if torch.cuda.is_available() else "cpu"
+        except ImportError:
+            return "cpu"
+    if device != "cpu" and not device.startswith("cuda"):
+        raise ValueError(f"device must be one of {DEVICES} (or cuda:N), got {device!r}")
+    return device
+
+
+def _options(kind: str, spec: str, root: Path | None) -> tuple[list[tuple[str, str, dict | None]], str | None]:
+    """[(backend, name or path, zoo entry or None)] of a spec, and the backend the spec names."""
+    if spec and not spec.startswith("zoo:"):
+        backend = SUFFIX_BACKEND.get(Path(spec).suffix)
+        if backend is None:
+            raise ValueError(f"model file {spec!r}: unknown suffix; expected one of {sorted(SUFFIX_BACKEND)}")
+        return [(backend, spec, None)], backend
+    from prevla_models import zoo
+
+    models = zoo.load_manifest(root)
+    name = spec[len("zoo:"):] if spec else "default"
+    if name == "default":
+        names = [n for n, e in models.items() if e.get("kind") == kind and e.get("default")]
+        if not names:
+            raise FileNotFoundError(f"the model zoo has no default {kind!r} model")
+        name = names[0]
+    if name not in models:
+        raise FileNotFoundError(f"zoo model {name!r} not in the manifest (has {sorted(models)})")
+    if models[name].get("kind") != kind:
+        raise ValueError(f"zoo model {name!r} is a {models[name].get('kind')!r}, not a {kind!r}")
+    family = models[name].get("source", name)
+    members = [n for n, e in models.items() if n == family or e.get("source") == family]
+    named = FORMAT_BACKEND[models[name].get("format", "pt")] if "source" in models[name] else None
+    return [(FORMAT_BACKEND[models[n].get("format", "pt")], n, models[n]) for n in members], named
+
+
+def _runner(backend: str, path: str, device: str, threads: int):
+    if backend == "torch":
+        from prevla_models.graphs import TorchRunner
+
+        return TorchRunner.from_checkpoint(path, device)
+    if backend == "onnxruntime":
+        from prevla_ros.runtime.engines.onnxruntime_runner import OrtRunner
+
+        return OrtRunner(path, device, threads)
+    from prevla_ros.runtime.engines.tensorrt_runner import TensorRTRunner
+
+    if not device.startswith("cuda"):
+        raise EngineUnavailable("TensorRT needs device cuda")
+    return TensorRTRunner(path, device)
+
+
+def load_model(kind: str, spec: str = "", backend: str = "auto", device: str = "cpu", threads: int = 0,
+               root: Path | None = None) -> LoadedModel:
+    """Load ``spec`` as a ``kind`` ("vla" | "verifier") runner on the first backend that works.
+
+    Raises:
+        ValueError: bad backend / device / spec syntax (configuration errors).
+        FileNotFoundError: the spec names no model.
+        EngineError: every backend of the chain failed; the message says why each did.
+    """
+    from prevla_models.checkpoints import sha256_file
+    from prevla_models import zoo
+
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    device = resolve_device(device)
+    options, named = _options(kind, spec, root)
+    if spec and not spec.startswith("zoo:") and backend not in ("auto", named):
+        raise ValueError(f"backend {backend!r} cannot run {spec!r} (a {named} file); use backend auto or {named}")
+    start = backend if backend != "auto" else (named or FALLBACK_CHAIN[0])
+    chain = FALLBACK_CHAIN[FALLBACK_CHAIN.index(start):]
+    if spec and not spec.startswith("zoo:"):
+        chain = (named,)  # a file runs on its own backend or not at all
+    notes = []
+    for b in chain:
+        mine = [o for o in options if o[0] == b]
+        if not mine:
+            notes.append(f"{b}: no {b} artifact of {spec or 'the default ' + kind}")
+        for _, name, entry in mine:
+            try:
+                if b == "tensorrt" and not device.startswith("cuda"):
+                    raise EngineUnavailable("needs device cuda")
+                path = str(zoo.entry_path(name, entry, root)) if entry is not None else name
+                runner = _runner(b, path, device, threads)
+                if runner.meta.get("kind") != kind:
+                    raise ValueError(f"{path} holds a {runner.meta.get('kind')!r} model, not a {kind!r}")
+                return LoadedModel(runner, b, path, sha256_file(path), name, device, notes)
+            except (EngineUnavailable, FileNotFoundError, ValueError, RuntimeError, OSError, KeyError) as e:
+                notes.append(f"{b} ({Path(name).name}): {e}")
+    raise EngineError(f"cannot load {kind} {spec or '(zoo default)'!r} with backend {backend}: " + "; ".join(notes))
