@@ -49,6 +49,15 @@ BAD_VALUES = [
     (VerifierNodeConfig, "max_abs_action", -1.0),
     (VerifierNodeConfig, "max_abs_action", math.nan),
     (VerifierNodeConfig, "hold_horizon", 0),
+    (VerifierNodeConfig, "resample_timeout_s", 0.0),
+    (VerifierNodeConfig, "resample_timeout_s", math.nan),
+    (VerifierNodeConfig, "max_rounds", 0),
+    (VerifierNodeConfig, "max_samples", 0),
+    (VerifierNodeConfig, "max_ms", -1.0),
+    (VerifierNodeConfig, "max_ms", math.nan),
+    (VerifierNodeConfig, "temperature_step", -0.5),
+    (VerifierNodeConfig, "fallback_min_p_safe", 1.5),
+    (VerifierNodeConfig, "fallback_min_p_safe", math.nan),
     (VerifierNodeConfig, "backend", "trt"),
     (VerifierNodeConfig, "device", "cuda:x"),
 ]
@@ -83,7 +92,7 @@ def test_every_validated_field_is_covered():
     # Fields without a range to check: free strings and booleans, and float fields whose
     # every value is meaningful. Everything else must appear in BAD_VALUES above.
     unchecked = {("SimNodeConfig", "publish_privileged"), ("PolicyNodeConfig", "seed"),
-                 ("VerifierNodeConfig", "marker_frame"),
+                 ("VerifierNodeConfig", "marker_frame"), ("VerifierNodeConfig", "resample"),
                  ("PolicyNodeConfig", "checkpoint"),  # resolved (and sha256-checked) at load
                  ("VerifierNodeConfig", "checkpoint")}
     covered = {(c.__name__, n) for c, n, _ in BAD_VALUES}

@@ -333,3 +333,42 @@ def test_run_never_falls_back_to_an_invalid_candidate():
     d = _model(ScriptedScorer(RUN_TABLE), threshold=0.9, fallback_min_p_safe=0.0, max_rounds=1).run(sampler, OBS, k=1)
     assert d.outcome == "fallback_best" and d.chunk.actions[0, 0] == pytest.approx(0.5)
     assert d.scored().tolist() == [0]
+
+
+# --- the same rounds driven step by step (Scheduler.start: verifier_node over ROS) --------
+def test_resampling_step_by_step_is_run():
+    rounds = [[0.1, 0.2], [0.1, 0.1], [0.2, 0.3]]
+    scheduler = _model(ScriptedScorer(RUN_TABLE), temperature_step=0.25)
+    by_run = scheduler.run(ScriptedSampler(rounds), OBS, k=2, temperature=1.0)
+    sampler, requests = ScriptedSampler(rounds), []
+    resampling = scheduler.start(OBS, k=2, temperature=1.0)
+    resampling.add(list(sampler(2, 1.0)))  # the first set arrives unasked, as a topic
+    while (request := resampling.next_request()) is not None:
+        requests.append(request)
+        resampling.add(list(sampler(*request)))
+    d = resampling.finish()
+    assert requests == [(2, 1.25), (2, 1.5)]
+    assert (d.outcome, d.rounds, d.samples_drawn, d.reason) == (
+        by_run.outcome, by_run.rounds, by_run.samples_drawn, by_run.reason)
+    assert d.reason.startswith("resampled 3 rounds (6 samples): model: #1")
+    # scores over every candidate considered (as a Verdict carries them); the index into them
+    np.testing.assert_allclose(d.safety_probs, [0.2, 0.4, 0.2, 0.2, 0.4, 0.9])
+    assert d.accepted_index == 5 and d.scored().tolist() == list(range(6))
+    np.testing.assert_array_equal(d.chunk.actions, by_run.chunk.actions)
+
+
+def test_resampling_stopped_early_falls_back_or_holds():
+    from prevla_ros.runtime.scheduler import OUTCOME_FALLBACK
+
+    for min_p, outcome in ((0.3, OUTCOME_FALLBACK), (0.5, OUTCOME_HOLD)):
+        resampling = _model(ScriptedScorer(RUN_TABLE), fallback_min_p_safe=min_p).start(OBS, k=2)
+        resampling.add([_valid(0.2), _valid(0.1)])  # best p_safe 0.4 < tau 0.5
+        assert resampling.next_request() == (2, 1.5) and not resampling.done
+        with pytest.raises(RuntimeError, match="before the decision"):
+            resampling.finish()
+        resampling.stop("no answer within 1 s")
+        d = resampling.finish()
+        assert d.outcome == outcome and d.rounds == 1 and d.samples_drawn == 2
+        assert d.reason.startswith("resampling stopped after 1 rounds (2 samples): no answer")
+        assert resampling.next_request() is None
+    assert d.chunk.source == HOLD_SOURCE

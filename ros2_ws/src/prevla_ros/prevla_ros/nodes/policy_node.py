@@ -67,7 +67,8 @@ class PolicyNode(Node):
         self._last_gripper = GRIPPER_OPEN
         self._deferred: Observation | None = None
         self._episode: tuple[str, int, int] | None = None
-        self._stats = {"observations": 0, "candidate_sets": 0, "holds": 0, "last_error": ""}
+        self._stats = {"observations": 0, "candidate_sets": 0, "holds": 0,
+                       "resample_requests": 0, "last_error": ""}
         self._pub = self.create_publisher(CandidateSetMsg, "candidates", STREAM_QOS)
         size = self.config.image_size
         self._expected_hw = (size, size) if size else None
@@ -164,6 +165,7 @@ class PolicyNode(Node):
         self._stats["candidate_sets"] += 1
 
     def _on_sample_request(self, request, response):
+        self._stats["resample_requests"] += 1
         obs = self._last_obs
         stamp = conv.from_time(request.observation_stamp)
         if obs is None or obs.stamp_ns != stamp:

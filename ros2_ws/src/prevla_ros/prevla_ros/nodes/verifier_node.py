@@ -18,10 +18,22 @@ The model runs on ``backend`` / ``device`` (fallback chain tensorrt -> onnxrunti
 :mod:`prevla_ros.runtime.engines`) and is hot-swapped, between two candidate sets, by the
 ``~/swap_model`` service (prevla_interfaces/SwapModel) or a change of ``checkpoint``,
 ``backend`` or ``device`` (:class:`~prevla_ros.nodes.common.ModelSwapper`).
+
+Resampling (``verifier: model``, ``resample: true``): when no candidate of a set passes tau,
+the node asks policy_node's ``sample_candidates`` service (prevla_interfaces/SampleCandidates)
+for more candidates of the same observation, hotter each round, and decides again, by the
+scheduler's rules (:class:`~prevla_ros.runtime.scheduler.Resampling`, the loop
+:meth:`Scheduler.run` drives in closed-loop evaluation). The calls are asynchronous: the node
+keeps taking messages while it waits. A late answer (``resample_timeout_s``, or the rest of
+``max_ms``), a refused or malformed one, or no service at all ends the resampling with the
+scheduler's fallback (the safest candidate seen if safe enough, else a hold), logged in one
+line; a newer candidate set ends it too, so verdicts keep the order of their sets.
 """
 from __future__ import annotations
 
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +41,10 @@ from geometry_msgs.msg import PoseStamped
 from prevla_interfaces.msg import ActionChunk as ActionChunkMsg
 from prevla_interfaces.msg import CandidateSet as CandidateSetMsg
 from prevla_interfaces.msg import Verdict
+from prevla_interfaces.srv import SampleCandidates
 from rclpy.node import Node
+from rclpy.task import Future
+from rclpy.timer import Timer
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
@@ -37,11 +52,12 @@ from visualization_msgs.msg import MarkerArray
 from prevla_ros import conversions as conv
 from prevla_ros.nodes.common import (ERROR, OK, WARN, LATCHED_QOS, STREAM_QOS, Diagnostics,
                                      ModelSwapper, declare_config, run_node)
+from prevla_ros.runtime.chunks import chunk_problem
 from prevla_ros.runtime.configs import VerifierNodeConfig
 from prevla_ros.runtime.engines import LoadedModel, ModelSlot
 from prevla_ros.runtime.observation import ObservationAssembler, RecentObservations
-from prevla_ros.runtime.scheduler import (OUTCOME_HOLD, Scheduler, SchedulerConfig,
-                                          UnavailableScorer)
+from prevla_ros.runtime.scheduler import (OUTCOME_HOLD, Decision, Resampling, Scheduler,
+                                          SchedulerConfig, UnavailableScorer)
 from prevla_ros.runtime.types import CAMERAS, GRIPPER_OPEN, Observation, Scorer
 
 APPROVED_RGBA = (0.1, 0.9, 0.2, 1.0)
@@ -50,6 +66,19 @@ HOLD_RGBA = (0.9, 0.2, 0.1, 1.0)
 KEEP_OBSERVATIONS = 8
 #: Longest wait for the rest of a candidate set's observation before answering with a hold.
 OBSERVATION_WAIT_S = 1.0
+
+
+@dataclass
+class _Pending:
+    """A decision waiting for policy_node's answer to one ``sample_candidates`` request."""
+
+    msg: CandidateSetMsg  # the policy's first set: stamp and policy id
+    resampling: Resampling
+    future: Future | None = None
+    timer: Timer | None = None  # the request's deadline
+    sent: float = 0.0  # perf_counter when the request went out
+    timeout_s: float = 0.0
+    failure: str = ""  # why the resampling stopped early, if it did
 
 
 def build_scorer(loaded: LoadedModel) -> Scorer:
@@ -70,7 +99,9 @@ class VerifierNode(Node):
         self.scheduler = Scheduler(SchedulerConfig(
             mode=c.mode, verifier=c.verifier, action_dim=c.action_dim,
             max_abs_action=c.max_abs_action, hold_horizon=c.hold_horizon,
-            threshold=c.threshold))
+            threshold=c.threshold, max_rounds=c.max_rounds, max_samples=c.max_samples,
+            max_ms=c.max_ms, temperature_step=c.temperature_step,
+            fallback_min_p_safe=c.fallback_min_p_safe))
         self.models = ModelSwapper(self, ModelSlot("verifier", build_scorer), self._install,
                                    None if c.verifier == "model" else
                                    f"verifier is {c.verifier}: it runs no model")
@@ -83,7 +114,12 @@ class VerifierNode(Node):
         self._newest_part = -1  # newest stamp of any observation part received
         self._eef: np.ndarray | None = None
         self._last_gripper = GRIPPER_OPEN
+        self._pending: _Pending | None = None  # at most one decision awaits the policy
+        self._sampler = (self.create_client(SampleCandidates, "sample_candidates")
+                         if c.verifier == "model" and c.resample else None)
         self._stats = {"decisions": 0, "holds": 0, "rejected_candidates": 0,
+                       "resample_requests": 0, "resample_failures": 0,
+                       "last_resample_ms": 0.0,
                        "last_verify_ms": 0.0, "last_outcome": "", "observations": 0,
                        "threshold": round(self.scheduler.threshold, 4),
                        "last_p_safe_max": float("nan")}
@@ -171,10 +207,112 @@ class VerifierNode(Node):
     # --- decision -------------------------------------------------------------------------
     def _decide(self, msg: CandidateSetMsg) -> None:
         stamp = conv.from_time(msg.header.stamp)
+        if self._pending is not None:  # verdicts keep the order of their candidate sets
+            self._stop_pending(f"superseded by the candidate set of stamp {stamp}")
         obs = self.observations.get(stamp)
-        decision = self.scheduler.decide(conv.msg_to_candidate_arrays(msg), stamp_ns=stamp,
-                                         last_gripper=self._last_gripper,
-                                         source=msg.policy_id, observation=obs)
+        candidates = conv.msg_to_candidate_arrays(msg)
+        if self._sampler is None:
+            self._publish(msg, self.scheduler.decide(
+                candidates, stamp_ns=stamp, last_gripper=self._last_gripper,
+                source=msg.policy_id, observation=obs), self.scheduler.verifier_id)
+            return
+        temperature = float(msg.temperatures[0]) if len(msg.temperatures) else 1.0
+        if not (math.isfinite(temperature) and temperature >= 0):
+            temperature = 1.0
+        resampling = self.scheduler.start(obs, max(1, len(candidates)), temperature, stamp,
+                                          self._last_gripper, msg.policy_id)
+        resampling.add(candidates)
+        self._resample(_Pending(msg, resampling))
+
+    # --- resampling over sample_candidates ------------------------------------------------
+    def _resample(self, p: _Pending) -> None:
+        """Ask for the scheduler's next round, or publish its decision when it has made one."""
+        request = p.resampling.next_request()
+        if request is None:
+            self._finish(p)
+            return
+        if not self._sampler.service_is_ready():
+            self._fail(p, "policy_node's sample_candidates service is not available")
+            return
+        k, temperature = request
+        budget_s = p.resampling.remaining_ms() / 1e3
+        p.timeout_s = max(1e-3, min(self.config.resample_timeout_s, budget_s))
+        p.sent = time.perf_counter()
+        p.future = self._sampler.call_async(SampleCandidates.Request(
+            observation_stamp=p.msg.header.stamp, k=int(k), temperature=float(temperature),
+            round=p.resampling.rounds))
+        self._stats["resample_requests"] += 1
+        self._pending = p
+        p.timer = self.create_timer(p.timeout_s, lambda: self._on_timeout(p))
+        p.future.add_done_callback(lambda future: self._on_sampled(p, future))
+
+    def _on_sampled(self, p: _Pending, future: Future) -> None:
+        if self._pending is not p:
+            return  # timed out or superseded meanwhile: the decision is already published
+        self._end_wait(p)
+        self._stats["last_resample_ms"] = round((time.perf_counter() - p.sent) * 1e3, 3)
+        try:
+            response = future.result()
+        except Exception as exc:  # noqa: BLE001 -- whatever broke, fall back and stay up
+            self._fail(p, f"sample_candidates failed: {exc}")
+            return
+        stamp = conv.from_time(p.msg.header.stamp)
+        if not response.ok:
+            self._fail(p, f"policy_node could not resample: {response.reason}")
+            return
+        got = conv.from_time(response.candidates.header.stamp)
+        candidates = conv.msg_to_candidate_arrays(response.candidates)
+        cfg = self.scheduler.config
+        problems = [chunk_problem(c, cfg.action_dim, cfg.max_abs_action) for c in candidates]
+        if got != stamp:
+            self._fail(p, f"sample_candidates answered for stamp {got}, not {stamp}")
+        elif not candidates or all(problems):
+            self._fail(p, "malformed candidates from sample_candidates: " + (
+                "; ".join(sorted(set(problems))) if problems else "none"))
+        else:
+            p.resampling.add(candidates)
+            self._resample(p)
+
+    def _on_timeout(self, p: _Pending) -> None:
+        if self._pending is not p:
+            return
+        self._end_wait(p)
+        self._sampler.remove_pending_request(p.future)  # a late answer is dropped
+        budget = ("the rest of the max_ms budget"
+                  if p.timeout_s < self.config.resample_timeout_s else "resample_timeout_s")
+        self._fail(p, f"no answer from sample_candidates within {p.timeout_s:.3f} s ({budget})")
+
+    def _stop_pending(self, why: str) -> None:
+        p = self._pending
+        self._end_wait(p)
+        self._sampler.remove_pending_request(p.future)
+        self._fail(p, why)
+
+    def _end_wait(self, p: _Pending) -> None:
+        self._pending = None
+        if p.timer is not None:
+            self.destroy_timer(p.timer)
+            p.timer = None
+
+    def _fail(self, p: _Pending, why: str) -> None:
+        """Stop resampling: the scheduler's fallback decides."""
+        p.failure = why
+        self._stats["resample_failures"] += 1
+        p.resampling.stop(why)
+        self._finish(p)
+
+    def _finish(self, p: _Pending) -> None:
+        decision = p.resampling.finish()
+        if p.failure and decision.outcome != OUTCOME_HOLD:  # a hold is logged when published
+            self.get_logger().warning(
+                f"stamp {conv.from_time(p.msg.header.stamp)}, {decision.outcome}: "
+                f"{decision.reason}")
+        self._publish(p.msg, decision, p.resampling.verifier_id)
+
+    # --- outputs --------------------------------------------------------------------------
+    def _publish(self, msg: CandidateSetMsg, decision: Decision, verifier_id: str) -> None:
+        stamp = conv.from_time(msg.header.stamp)
+        obs = self.observations.get(stamp)
         if obs is None and stamp in self._malformed and decision.outcome == OUTCOME_HOLD:
             decision.reason += f" ({self._malformed[stamp]})"
         for index, why in decision.rejected.items():
@@ -185,7 +323,7 @@ class VerifierNode(Node):
         self._last_gripper = float(decision.chunk.actions[-1, -1])
         self._chunk_pub.publish(conv.chunk_to_msg(decision.chunk))
         self._verdict_pub.publish(conv.decision_to_verdict(
-            decision, stamp, self.config.mode, self.scheduler.verifier_id))
+            decision, stamp, self.config.mode, verifier_id))
         if self._eef is not None:
             rgba = HOLD_RGBA if decision.outcome == OUTCOME_HOLD else APPROVED_RGBA
             self._marker_pub.publish(conv.path_markers(

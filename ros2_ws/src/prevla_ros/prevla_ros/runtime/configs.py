@@ -156,6 +156,25 @@ class VerifierNodeConfig:
     hold_horizon: int = _help("length of the hold chunk published when no candidate is "
                               "usable", 8)
     marker_frame: str = _help("frame of the approved-path markers", "world")
+    resample: bool = _help("verifier model: when no candidate of a set passes tau, ask "
+                           "policy_node for more (its sample_candidates service) within "
+                           "max_rounds, max_samples and max_ms, then fall back to the safest "
+                           "candidate or hold; false: the first set alone decides (a hold "
+                           "when none passes)", True)
+    resample_timeout_s: float = _help("longest wait for one sample_candidates answer; a late, "
+                                      "failed or missing answer ends the resampling with the "
+                                      "fallback", 1.0)
+    max_rounds: int = _help("sampling rounds per decision, the policy's set included "
+                            "(1 = no resampling)", 3)
+    max_samples: int = _help("candidates per decision over all rounds", 24)
+    max_ms: float = _help("time budget of a decision in ms (0 = none); no round starts after "
+                          "it and no answer is awaited past it", 0.0)
+    temperature_step: float = _help("each resampling round asks for a temperature this much "
+                                    "higher than the set before", 0.5)
+    fallback_min_p_safe: float = _help("resample: when the budget is spent (or resampling "
+                                       "fails) and nothing passed tau, the safest candidate is executed "
+                                       "if its P(safe) is at least this, else the robot holds",
+                                       0.5)
 
     def __post_init__(self) -> None:
         n = type(self).__name__
@@ -170,6 +189,15 @@ class VerifierNodeConfig:
                f"must be > 0, got {self.max_abs_action}")
         _check(self.hold_horizon >= 1, n, "hold_horizon",
                f"must be >= 1, got {self.hold_horizon}")
+        _check(self.resample_timeout_s > 0, n, "resample_timeout_s",
+               f"must be > 0, got {self.resample_timeout_s}")
+        _check(self.max_rounds >= 1, n, "max_rounds", f"must be >= 1, got {self.max_rounds}")
+        _check(self.max_samples >= 1, n, "max_samples", f"must be >= 1, got {self.max_samples}")
+        _check(self.max_ms >= 0, n, "max_ms", f"must be >= 0 (0 = no budget), got {self.max_ms}")
+        _check(self.temperature_step >= 0, n, "temperature_step",
+               f"must be >= 0, got {self.temperature_step}")
+        _check(0 <= self.fallback_min_p_safe <= 1, n, "fallback_min_p_safe",
+               f"must be in [0, 1], got {self.fallback_min_p_safe}")
 
 
 NODE_CONFIGS = {"sim_node": SimNodeConfig, "policy_node": PolicyNodeConfig,
