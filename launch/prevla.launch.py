@@ -1,4 +1,5 @@
-"""Launch the prevla graph: sim_node (LIBERO), policy_node and verifier_node.
+"""Launch the prevla graph: sim_node (LIBERO), policy_node and verifier_node (and, with
+``use_world_model:=true``, world_model_node).
 
 For a machine with a full ROS 2 install (``launch`` and ``launch_ros`` come with it), after
 ``colcon build --packages-select prevla_interfaces prevla_ros`` and sourcing the workspace::
@@ -8,6 +9,7 @@ For a machine with a full ROS 2 install (``launch`` and ``launch_ros`` come with
     ros2 launch prevla_ros prevla.launch.py use_sim:=false   # a robot driver publishes the topics
     ros2 launch prevla_ros prevla.launch.py params_file:=/path/to/robot.params.yaml
     ros2 launch prevla_ros prevla.launch.py backend:=tensorrt device:=cuda
+    ros2 launch prevla_ros prevla.launch.py use_world_model:=true
     ros2 launch prevla_ros prevla.launch.py --show-args
 
 Every node parameter lives in ``params_file`` (default: the installed ``prevla.params.yaml``).
@@ -34,11 +36,16 @@ def generate_launch_description():
     arguments = [
         DeclareLaunchArgument(
             'params_file', default_value=default_params,
-            description='ROS 2 parameters file for sim_node, policy_node and verifier_node'),
+            description='ROS 2 parameters file for sim_node, policy_node, verifier_node and '
+                        'world_model_node'),
         DeclareLaunchArgument(
             'use_sim', default_value='true', choices=['true', 'false'],
             description='start the LIBERO sim_node; false when a real robot driver publishes '
                         'the observation topics and executes the approved chunks'),
+        DeclareLaunchArgument(
+            'use_world_model', default_value='false', choices=['true', 'false'],
+            description='start world_model_node: imagines the frames of the chunks named by '
+                        "its source parameter (params_file) with the zoo's world model, for rviz"),
         DeclareLaunchArgument(
             'suite', default_value='libero_spatial',
             description='LIBERO suite: libero_spatial, libero_object, libero_goal, libero_10, '
@@ -122,4 +129,10 @@ def generate_launch_description():
             'device': ParameterValue(LaunchConfiguration('device'), value_type=str),
         }])
 
-    return LaunchDescription(arguments + [sim_node, policy_node, verifier_node])
+    world_model_node = Node(
+        package=PACKAGE, executable='world_model_node', name='world_model_node',
+        output='screen', condition=IfCondition(LaunchConfiguration('use_world_model')),
+        parameters=[params_file])
+
+    return LaunchDescription(arguments + [sim_node, policy_node, verifier_node,
+                                          world_model_node])

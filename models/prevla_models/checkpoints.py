@@ -81,6 +81,24 @@ class ObsActionConfig:
         self.vocab = check_vocab(self.vocab, f"{owner}.vocab")
 
 
+class ModelBase(nn.Module):
+    """What every prevla model shares: its parameter count and storing dataset statistics."""
+
+    def num_parameters(self) -> int:
+        """Number of trainable parameters."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+    def _store_stats(self, **values) -> None:
+        """Copy statistics into same-named buffers; ValueError on a wrong shape or a non-finite
+        value; ``*_std`` floored at 1e-3 so constant dimensions do not blow up."""
+        for name, v in values.items():
+            t = torch.as_tensor(v, dtype=torch.float32).reshape(-1)
+            buf = getattr(self, name)
+            if t.shape != buf.shape or not torch.isfinite(t).all():
+                raise ValueError(f"{name} must be {tuple(buf.shape)} finite values, got {tuple(t.shape)}")
+            buf.copy_(t.clamp_min(1e-3) if name.endswith("std") else t)
+
+
 def sha256_file(path: str) -> str:
     """Hex sha256 of a file (for the model zoo manifest)."""
     digest = hashlib.sha256()

@@ -53,7 +53,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prevla_models.checkpoints import (PAD, UNK, ObsActionConfig, build_vocab, load_model,  # noqa: F401
+from prevla_models.checkpoints import (PAD, UNK, ModelBase, ObsActionConfig, build_vocab, load_model,  # noqa: F401
                                        save_model, sha256_file, split_words, token_ids, word_ids)
 
 MODALITIES = ("image", "language", "proprio", "action")
@@ -207,7 +207,7 @@ def _encoder(d: int, cfg: VerifierConfig, layers: int) -> nn.TransformerEncoder:
     return nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
 
 
-class Verifier(nn.Module):
+class Verifier(ModelBase):
     """Observation + K candidate chunks -> per-candidate safety logit and advantage."""
 
     def __init__(self, cfg: VerifierConfig) -> None:
@@ -245,18 +245,9 @@ class Verifier(nn.Module):
         self.register_buffer("proprio_std", torch.ones(cfg.proprio_dim))
 
     # ---------------------------------------------------------------- helpers
-    def num_parameters(self) -> int:
-        """Number of trainable parameters."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
     def set_normalization(self, proprio_mean, proprio_std) -> None:
         """Store proprio statistics (actions are already in [-1, 1]); stds floored at 1e-3."""
-        for name, v in (("proprio_mean", proprio_mean), ("proprio_std", proprio_std)):
-            t = torch.as_tensor(v, dtype=torch.float32).reshape(-1)
-            buf = getattr(self, name)
-            if t.shape != buf.shape or not torch.isfinite(t).all():
-                raise ValueError(f"{name} must be {tuple(buf.shape)} finite values, got {tuple(t.shape)}")
-            buf.copy_(t.clamp_min(1e-3) if name.endswith("std") else t)
+        self._store_stats(proprio_mean=proprio_mean, proprio_std=proprio_std)
 
     @property
     def threshold(self) -> float:

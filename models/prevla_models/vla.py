@@ -26,7 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from prevla_models.checkpoints import (PAD, UNK, ObsActionConfig, build_vocab, load_model,  # noqa: F401
+from prevla_models.checkpoints import (PAD, UNK, ModelBase, ObsActionConfig, build_vocab, load_model,  # noqa: F401
                                        save_model, sha256_file, split_words, token_ids, word_ids)
 
 CHECKPOINT_KIND = "vla"
@@ -55,7 +55,7 @@ class VLAConfig(ObsActionConfig):
             raise ValueError(f"VLAConfig.dropout must be in [0, 1), got {self.dropout}")
 
 
-class VLA(nn.Module):
+class VLA(ModelBase):
     """Cameras + instruction + proprio -> K sampled action chunks (conditional rectified flow)."""
 
     def __init__(self, cfg: VLAConfig) -> None:
@@ -94,21 +94,10 @@ class VLA(nn.Module):
         self.register_buffer("proprio_std", torch.ones(cfg.proprio_dim))
 
     # ---------------------------------------------------------------- helpers
-    def num_parameters(self) -> int:
-        """Number of trainable parameters."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
-
     def set_normalization(self, action_mean, action_std, proprio_mean, proprio_std) -> None:
         """Store dataset statistics; stds are floored so constant dimensions do not blow up."""
-        for name, v in (("action_mean", action_mean), ("action_std", action_std),
-                        ("proprio_mean", proprio_mean), ("proprio_std", proprio_std)):
-            t = torch.as_tensor(v, dtype=torch.float32).reshape(-1)
-            buf = getattr(self, name)
-            if t.shape != buf.shape or not torch.isfinite(t).all():
-                raise ValueError(f"{name} must be {tuple(buf.shape)} finite values, got {tuple(t.shape)}")
-            if name.endswith("std"):
-                t = t.clamp_min(1e-3)
-            buf.copy_(t)
+        self._store_stats(action_mean=action_mean, action_std=action_std, proprio_mean=proprio_mean,
+                          proprio_std=proprio_std)
 
     def tokenize(self, instructions) -> torch.Tensor:
         """Instructions -> (B, max_words) word ids; unknown words -> <unk>, padding -> <pad>."""

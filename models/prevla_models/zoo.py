@@ -129,9 +129,22 @@ def _verifier_signature(path: str) -> dict:
             "threshold": round(model.threshold, 6), **_summary(model)}
 
 
+def _world_model_signature(path: str) -> dict:
+    from prevla_models.world_model import load_checkpoint
+
+    model, _ = load_checkpoint(path)
+    c = model.cfg
+    return {"inputs": {"frames": f"(B, S, S, 3) uint8 upright agent-view frame, S a multiple of {c.frame_size}",
+                       "proprio": f"(B, {c.proprio_dim}) float32 eef_pos, eef axis-angle, gripper qpos",
+                       "chunks": f"(B, N, {c.horizon}, {c.action_dim}) float32 action chunks, executed in order"},
+            "outputs": {"frames": f"(B, N*{c.horizon} / every, {c.frame_size}, {c.frame_size}, 3) uint8 imagined frames"},
+            "params": model.num_parameters(), "config": vars(c)}
+
+
 #: kind -> (module with load_checkpoint/save_checkpoint, signature function, id key in extra)
 _KINDS = {"vla": ("prevla_models.vla", _vla_signature, "policy_id"),
-          "verifier": ("prevla_models.verifier", _verifier_signature, "verifier_id")}
+          "verifier": ("prevla_models.verifier", _verifier_signature, "verifier_id"),
+          "world_model": ("prevla_models.world_model", _world_model_signature, "world_model_id")}
 
 
 def register(name: str, kind: str, checkpoint: str, training: dict, metrics: dict | None = None,

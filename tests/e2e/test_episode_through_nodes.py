@@ -38,8 +38,8 @@ def test_expert_episode_succeeds_through_the_nodes(ros, tmp_path):
     assert len((tmp_path / "verdicts.jsonl").read_text().splitlines()) == episode["decisions"]
 
 
-@pytest.mark.parametrize("mode", [["--policy", "scripted_expert"], ["--processes"]],
-                         ids=["composed-expert", "processes-default-vla"])
+@pytest.mark.parametrize("mode", [["--policy", "scripted_expert"], ["--processes", "--world-model"]],
+                         ids=["composed-expert", "processes-default-vla-world-model"])
 def test_prevla_demo_command(tmp_path, mode):
     result = subprocess.run(
         [sys.executable, "-m", "prevla_ros.cli", "demo", "--episodes", "1",
@@ -61,3 +61,7 @@ def test_prevla_demo_command(tmp_path, mode):
             assert len(v["safety_probs"]) == v["samples"] and all(0 <= p <= 1 for p in v["safety_probs"])
             assert all(math.isfinite(a) for a in v["advantages"])
         assert summary["per_episode"][0]["policy_ids"] == ["vla_libero_spatial"]  # no holds
+        # make demo's world model: imagined chunks compared with what the sim then showed
+        episode = summary["per_episode"][0]
+        assert episode["imagined_mse_mean"] >= 0 and episode["copy_mse_mean"] > 0
+        assert (run_dir / "frames" / "ep001_imagined_d1.png").exists()

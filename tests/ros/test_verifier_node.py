@@ -105,7 +105,7 @@ def test_parameters_are_declared_with_descriptions(ros):
     node = ros.add(VerifierNode(context=ros.context, parameter_overrides=[
         Parameter("verifier", value="passthrough")]))
     for name in ("verifier", "checkpoint", "threshold", "mode", "action_dim", "max_abs_action",
-                 "hold_horizon", "marker_frame"):
+                 "hold_horizon", "marker_frame", "imagine_threshold", "imagine_max_candidates"):
         assert node.has_parameter(name)
         assert node.describe_parameter(name).description
 
@@ -115,6 +115,30 @@ def test_bad_parameter_fails_at_startup_naming_the_field(ros, name, value):
     with pytest.raises(ValueError, match=name):
         VerifierNode(context=ros.context, parameter_overrides=[
             Parameter("verifier", value="passthrough"), Parameter(name, value=value)])
+
+
+def test_imagine_mode_forwards_a_gated_set_and_executes_nothing(ros):
+    ros.add(VerifierNode(context=ros.context, parameter_overrides=[
+        Parameter("verifier", value="passthrough"), Parameter("mode", value="imagine"),
+        Parameter("imagine_max_candidates", value=2)]))
+    probe = ros.node("probe")
+    got = {"gated": [], "verdicts": [], "chunks": []}
+    probe.create_subscription(CandidateSet, "imagine_candidates", got["gated"].append, STREAM_QOS)
+    probe.create_subscription(Verdict, "verdict", got["verdicts"].append, STREAM_QOS)
+    probe.create_subscription(ActionChunk, "action_chunk", got["chunks"].append, STREAM_QOS)
+    pub = probe.create_publisher(CandidateSet, "candidates", STREAM_QOS)
+    assert ros.wait_for(lambda: pub.get_subscription_count() > 0)
+    good = np.full((8, 7), 0.1, np.float32)
+    pub.publish(_candidate_set([np.full((8, 7), np.nan, np.float32), good, 2 * good, 3 * good],
+                               stamp_ns=77))
+    assert ros.wait_for(lambda: got["gated"] and got["verdicts"])
+    gated, verdict = got["gated"][0], got["verdicts"][0]
+    assert conv.from_time(gated.header.stamp) == 77 and gated.policy_id == "test_policy"
+    assert [c.data[0] for c in gated.candidates] == pytest.approx([0.1, 0.2])
+    assert list(gated.seeds) == [1, 2]
+    assert verdict.mode == Verdict.MODE_IMAGINE and verdict.accepted_index == 1
+    ros.spin_for(0.3)
+    assert got["chunks"] == []
 
 
 def test_diagnostics_published(graph):
@@ -171,7 +195,7 @@ class Robot:
         instruction.publish(String(data=INSTRUCTION))
         assert ros.wait_for(lambda: self.joints.get_subscription_count() > 0
                             and self.candidates.get_subscription_count() > 0
-                            and node.assembler.instruction == INSTRUCTION)
+                            and node.intake.assembler.instruction == INSTRUCTION)
 
     def observe(self, obs: Observation, agentview: Image | None = None) -> None:
         self.images["agentview"].publish(
@@ -200,7 +224,7 @@ def test_model_verifier_scores_candidates_against_their_observation(ros, verifie
     robot = Robot(ros, node)
     obs = _observation(2_000)
     robot.observe(obs)
-    assert ros.wait_for(lambda: node.observations.get(2_000) is not None)
+    assert ros.wait_for(lambda: node.intake.get(2_000) is not None)
     rng = np.random.default_rng(1)
     chunks = [rng.uniform(-1, 1, (H, 7)).astype(np.float32) for _ in range(3)]
     v = robot.propose(chunks + [np.full((H, 7), np.nan, np.float32)], 2_000, 1)
@@ -233,7 +257,7 @@ def test_model_verifier_scores_candidates_against_their_observation(ros, verifie
     # ... or between its parts.
     later = _observation(3_000)
     robot.images["wrist"].publish(conv.image_to_msg(later.images["wrist"], 3_000, "wrist"))
-    assert ros.wait_for(lambda: node.assembler.is_pending(3_000))
+    assert ros.wait_for(lambda: node.intake.assembler.is_pending(3_000))
     robot.candidates.publish(_candidate_set(chunks, stamp_ns=3_000))
     ros.spin_for(0.2)
     assert len(robot.verdicts) == 3  # still waiting
@@ -256,13 +280,13 @@ def test_malformed_observation_is_not_stored_and_its_candidates_hold(ros, verifi
     bad = conv.image_to_msg(obs.images["agentview"], 4_000, "agentview")
     bad.encoding = "mono8"
     robot.observe(obs, agentview=bad)
-    assert ros.wait_for(lambda: 4_000 in node._malformed)  # the policy answers after it too
+    assert ros.wait_for(lambda: 4_000 in node.intake.malformed)  # the policy answers after it too
     v = robot.propose([np.zeros((H, 7), np.float32)], 4_000, 1)
     assert v.outcome == "hold" and "no observation for stamp 4000" in v.reason
-    assert "malformed agentview" in v.reason and node.observations.get(4_000) is None
+    assert "malformed agentview" in v.reason and node.intake.get(4_000) is None
     # The next good observation is scored as usual.
     robot.observe(_observation(5_000))
-    assert ros.wait_for(lambda: node.observations.get(5_000) is not None)
+    assert ros.wait_for(lambda: node.intake.get(5_000) is not None)
     v = robot.propose([np.zeros((H, 7), np.float32)], 5_000, 2)
     assert v.outcome == "accepted" and np.isfinite(v.advantages[0])
 

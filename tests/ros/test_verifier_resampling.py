@@ -87,7 +87,7 @@ def test_a_failing_policy_ends_resampling_with_the_fallback_and_the_node_goes_on
     # No policy node at all: the fallback at once (the safest of the first set).
     stamp = 1_000_000
     robot.observe(_observation(stamp, SIDE))
-    assert ros.wait_for(lambda: node.observations.get(stamp) is not None)
+    assert ros.wait_for(lambda: node.intake.get(stamp) is not None)
     v = robot.propose(_chunks(2), stamp, 1)
     assert v.outcome == "fallback_best" and v.rounds == 1 and v.samples_drawn == 2
     assert "service is not available" in v.reason
@@ -96,13 +96,13 @@ def test_a_failing_policy_ends_resampling_with_the_fallback_and_the_node_goes_on
     for n, behaviour in enumerate(("good", "hang", "refuse", "malformed", "good"), start=2):
         fake.behaviour, stamp = behaviour, n * 1_000_000
         robot.observe(_observation(stamp, SIDE))
-        assert ros.wait_for(lambda: node.observations.get(stamp) is not None)
+        assert ros.wait_for(lambda: node.intake.get(stamp) is not None)
         start, asked = time.monotonic(), len(fake.requests)
         robot.candidates.publish(_candidate_set(_chunks(2, seed=n), stamp_ns=stamp))
         if behaviour == "hang":  # observations are still taken in while the node waits
             assert ros.wait_for(lambda: len(fake.requests) > asked)
             robot.observe(_observation(stamp + 1, SIDE))
-            assert ros.wait_for(lambda: node.observations.get(stamp + 1) is not None,
+            assert ros.wait_for(lambda: node.intake.get(stamp + 1) is not None,
                                 timeout_s=0.4)
             assert len(robot.verdicts) == n - 1
         assert ros.wait_for(lambda: len(robot.verdicts) >= n and len(robot.chunks) >= n,
@@ -130,6 +130,6 @@ def test_resample_false_decides_on_the_first_set_alone(ros):
     assert node._sampler is None
     robot = Robot(ros, node)
     robot.observe(_observation(3_000, SIDE))
-    assert ros.wait_for(lambda: node.observations.get(3_000) is not None)
+    assert ros.wait_for(lambda: node.intake.get(3_000) is not None)
     v = robot.propose(_chunks(2), 3_000, 1)
     assert v.outcome == "hold" and v.rounds == 1 and "tau=0.999" in v.reason

@@ -8,7 +8,8 @@ from dataclasses import fields
 import pytest
 
 from prevla_ros.runtime.configs import (NODE_CONFIGS, POLICIES, SUITES, PolicyNodeConfig,
-                                        SimNodeConfig, VerifierNodeConfig, config_help)
+                                        SimNodeConfig, VerifierNodeConfig, WorldModelNodeConfig,
+                                        config_help)
 
 ALL_FIELDS = [(cls, f) for cls in NODE_CONFIGS.values() for f in fields(cls)]
 
@@ -60,6 +61,16 @@ BAD_VALUES = [
     (VerifierNodeConfig, "fallback_min_p_safe", math.nan),
     (VerifierNodeConfig, "backend", "trt"),
     (VerifierNodeConfig, "device", "cuda:x"),
+    (VerifierNodeConfig, "imagine_threshold", 1.0),
+    (VerifierNodeConfig, "imagine_threshold", math.nan),
+    (VerifierNodeConfig, "imagine_max_candidates", 0),
+    (WorldModelNodeConfig, "device", "gpu"),
+    (WorldModelNodeConfig, "source", "verdict"),
+    (WorldModelNodeConfig, "frames_per_chunk", 0),
+    (WorldModelNodeConfig, "max_candidates", 0),
+    (WorldModelNodeConfig, "max_candidates", 65),
+    (WorldModelNodeConfig, "max_rate_hz", -1.0),
+    (WorldModelNodeConfig, "max_rate_hz", math.nan),
 ]
 
 
@@ -94,7 +105,8 @@ def test_every_validated_field_is_covered():
     unchecked = {("SimNodeConfig", "publish_privileged"), ("PolicyNodeConfig", "seed"),
                  ("VerifierNodeConfig", "marker_frame"), ("VerifierNodeConfig", "resample"),
                  ("PolicyNodeConfig", "checkpoint"),  # resolved (and sha256-checked) at load
-                 ("VerifierNodeConfig", "checkpoint")}
+                 ("VerifierNodeConfig", "checkpoint"), ("WorldModelNodeConfig", "checkpoint"),
+                 ("WorldModelNodeConfig", "frame_id"), ("WorldModelNodeConfig", "marker_frame")}
     covered = {(c.__name__, n) for c, n, _ in BAD_VALUES}
     every = {(cls.__name__, f.name) for cls, f in ALL_FIELDS}
     assert every - unchecked == covered
@@ -126,5 +138,5 @@ def test_edge_values_are_accepted():
 
 
 def test_node_configs_keys_are_node_names():
-    assert set(NODE_CONFIGS) == {"sim_node", "policy_node", "verifier_node"}
+    assert set(NODE_CONFIGS) == {"sim_node", "policy_node", "verifier_node", "world_model_node"}
     assert NODE_CONFIGS["verifier_node"] is VerifierNodeConfig

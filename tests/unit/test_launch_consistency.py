@@ -204,7 +204,7 @@ def test_overrides_name_real_parameters_with_matching_types(nodes, arguments, no
 
 def test_overrides_cover_the_node_arguments(nodes, arguments):
     overridden = {arg for call in nodes.values() for arg, _ in _overrides(call).values()}
-    assert set(arguments) - overridden == {"params_file", "use_sim"}
+    assert set(arguments) - overridden == {"params_file", "use_sim", "use_world_model"}
 
 
 def test_every_node_reads_the_params_file_first(nodes):
@@ -219,6 +219,13 @@ def test_use_sim_false_skips_only_the_simulator(nodes):
     assert _launch_config_name(condition.args[0]) == "use_sim"
     assert _kw(nodes["policy_node"], "condition") is None
     assert _kw(nodes["verifier_node"], "condition") is None
+
+
+def test_world_model_node_starts_only_when_asked(nodes, arguments):
+    condition = _kw(nodes["world_model_node"], "condition")
+    assert isinstance(condition, ast.Call) and _name(condition.func) == "IfCondition"
+    assert _launch_config_name(condition.args[0]) == "use_world_model"
+    assert _literal(_kw(arguments["use_world_model"], "default_value"), {}) == "false"
 
 
 def test_default_params_file_is_the_installed_one(tree):

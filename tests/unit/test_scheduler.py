@@ -372,3 +372,74 @@ def test_resampling_stopped_early_falls_back_or_holds():
         assert d.reason.startswith("resampling stopped after 1 rounds (2 samples): no answer")
         assert resampling.next_request() is None
     assert d.chunk.source == HOLD_SOURCE
+
+
+# --- imagine mode: the gate before the world model ----------------------------------------
+IMAGINE_TABLE = {0.1: (0.9, 0.1), 0.2: (0.2, 5.0), 0.3: (0.6, 1.0), 0.4: (0.55, 2.0),
+                 0.5: (0.7, np.nan)}
+
+
+def test_gate_forwards_safe_candidates_best_advantage_first_within_the_budget():
+    scorer = ScriptedScorer(IMAGINE_TABLE, threshold=0.5)
+    scheduler = _model(scorer, mode="imagine", imagine_max_candidates=3)
+    candidates = [_valid(0.1), _nan(), _valid(0.2), _valid(0.3), _valid(0.4), _valid(0.5)]
+    forwarded, d = scheduler.gate(candidates, OBS, stamp_ns=9, source="vla")
+    # Safe (p >= 0.5): 0.1 (adv 0.1), 0.3 (1.0), 0.4 (2.0), 0.5 (NaN ranks last); budget 3.
+    assert forwarded == [4, 3, 0] == d.forwarded
+    assert d.outcome == OUTCOME_ACCEPTED and d.accepted_index == 4
+    assert d.chunk.stamp_ns == 9 and d.chunk.source == "vla"
+    assert d.rejected.keys() == {1} and d.safety_probs[1] == 0.0
+    assert "3 of 4 safe / 5 scored" in d.reason and "budget 3" in d.reason
+    assert len(scorer.calls) == 1
+
+
+def test_gate_has_its_own_threshold_and_zero_means_tau():
+    scorer = ScriptedScorer(IMAGINE_TABLE, threshold=0.5)
+    candidates = [_valid(v) for v in (0.1, 0.2, 0.3, 0.4, 0.5)]
+    strict = _model(scorer, mode="imagine", imagine_threshold=0.65, imagine_max_candidates=8)
+    assert strict.imagine_threshold == 0.65 and strict.threshold == 0.5
+    assert strict.gate(candidates, OBS)[0] == [0, 4]  # 0.7 has a NaN advantage: last
+    loose = _model(scorer, mode="imagine", imagine_threshold=0.1, imagine_max_candidates=8)
+    assert loose.gate(candidates, OBS)[0] == [1, 3, 2, 0, 4]
+    calibrated = _model(scorer, mode="imagine", imagine_max_candidates=8)
+    assert calibrated.imagine_threshold == 0.5
+    assert calibrated.gate(candidates, OBS)[0] == [3, 2, 0, 4]
+    explicit_tau = _model(scorer, mode="imagine", threshold=0.8, imagine_max_candidates=8)
+    assert explicit_tau.gate(candidates, OBS)[0] == [0]
+
+
+def test_gate_forwards_nothing_when_none_passes_or_nothing_can_be_scored():
+    scorer = ScriptedScorer(IMAGINE_TABLE, threshold=0.5)
+    scheduler = _model(scorer, mode="imagine", imagine_threshold=0.95)
+    forwarded, d = scheduler.gate([_valid(0.1), _valid(0.2)], OBS, last_gripper=GRIPPER_CLOSE)
+    assert forwarded == [] and d.outcome == OUTCOME_HOLD and d.accepted_index == -1
+    assert "imagine threshold 0.950" in d.reason and "best p_safe=0.900" in d.reason
+    assert d.chunk.source == HOLD_SOURCE
+    assert scheduler.gate([_valid(0.1)], None)[0] == []  # no observation: nothing to score
+    assert _model(UnavailableScorer("gone"), mode="imagine").gate([_valid(0.1)], OBS)[0] == []
+    assert scheduler.gate([], OBS)[1].reason == "no candidates"
+    assert scheduler.gate([_nan()], OBS)[1].reason.startswith("no valid candidate")
+
+
+def test_gate_passthrough_forwards_the_first_valid_ones_in_policy_order():
+    scheduler = Scheduler(SchedulerConfig(mode="imagine", imagine_max_candidates=2))
+    forwarded, d = scheduler.gate([_nan(), _valid(0.1), _valid(0.2), _valid(0.3)])
+    assert forwarded == [1, 2] and d.accepted_index == 1 and d.outcome == OUTCOME_ACCEPTED
+
+
+def test_execute_mode_is_untouched_by_the_imagine_settings():
+    scorer = ScriptedScorer(IMAGINE_TABLE, threshold=0.5)
+    candidates = [_valid(v) for v in (0.1, 0.2, 0.3, 0.4)]
+    plain = _model(scorer).decide(candidates, observation=OBS)
+    gated = _model(scorer, imagine_threshold=0.95, imagine_max_candidates=1).decide(
+        candidates, observation=OBS)
+    assert plain.accepted_index == gated.accepted_index == 3
+    assert plain.reason == gated.reason and gated.forwarded == []
+
+
+@pytest.mark.parametrize("field, value", [("imagine_threshold", 1.0), ("imagine_threshold", -0.1),
+                                          ("imagine_threshold", float("nan")),
+                                          ("imagine_max_candidates", 0)])
+def test_imagine_config_validation_names_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        SchedulerConfig(**{field: value})

@@ -92,7 +92,7 @@ def test_register_verifier_keeps_threshold_and_one_default_per_kind(tmp_path, ti
     assert loaded.threshold == pytest.approx(0.8) and extra["verifier_id"] == "ver_a" and "train_state" not in extra
     assert zoo.resolve("", "vla", root).endswith("vla_a.pt")  # defaults are per kind
     with pytest.raises(ValueError, match="unsupported kind"):
-        zoo.register("x", "world_model", str(src), {}, root=root)
+        zoo.register("x", "critic", str(src), {}, root=root)
 
 
 def test_committed_default_verifier_is_intact_and_documented():

@@ -33,6 +33,7 @@ setup(
             "sim_node = prevla_ros.nodes.sim_node:main",
             "policy_node = prevla_ros.nodes.policy_node:main",
             "verifier_node = prevla_ros.nodes.verifier_node:main",
+            "world_model_node = prevla_ros.nodes.world_model_node:main",
             "prevla = prevla_ros.cli:main",
         ],
     },

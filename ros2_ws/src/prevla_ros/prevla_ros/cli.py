@@ -1,6 +1,7 @@
 """``prevla`` command line: run the node graph without ``ros2 launch``.
 
-    prevla up     [graph options]             run sim + policy + verifier until Ctrl-C
+    prevla up     [graph options]             run sim + policy + verifier (+ world model
+                                              with --world-model) until Ctrl-C
     prevla demo   [graph options] [--out DIR] run N episodes, print success/steps, save outputs
     prevla expert-eval ...                    scripted-expert success rates (no ROS)
     prevla record-demos ...                   expert demonstrations as LIBERO-format HDF5
@@ -34,6 +35,7 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
         "policy_node": {"policy": args.policy, "checkpoint": args.checkpoint,
                         "num_candidates": args.num_candidates, "noise_std": args.noise_std},
         "verifier_node": {"verifier": args.verifier},
+        "world_model_node": {},
     }
     return {node: {k: v for k, v in values.items() if v is not None}
             for node, values in per_node.items()}
@@ -47,7 +49,8 @@ def _ros_args(args: argparse.Namespace) -> list[str]:
 
 
 class Graph:
-    """The three nodes, composed in this process or started as child processes."""
+    """The three nodes (four with ``--world-model``), composed in this process or started as
+    child processes."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         import rclpy
@@ -72,15 +75,21 @@ class Graph:
         from prevla_ros.nodes.verifier_node import VerifierNode
 
         # Policy and verifier first so they are listening when the sim publishes.
-        for name, cls in (("verifier_node", VerifierNode), ("policy_node", PolicyNode),
-                          ("sim_node", SimNode)):
+        classes = [("verifier_node", VerifierNode), ("policy_node", PolicyNode),
+                   ("sim_node", SimNode)]
+        if getattr(self.args, "world_model", False):
+            from prevla_ros.nodes.world_model_node import WorldModelNode
+
+            classes.insert(0, ("world_model_node", WorldModelNode))
+        for name, cls in classes:
             params = [Parameter(k, value=v) for k, v in overrides[name].items()]
             node = cls(parameter_overrides=params)
             self.nodes.append(node)
             self.executor.add_node(node)
 
     def _start_processes(self, overrides: dict[str, dict[str, object]]) -> None:
-        for name in NODES:
+        names = NODES + (("world_model_node",) if getattr(self.args, "world_model", False) else ())
+        for name in names:
             cmd = [sys.executable, "-m", f"prevla_ros.nodes.{name}"] + _ros_args(self.args)
             for key, value in overrides[name].items():
                 cmd += ["-p", f"{key}:={_param_literal(value)}"]
@@ -169,6 +178,7 @@ DELEGATED = {
     "eval": ("prevla_ros.sim.evaluate", "closed-loop policy success rates"),
     "label-candidates": ("prevla_training.candidates", "label verifier candidates by branching in LIBERO"),
     "train-verifier": ("prevla_training.train_verifier", "train the verifier on labelled candidates"),
+    "train-world-model": ("prevla_training.train_world_model", "train the world model on demos and policy rollouts"),
     "export": ("prevla_training.export", "export a model to ONNX / TensorRT, parity-checked, into the zoo"),
 }
 
@@ -197,6 +207,9 @@ def _graph_options(p: argparse.ArgumentParser, default_episodes: int | None) -> 
     p.add_argument("--num-candidates", type=int, default=None, help="K candidates per decision")
     p.add_argument("--noise-std", type=float, default=None, help="expert candidate noise std")
     p.add_argument("--verifier", default=None, help="verifier: model (default, the zoo verifier) | passthrough")
+    p.add_argument("--world-model", action="store_true",
+                   help="also run world_model_node (imagined frames for rviz; its parameters "
+                        "come from --params-file)")
     p.add_argument("--processes", action="store_true",
                    help="one OS process per node instead of one composed process")
 

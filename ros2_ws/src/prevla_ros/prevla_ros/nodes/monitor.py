@@ -1,8 +1,13 @@
 """episode monitor: records what the graph did (used by ``prevla demo`` and the e2e tests).
 
-Subscribes ``episode_status``, ``verdict``, ``candidates`` and ``agentview/image_raw``; writes
-``episodes.jsonl``, ``verdicts.jsonl`` and the first/last agent-view frame of each episode
-as PNG under its output directory.
+Subscribes ``episode_status``, ``verdict``, ``candidates``, ``agentview/image_raw`` and
+``imagined/image_raw``; writes ``episodes.jsonl``, ``verdicts.jsonl`` and the first/last
+agent-view frame of each episode as PNG under its output directory. With a world model in the
+graph, each imagined chunk is compared with what really happened: the real frame of the next
+observation (the end of the executed chunk) against the last imagined frame, and against the
+"nothing moves" baseline (the frame the imagination started from); the first
+``IMAGINED_PNGS`` per episode are saved as ``ep<N>_imagined_d<k>.png``: real now | imagined
+frames | real at the chunk's end.
 """
 from __future__ import annotations
 
@@ -18,6 +23,9 @@ from sensor_msgs.msg import Image
 from prevla_ros import conversions as conv
 from prevla_ros.nodes.common import STATUS_QOS, STREAM_QOS
 
+#: Imagined-vs-real comparison images saved per episode.
+IMAGINED_PNGS = 3
+
 
 class EpisodeMonitor(Node):
     """Collects episode outcomes and verdicts; ``finished`` once enough episodes ended."""
@@ -30,12 +38,15 @@ class EpisodeMonitor(Node):
         self.verdicts: list[dict] = []
         self._current: dict | None = None
         self._last_frame: np.ndarray | None = None
+        self._last_stamp = -1
+        self._imagined: tuple[int, np.ndarray, np.ndarray] | None = None  # stamp, row, real then
         if out_dir is not None:
             (out_dir / "frames").mkdir(parents=True, exist_ok=True)
         self.create_subscription(EpisodeStatus, "episode_status", self._on_status, STATUS_QOS)
         self.create_subscription(Verdict, "verdict", self._on_verdict, STREAM_QOS)
         self.create_subscription(CandidateSet, "candidates", self._on_candidates, STREAM_QOS)
         self.create_subscription(Image, "agentview/image_raw", self._on_image, STREAM_QOS)
+        self.create_subscription(Image, "imagined/image_raw", self._on_imagined, STREAM_QOS)
 
     @property
     def finished(self) -> bool:
@@ -47,7 +58,8 @@ class EpisodeMonitor(Node):
                 self._current = {"episode": int(msg.episode), "suite": msg.suite,
                                  "task_id": int(msg.task_id), "init_state": int(msg.init_state),
                                  "instruction": msg.instruction, "decisions": 0, "holds": 0,
-                                 "verify_ms": [], "policy_ids": []}
+                                 "verify_ms": [], "policy_ids": [], "imagined_mse": [],
+                                 "copy_mse": []}
                 self._last_frame = None
             return
         record = dict(self._current or {"episode": int(msg.episode), "decisions": 0,
@@ -55,6 +67,10 @@ class EpisodeMonitor(Node):
         if any(e["episode"] == record["episode"] for e in self.episodes):
             return  # the same latched status seen twice
         verify = record.pop("verify_ms")
+        for key in ("imagined_mse", "copy_mse"):
+            values = record.pop(key, [])
+            if values:
+                record[f"{key}_mean"] = round(float(np.mean(values)), 5)
         record.update(success=bool(msg.success), steps=int(msg.step), state=msg.state,
                       max_steps=int(msg.max_steps), detail=msg.detail,
                       verify_ms_mean=float(np.mean(verify)) if verify else 0.0)
@@ -89,9 +105,42 @@ class EpisodeMonitor(Node):
             self.get_logger().error(f"ignoring agentview image: {exc}")
             return
         first = self._last_frame is None and self._current is not None
-        self._last_frame = frame
+        stamp = conv.from_time(msg.header.stamp)
+        if self._imagined is not None and stamp > self._imagined[0] and self._current is not None:
+            self._compare(frame)
+        self._last_frame, self._last_stamp = frame, stamp
         if first:
             self._save_frame(f"ep{self._current['episode']:03d}_first.png")
+
+    def _on_imagined(self, msg: Image) -> None:
+        """An imagined grid (one row per chunk, one column per frame); its first row is kept
+        until the next real frame arrives."""
+        try:
+            grid = conv.msg_to_image(msg)
+        except ValueError as exc:
+            self.get_logger().error(f"ignoring imagined image: {exc}")
+            return
+        stamp = conv.from_time(msg.header.stamp)
+        # One row (world model source "approved", the default): the grid's height is the frame side.
+        if self._last_frame is not None and stamp == self._last_stamp and grid.shape[1] % grid.shape[0] == 0:
+            self._imagined = (stamp, grid, self._last_frame)
+
+    def _compare(self, real_next: np.ndarray) -> None:
+        stamp, row, real_then = self._imagined
+        self._imagined = None
+        side = row.shape[0]
+        down = [cv2.resize(f, (side, side), interpolation=cv2.INTER_AREA) for f in (real_then, real_next)]
+        last = row[:, -side:].astype(np.float32) / 255
+        imagined = float(np.mean((last - down[1] / 255.0) ** 2))
+        copy = float(np.mean((down[0] / 255.0 - down[1] / 255.0) ** 2))
+        cur = self._current
+        cur["imagined_mse"].append(imagined)
+        cur["copy_mse"].append(copy)
+        k = len(cur["imagined_mse"])
+        if self.out_dir is not None and k <= IMAGINED_PNGS:
+            strip = np.concatenate([down[0], row, down[1]], axis=1)
+            cv2.imwrite(str(self.out_dir / "frames" / f"ep{cur['episode']:03d}_imagined_d{k}.png"),
+                        strip[..., ::-1])
 
     def _save_frame(self, name: str) -> None:
         if self.out_dir is not None and self._last_frame is not None:
@@ -108,10 +157,12 @@ class EpisodeMonitor(Node):
                 "wall_s": wall_s, "finished": finished, "per_episode": self.episodes}
 
     def table(self) -> str:
-        rows = ["| episode | task | init | success | steps | decisions | holds |",
-                "|---|---|---|---|---|---|---|"]
+        rows = ["| episode | task | init | success | steps | decisions | holds | imagined vs real MSE (copy) |",
+                "|---|---|---|---|---|---|---|---|"]
         for e in self.episodes:
+            wm = (f"{e['imagined_mse_mean']:.4f} ({e['copy_mse_mean']:.4f})"
+                  if "imagined_mse_mean" in e else "–")
             rows.append(f"| {e['episode']} | {e.get('suite', '?')}/{e.get('task_id', '?')} | "
                         f"{e.get('init_state', '?')} | {'yes' if e['success'] else 'no'} | "
-                        f"{e['steps']} | {e['decisions']} | {e['holds']} |")
+                        f"{e['steps']} | {e['decisions']} | {e['holds']} | {wm} |")
         return "\n".join(rows)

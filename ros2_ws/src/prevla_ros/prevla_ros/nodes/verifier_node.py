@@ -28,6 +28,15 @@ keeps taking messages while it waits. A late answer (``resample_timeout_s``, or 
 ``max_ms``), a refused or malformed one, or no service at all ends the resampling with the
 scheduler's fallback (the safest candidate seen if safe enough, else a hold), logged in one
 line; a newer candidate set ends it too, so verdicts keep the order of their sets.
+
+Mode ``imagine``: the verifier gates imagination, not execution. Each candidate set is
+answered with the gated subset on ``imagine_candidates`` (CandidateSet, same stamp and
+policy id; empty when nothing passes): the candidates with P(safe) >= ``imagine_threshold``
+(0: tau), highest predicted advantage first, at most ``imagine_max_candidates``
+(:meth:`Scheduler.gate`), plus a Verdict with ``MODE_IMAGINE`` whose ``accepted_index`` is the
+first forwarded candidate. Nothing is resampled, and neither ``action_chunk`` nor
+``approved_path`` is published: world_model_node (``source: imagine_candidates``) rolls the
+forwarded candidates out.
 """
 from __future__ import annotations
 
@@ -55,7 +64,7 @@ from prevla_ros.nodes.common import (ERROR, OK, WARN, LATCHED_QOS, STREAM_QOS, D
 from prevla_ros.runtime.chunks import chunk_problem
 from prevla_ros.runtime.configs import VerifierNodeConfig
 from prevla_ros.runtime.engines import LoadedModel, ModelSlot
-from prevla_ros.runtime.observation import ObservationAssembler, RecentObservations
+from prevla_ros.runtime.observation import ObservationIntake
 from prevla_ros.runtime.scheduler import (OUTCOME_HOLD, Decision, Resampling, Scheduler,
                                           SchedulerConfig, UnavailableScorer)
 from prevla_ros.runtime.types import CAMERAS, GRIPPER_OPEN, Observation, Scorer
@@ -101,29 +110,31 @@ class VerifierNode(Node):
             max_abs_action=c.max_abs_action, hold_horizon=c.hold_horizon,
             threshold=c.threshold, max_rounds=c.max_rounds, max_samples=c.max_samples,
             max_ms=c.max_ms, temperature_step=c.temperature_step,
-            fallback_min_p_safe=c.fallback_min_p_safe))
+            fallback_min_p_safe=c.fallback_min_p_safe, imagine_threshold=c.imagine_threshold,
+            imagine_max_candidates=c.imagine_max_candidates))
         self.models = ModelSwapper(self, ModelSlot("verifier", build_scorer), self._install,
                                    None if c.verifier == "model" else
                                    f"verifier is {c.verifier}: it runs no model")
         if c.verifier == "model":
             self.scheduler.scorer = self.models.load(UnavailableScorer)
-        self.assembler = ObservationAssembler(max_pending=KEEP_OBSERVATIONS)
-        self.observations = RecentObservations(KEEP_OBSERVATIONS)
-        self._malformed: dict[int, str] = {}  # stamp -> why its observation was not stored
+        self.intake = ObservationIntake(keep=KEEP_OBSERVATIONS)
         self._waiting: tuple[CandidateSetMsg, float] | None = None  # set, monotonic arrival
-        self._newest_part = -1  # newest stamp of any observation part received
         self._eef: np.ndarray | None = None
         self._last_gripper = GRIPPER_OPEN
         self._pending: _Pending | None = None  # at most one decision awaits the policy
         self._sampler = (self.create_client(SampleCandidates, "sample_candidates")
-                         if c.verifier == "model" and c.resample else None)
+                         if c.verifier == "model" and c.resample and c.mode == "execute"
+                         else None)  # imagine mode never resamples: it gates, nothing waits
         self._stats = {"decisions": 0, "holds": 0, "rejected_candidates": 0,
-                       "resample_requests": 0, "resample_failures": 0,
+                       "resample_requests": 0, "forwarded_candidates": 0, "resample_failures": 0,
                        "last_resample_ms": 0.0,
                        "last_verify_ms": 0.0, "last_outcome": "", "observations": 0,
                        "threshold": round(self.scheduler.threshold, 4),
+                       "imagine_threshold": round(self.scheduler.imagine_threshold, 4),
                        "last_p_safe_max": float("nan")}
         self._chunk_pub = self.create_publisher(ActionChunkMsg, "action_chunk", STREAM_QOS)
+        self._imagine_pub = (self.create_publisher(CandidateSetMsg, "imagine_candidates",
+                                                   STREAM_QOS) if c.mode == "imagine" else None)
         self._verdict_pub = self.create_publisher(Verdict, "verdict", STREAM_QOS)
         self._marker_pub = self.create_publisher(MarkerArray, "approved_path", 5)
         self.create_subscription(CandidateSetMsg, "candidates", self._on_candidates, STREAM_QOS)
@@ -146,34 +157,27 @@ class VerifierNode(Node):
         """A swapped-in verifier (called between two candidate sets)."""
         self.scheduler.scorer = scorer
         self._stats["threshold"] = round(self.scheduler.threshold, 4)
+        self._stats["imagine_threshold"] = round(self.scheduler.imagine_threshold, 4)
 
     # --- inputs ---------------------------------------------------------------------------
     def _add(self, stamp, part: str, convert) -> None:
         stamp_ns = conv.from_time(stamp)
-        self._newest_part = max(self._newest_part, stamp_ns)
         try:
-            value = convert()
+            value, obs = self.intake.add(stamp_ns, part, convert, assemble=self.config.verifier == "model")
         except ValueError as exc:
-            self._malformed[stamp_ns] = f"malformed {part}: {exc}"
-            for old in sorted(self._malformed)[:-KEEP_OBSERVATIONS]:
-                del self._malformed[old]
-            self.get_logger().error(f"observation {stamp_ns}: {self._malformed[stamp_ns]} "
-                                    "(not stored)")
+            self.get_logger().error(str(exc))
             if self._waiting is not None and self._waiting_stamp() == stamp_ns:
                 self._decide_waiting()
             return
         if part == "eef":
             self._eef = value[0]
-        if self.config.verifier == "model":
-            obs = self.assembler.add(stamp_ns, part, value)
-            if obs is not None:
-                self._on_observation(obs)
+        if obs is not None:
+            self._on_observation(obs)
 
     def _on_instruction(self, msg: String) -> None:
-        self.assembler.instruction = msg.data
+        self.intake.assembler.instruction = msg.data
 
     def _on_observation(self, obs: Observation) -> None:
-        self.observations.add(obs)
         self._stats["observations"] += 1
         if self._waiting is not None and self._waiting_stamp() <= obs.stamp_ns:
             self._decide_waiting()  # its own observation, or a newer one (then it holds)
@@ -188,10 +192,8 @@ class VerifierNode(Node):
 
     def _observation_coming(self, stamp_ns: int) -> bool:
         """Parts of this stamp's observation are in, or none yet of a stamp this new."""
-        return (self.config.verifier == "model" and self.observations.get(stamp_ns) is None
-                and stamp_ns not in self._malformed
-                and getattr(self.scheduler.scorer, "available", True)
-                and (self.assembler.is_pending(stamp_ns) or stamp_ns > self._newest_part))
+        return (self.config.verifier == "model" and getattr(self.scheduler.scorer, "available", True)
+                and self.intake.coming(stamp_ns))
 
     def _waiting_stamp(self) -> int:
         return conv.from_time(self._waiting[0].header.stamp)
@@ -209,8 +211,13 @@ class VerifierNode(Node):
         stamp = conv.from_time(msg.header.stamp)
         if self._pending is not None:  # verdicts keep the order of their candidate sets
             self._stop_pending(f"superseded by the candidate set of stamp {stamp}")
-        obs = self.observations.get(stamp)
+        obs = self.intake.get(stamp)
         candidates = conv.msg_to_candidate_arrays(msg)
+        if self.config.mode == "imagine":
+            forwarded, decision = self.scheduler.gate(candidates, obs, stamp, self._last_gripper,
+                                                      msg.policy_id)
+            self._publish_gated(msg, forwarded, decision)
+            return
         if self._sampler is None:
             self._publish(msg, self.scheduler.decide(
                 candidates, stamp_ns=stamp, last_gripper=self._last_gripper,
@@ -310,11 +317,34 @@ class VerifierNode(Node):
         self._publish(p.msg, decision, p.resampling.verifier_id)
 
     # --- outputs --------------------------------------------------------------------------
+    def _publish_gated(self, msg: CandidateSetMsg, forwarded: list[int],
+                       decision: Decision) -> None:
+        """Imagine mode: the forwarded candidates for the world model, and the verdict."""
+        stamp = conv.from_time(msg.header.stamp)
+        for index, why in decision.rejected.items():
+            self.get_logger().error(f"candidate #{index} from '{msg.policy_id}' rejected: {why}")
+        if not forwarded:
+            self.get_logger().warning(f"stamp {stamp}: nothing forwarded to the world model: "
+                                      f"{decision.reason}")
+            self._stats["holds"] += 1
+
+        def pick(values):  # per-candidate metadata, when the policy sent it for every one
+            return [values[i] for i in forwarded] if len(values) == len(msg.candidates) else []
+
+        self._imagine_pub.publish(CandidateSetMsg(
+            header=msg.header, candidates=[msg.candidates[i] for i in forwarded],
+            temperatures=pick(msg.temperatures), seeds=pick(msg.seeds),
+            policy_id=msg.policy_id, round=msg.round))
+        self._verdict_pub.publish(conv.decision_to_verdict(
+            decision, stamp, self.config.mode, self.scheduler.verifier_id))
+        self._count(decision)
+        self._stats["forwarded_candidates"] += len(forwarded)
+
     def _publish(self, msg: CandidateSetMsg, decision: Decision, verifier_id: str) -> None:
         stamp = conv.from_time(msg.header.stamp)
-        obs = self.observations.get(stamp)
-        if obs is None and stamp in self._malformed and decision.outcome == OUTCOME_HOLD:
-            decision.reason += f" ({self._malformed[stamp]})"
+        obs = self.intake.get(stamp)
+        if obs is None and stamp in self.intake.malformed and decision.outcome == OUTCOME_HOLD:
+            decision.reason += f" ({self.intake.malformed[stamp]})"
         for index, why in decision.rejected.items():
             self.get_logger().error(f"candidate #{index} from '{msg.policy_id}' rejected: {why}")
         if decision.outcome == OUTCOME_HOLD:
@@ -329,6 +359,9 @@ class VerifierNode(Node):
             self._marker_pub.publish(conv.path_markers(
                 conv.chunk_path(self._eef, decision.chunk.actions), stamp, "approved_path",
                 rgba, self.config.marker_frame))
+        self._count(decision)
+
+    def _count(self, decision: Decision) -> None:
         scored = decision.scored()
         if len(scored):
             self._stats["last_p_safe_max"] = round(float(decision.safety_probs[scored].max()), 4)

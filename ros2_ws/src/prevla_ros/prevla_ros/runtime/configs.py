@@ -11,6 +11,7 @@ from dataclasses import dataclass, field, fields
 from prevla_ros.runtime.engines.loader import BACKENDS, DEVICES
 from prevla_ros.runtime.scheduler import MODES, VERIFIERS
 
+WM_SOURCES = ("approved", "candidates", "imagine_candidates")
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 POLICIES = ("scripted_expert", "vla", "remote")
 
@@ -175,6 +176,12 @@ class VerifierNodeConfig:
                                        "fails) and nothing passed tau, the safest candidate is executed "
                                        "if its P(safe) is at least this, else the robot holds",
                                        0.5)
+    imagine_threshold: float = _help("mode imagine: P(safe) a candidate needs to be forwarded "
+                                     "to the world model on imagine_candidates; 0 = tau (the "
+                                     "threshold in use), else in (0, 1)", 0.0)
+    imagine_max_candidates: int = _help("mode imagine: at most this many candidates forwarded "
+                                        "per observation, highest predicted advantage first "
+                                        "(passthrough: the first valid ones)", 2)
 
     def __post_init__(self) -> None:
         n = type(self).__name__
@@ -198,10 +205,52 @@ class VerifierNodeConfig:
                f"must be >= 0, got {self.temperature_step}")
         _check(0 <= self.fallback_min_p_safe <= 1, n, "fallback_min_p_safe",
                f"must be in [0, 1], got {self.fallback_min_p_safe}")
+        _check(math.isfinite(self.imagine_threshold) and 0.0 <= self.imagine_threshold < 1.0,
+               n, "imagine_threshold",
+               f"must be 0 (tau) or in (0, 1), got {self.imagine_threshold!r}")
+        _check(self.imagine_max_candidates >= 1, n, "imagine_max_candidates",
+               f"must be >= 1, got {self.imagine_max_candidates}")
+
+
+@dataclass
+class WorldModelNodeConfig:
+    """Parameters of ``world_model_node`` (imagines the frames chunks would produce)."""
+
+    checkpoint: str = _help("world model: a .pt file, zoo:NAME from models/zoo/manifest.yaml, "
+                            "or empty for the zoo's default world model; a missing or corrupt "
+                            "file is logged and the node stays up imagining nothing (an error "
+                            "in /diagnostics)", "")
+    device: str = _help(DEVICE_HELP, "auto")
+    source: str = _help("chunks to imagine: approved (action_chunk, what the verifier approved), "
+                        "candidates (every candidate of the policy's set, ungated) or "
+                        "imagine_candidates (the set verifier_node forwards in mode imagine)",
+                        "approved")
+    frames_per_chunk: int = _help("imagined frames per chunk: one every "
+                                  "horizon/frames_per_chunk actions (must divide the model's "
+                                  "horizon)", 4)
+    max_candidates: int = _help("chunks imagined per observation at most (the first ones of "
+                                "a set)", 4)
+    max_rate_hz: float = _help("observations imagined per second at most; work above this "
+                               "rate is dropped and counted as skipped (0 = no limit)", 5.0)
+    frame_id: str = _help("frame_id of the imagined images", "agentview_camera")
+    marker_frame: str = _help("frame of the imagined-path markers", "world")
+
+    def __post_init__(self) -> None:
+        n = type(self).__name__
+        _check(self.device in DEVICES or re.fullmatch(r"cuda:\d+", self.device) is not None, n,
+               "device", f"must be one of {DEVICES} or cuda:N, got {self.device!r}")
+        _check(self.source in WM_SOURCES, n, "source",
+               f"must be one of {WM_SOURCES}, got {self.source!r}")
+        _check(1 <= self.frames_per_chunk <= 256, n, "frames_per_chunk",
+               f"must be in [1, 256], got {self.frames_per_chunk}")
+        _check(1 <= self.max_candidates <= 64, n, "max_candidates",
+               f"must be in [1, 64], got {self.max_candidates}")
+        _check(math.isfinite(self.max_rate_hz) and self.max_rate_hz >= 0, n, "max_rate_hz",
+               f"must be >= 0 (0 = no limit), got {self.max_rate_hz}")
 
 
 NODE_CONFIGS = {"sim_node": SimNodeConfig, "policy_node": PolicyNodeConfig,
-                "verifier_node": VerifierNodeConfig}
+                "verifier_node": VerifierNodeConfig, "world_model_node": WorldModelNodeConfig}
 
 
 def config_help(cls) -> dict[str, tuple[object, str]]:

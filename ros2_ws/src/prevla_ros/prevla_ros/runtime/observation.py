@@ -101,3 +101,48 @@ class RecentObservations:
 
     def __len__(self) -> int:
         return len(self._by_stamp)
+
+
+class ObservationIntake:
+    """Observation parts in, complete observations by stamp out; malformed stamps remembered.
+
+    What every node that matches messages to the observation they answer needs (the verifier
+    matches candidate sets, the world model chunks): an assembler, the recent complete
+    observations, why a stamp's observation was not stored, and the newest stamp seen.
+    """
+
+    def __init__(self, required: tuple[str, ...] = ("agentview", "wrist", "joints", "eef"),
+                 keep: int = 8) -> None:
+        self.assembler = ObservationAssembler(required, keep)
+        self.observations = RecentObservations(keep)
+        self.malformed: dict[int, str] = {}  # stamp -> why its observation was not stored
+        self.newest_part = -1  # newest stamp of any part received
+        self.keep = keep
+
+    def add(self, stamp_ns: int, part: str, convert, assemble: bool = True) -> tuple[Any, Observation | None]:
+        """Convert and add one part: ``(value, the observation it completed or None)``.
+
+        Raises:
+            ValueError: ``convert()`` failed; the stamp is remembered as malformed (the
+                message says why).
+        """
+        self.newest_part = max(self.newest_part, stamp_ns)
+        try:
+            value = convert()
+        except ValueError as exc:
+            self.malformed[stamp_ns] = f"malformed {part}: {exc}"
+            for old in sorted(self.malformed)[:-self.keep]:
+                del self.malformed[old]
+            raise ValueError(f"observation {stamp_ns}: {self.malformed[stamp_ns]} (not stored)") from exc
+        obs = self.assembler.add(stamp_ns, part, value) if assemble else None
+        if obs is not None:
+            self.observations.add(obs)
+        return value, obs
+
+    def get(self, stamp_ns: int) -> Observation | None:
+        return self.observations.get(stamp_ns)
+
+    def coming(self, stamp_ns: int) -> bool:
+        """Parts of this stamp's observation are in, or none yet of a stamp this new."""
+        return (self.observations.get(stamp_ns) is None and stamp_ns not in self.malformed
+                and (self.assembler.is_pending(stamp_ns) or stamp_ns > self.newest_part))

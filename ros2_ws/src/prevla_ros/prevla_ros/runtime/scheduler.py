@@ -14,6 +14,12 @@ Verifiers:
   accepted (ties: the policy's order). When none passes, or nothing can be scored (no
   scorer, no observation, the scorer rejects its input), the robot gets a hold chunk and
   the decision says why: a verifier that cannot judge never lets a chunk through.
+
+Modes: in ``execute`` mode :meth:`Scheduler.decide` picks the one chunk the robot executes.
+In ``imagine`` mode :meth:`Scheduler.gate` picks which candidates the world model may roll
+out: those with P(safe) >= the imagine threshold (``imagine_threshold``, or tau when 0),
+highest predicted advantage first, at most ``imagine_max_candidates`` (passthrough: the
+first valid ones in the policy's order). Nothing is executed and nothing is resampled.
 """
 from __future__ import annotations
 
@@ -56,6 +62,10 @@ class SchedulerConfig:
         ranking: among the candidates that pass tau, "advantage" takes the highest predicted
             advantage, "policy_order" the first in the policy's order (the verifier as a
             pure safety gate).
+        imagine_threshold: imagine mode (:meth:`Scheduler.gate`): the P(safe) a candidate needs
+            to be rolled out by the world model; 0 uses tau (``threshold``, or calibrated).
+        imagine_max_candidates: imagine mode: at most this many candidates forwarded per
+            observation (the imagination budget).
     """
 
     mode: str = "execute"
@@ -70,6 +80,8 @@ class SchedulerConfig:
     temperature_step: float = 0.5
     fallback_min_p_safe: float = 0.5
     ranking: str = "advantage"
+    imagine_threshold: float = 0.0
+    imagine_max_candidates: int = 2
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -89,12 +101,19 @@ class SchedulerConfig:
                 or not 0.0 <= t < 1.0):
             raise ValueError("SchedulerConfig.threshold must be 0 (the scorer's calibrated "
                              f"threshold) or in (0, 1), got {t!r}")
+        t = self.imagine_threshold
+        if (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
+                or not 0.0 <= t < 1.0):
+            raise ValueError("SchedulerConfig.imagine_threshold must be 0 (tau) or in (0, 1), "
+                             f"got {t!r}")
         for name, ok, text in (("ranking", self.ranking in RANKINGS, f"one of {RANKINGS}"),
                                ("max_rounds", self.max_rounds >= 1, ">= 1"),
                                ("max_samples", self.max_samples >= 1, ">= 1"),
                                ("max_ms", self.max_ms >= 0, ">= 0 (0 = no time budget)"),
                                ("temperature_step", self.temperature_step >= 0, ">= 0"),
-                               ("fallback_min_p_safe", 0 <= self.fallback_min_p_safe <= 1, "in [0, 1]")):
+                               ("fallback_min_p_safe", 0 <= self.fallback_min_p_safe <= 1, "in [0, 1]"),
+                               ("imagine_max_candidates", self.imagine_max_candidates >= 1,
+                                ">= 1")):
             if not ok:
                 raise ValueError(f"SchedulerConfig.{name} must be {text}, got {getattr(self, name)!r}")
 
@@ -122,6 +141,9 @@ class Decision:
     verify_ms: float = 0.0
     total_ms: float = 0.0
     rejected: dict[int, str] = field(default_factory=dict)
+    #: imagine mode (:meth:`Scheduler.gate`): the candidates forwarded to the world model,
+    #: in rollout order (best first); empty in execute mode.
+    forwarded: list[int] = field(default_factory=list)
 
     def scored(self) -> np.ndarray:
         """Indices of the candidates the verifier scored (valid ones with a finite P(safe))."""
@@ -185,22 +207,11 @@ class Scheduler:
         """
         t0 = time.perf_counter()
         k = len(candidates)
-        safety = np.full(k, np.nan, dtype=np.float32)
-        advantage = np.full(k, np.nan, dtype=np.float32)
-        rejected: dict[int, str] = {}
-        valid: list[int] = []
-        for i, actions in enumerate(candidates):
-            problem = chunk_problem(actions, self.config.action_dim, self.config.max_abs_action)
-            if problem is None:
-                valid.append(i)
-            else:
-                rejected[i] = problem
-                safety[i] = 0.0
+        safety, advantage, rejected, valid = self._validate(candidates)
         t1 = time.perf_counter()
         if not valid:
             index, verify_ms = -1, 0.0
-            reason = ("no candidates" if k == 0 else "no valid candidate: " + "; ".join(
-                f"#{i}: {why}" for i, why in sorted(rejected.items())))
+            reason = self._no_valid_reason(k, rejected)
         elif self.config.verifier == "passthrough":
             # The first valid candidate, exactly as the policy ranked them.
             index, reason = valid[0], "passthrough: first valid candidate"
@@ -242,23 +253,99 @@ class Scheduler:
             resampling.add(list(np.asarray(sample(*request))))
         return resampling.finish()
 
-    def _select_by_model(self, candidates: list[np.ndarray], valid: list[int],
-                         observation: Observation | None, stamp_ns: int, safety: np.ndarray,
-                         advantage: np.ndarray) -> tuple[int, str, float]:
-        """Score the valid candidates (filling ``safety``/``advantage`` in place) and pick one.
+    @property
+    def imagine_threshold(self) -> float:
+        """The P(safe) a candidate needs to be imagined: ``imagine_threshold``, else tau."""
+        t = self.config.imagine_threshold
+        return float(t) if t > 0 else self.threshold
 
-        Returns (accepted index or -1, reason, scoring time in ms).
+    def gate(self, candidates: list[np.ndarray], observation: Observation | None = None,
+             stamp_ns: int = 0, last_gripper: float = GRIPPER_OPEN,
+             source: str = "") -> tuple[list[int], Decision]:
+        """Imagine mode: which candidates the world model may roll out (see module docstring).
+
+        Returns (forwarded indices, best first, at most ``imagine_max_candidates``; the
+        decision, whose ``accepted_index`` is the first forwarded one (-1 and a hold chunk
+        when none is) and whose ``forwarded`` repeats the indices).
+        """
+        t0 = time.perf_counter()
+        k, budget = len(candidates), self.config.imagine_max_candidates
+        safety, advantage, rejected, valid = self._validate(candidates)
+        verify_ms, forwarded = 0.0, []
+        if not valid:
+            reason = self._no_valid_reason(k, rejected)
+        elif self.config.verifier == "passthrough":
+            forwarded = valid[:budget]
+            reason = f"passthrough: first {len(forwarded)} valid candidates"
+        else:
+            tau = self.imagine_threshold
+            scored = self._score(candidates, valid, observation, stamp_ns, safety, advantage, tau)
+            verify_ms = scored[1]
+            if isinstance(scored[0], str):
+                reason = scored[0]
+            else:
+                p_safe, adv = scored[0]
+                safe = [j for j in range(len(valid)) if p_safe[j] >= tau]  # NaN never passes
+                safe.sort(key=lambda j: (-adv[j] if np.isfinite(adv[j]) else np.inf, j))
+                forwarded = [valid[j] for j in safe[:budget]]
+                reason = (f"imagine: {len(forwarded)} of {len(safe)} safe / {len(valid)} scored "
+                          f"forwarded (p_safe >= {tau:.3f}, budget {budget})")
+                if not safe:
+                    best = float(np.nanmax(p_safe)) if np.any(np.isfinite(p_safe)) else float("nan")
+                    reason = (f"no candidate passed the imagine threshold {tau:.3f}; "
+                              f"best p_safe={best:.3f}")
+        index = forwarded[0] if forwarded else -1
+        if index >= 0:
+            chunk = ActionChunk(np.asarray(candidates[index], dtype=np.float32), source, stamp_ns)
+        else:
+            chunk = hold_chunk(self.config.hold_horizon, last_gripper, stamp_ns,
+                               self.config.action_dim)
+        decision = Decision(chunk=chunk, accepted_index=index,
+                            outcome=OUTCOME_ACCEPTED if forwarded else OUTCOME_HOLD,
+                            reason=reason, safety_probs=safety, advantages=advantage,
+                            samples_drawn=k, verify_ms=verify_ms,
+                            total_ms=(time.perf_counter() - t0) * 1e3, rejected=rejected,
+                            forwarded=list(forwarded))
+        return list(forwarded), decision
+
+    def _validate(self, candidates: list[np.ndarray]):
+        """(safety, advantage, rejected, valid): invalid candidates get P(safe) 0 and a reason."""
+        k = len(candidates)
+        safety = np.full(k, np.nan, dtype=np.float32)
+        advantage = np.full(k, np.nan, dtype=np.float32)
+        rejected: dict[int, str] = {}
+        valid: list[int] = []
+        for i, actions in enumerate(candidates):
+            problem = chunk_problem(actions, self.config.action_dim, self.config.max_abs_action)
+            if problem is None:
+                valid.append(i)
+            else:
+                rejected[i] = problem
+                safety[i] = 0.0
+        return safety, advantage, rejected, valid
+
+    @staticmethod
+    def _no_valid_reason(k: int, rejected: dict[int, str]) -> str:
+        return ("no candidates" if k == 0 else "no valid candidate: " + "; ".join(
+            f"#{i}: {why}" for i, why in sorted(rejected.items())))
+
+    def _score(self, candidates: list[np.ndarray], valid: list[int],
+               observation: Observation | None, stamp_ns: int, safety: np.ndarray,
+               advantage: np.ndarray, tau: float):
+        """Score the valid candidates (filling ``safety``/``advantage`` in place).
+
+        Returns ((p_safe, advantage) of the valid ones, or why they could not be scored;
+        scoring time in ms).
         """
         scorer = self.scorer
         if scorer is None:
-            return -1, "model verifier has no scorer (no verifier model loaded)", 0.0
+            return "model verifier has no scorer (no verifier model loaded)", 0.0
         if not getattr(scorer, "available", True):
-            return -1, f"verifier unavailable: {getattr(scorer, 'reason', 'not loaded')}", 0.0
+            return f"verifier unavailable: {getattr(scorer, 'reason', 'not loaded')}", 0.0
         if observation is None:
-            return -1, f"no observation for stamp {stamp_ns} to score the candidates against", 0.0
-        tau = self.threshold
+            return f"no observation for stamp {stamp_ns} to score the candidates against", 0.0
         if not 0.0 < tau < 1.0:
-            return -1, f"verifier threshold tau={tau} is not in (0, 1)", 0.0
+            return f"verifier threshold tau={tau} is not in (0, 1)", 0.0
         t = time.perf_counter()
         try:
             p_safe, adv = scorer.score(observation, np.stack(
@@ -269,10 +356,24 @@ class Scheduler:
                 raise ValueError(f"scorer returned shapes {p_safe.shape} and {adv.shape}, "
                                  f"expected ({len(valid)},) each")
         except (ValueError, RuntimeError) as exc:  # e.g. horizons differ, or the model's do not
-            return -1, f"verifier could not score the candidates: {exc}", \
-                (time.perf_counter() - t) * 1e3
-        verify_ms = (time.perf_counter() - t) * 1e3
+            return (f"verifier could not score the candidates: {exc}",
+                    (time.perf_counter() - t) * 1e3)
         safety[valid], advantage[valid] = p_safe, adv
+        return (p_safe, adv), (time.perf_counter() - t) * 1e3
+
+    def _select_by_model(self, candidates: list[np.ndarray], valid: list[int],
+                         observation: Observation | None, stamp_ns: int, safety: np.ndarray,
+                         advantage: np.ndarray) -> tuple[int, str, float]:
+        """Score the valid candidates (filling ``safety``/``advantage`` in place) and pick one.
+
+        Returns (accepted index or -1, reason, scoring time in ms).
+        """
+        tau = self.threshold
+        scored, verify_ms = self._score(candidates, valid, observation, stamp_ns, safety,
+                                        advantage, tau)
+        if isinstance(scored, str):
+            return -1, scored, verify_ms
+        p_safe, adv = scored
         safe = [j for j in range(len(valid)) if p_safe[j] >= tau]  # NaN never passes
         if not safe:
             best = float(np.nanmax(p_safe)) if np.any(np.isfinite(p_safe)) else float("nan")

@@ -1,0 +1,202 @@
+"""world_model_node: chunks in; the frames the world model imagines for them out.
+
+Subscribes: ``agentview/image_raw`` (sensor_msgs/Image), ``eef_pose`` (PoseStamped) and
+``joint_states`` (the fingers), assembled into observations by stamp; and, by ``source``,
+``action_chunk`` (ActionChunk: what the verifier approved), ``candidates`` (every candidate
+of the policy's CandidateSet, ungated) or ``imagine_candidates`` (the set verifier_node
+forwards in mode imagine).
+Publishes: ``imagined/image_raw`` (sensor_msgs/Image, rgb8), ``imagined_path``
+(visualization_msgs/MarkerArray), ``/diagnostics``.
+
+Each chunk (at most ``max_candidates`` per observation) is rolled out from the observation
+whose stamp it carries. Per observation one image is published, stamped with that
+observation's stamp: a grid with one row per chunk (in the order received, so best first for
+``imagine_candidates``) and one column per imagined frame (``frames_per_chunk``, left to right
+in time), each cell frame_size x frame_size (64 px): rviz shows it as an Image display beside
+the real camera. Chunks whose observation is still arriving wait for it up to
+``OBSERVATION_WAIT_S``. Bad input (malformed or wrongly sized image, NaN or wrongly shaped
+chunk, no matching observation) is logged in one line and counted; a world model that cannot
+be loaded is logged once; the node stays up either way.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from geometry_msgs.msg import PoseStamped
+from prevla_interfaces.msg import ActionChunk as ActionChunkMsg
+from prevla_interfaces.msg import CandidateSet as CandidateSetMsg
+from rclpy.node import Node
+from sensor_msgs.msg import Image, JointState
+from visualization_msgs.msg import Marker, MarkerArray
+
+from prevla_ros import conversions as conv
+from prevla_ros.nodes.common import (ERROR, OK, WARN, STREAM_QOS, Diagnostics, declare_config,
+                                     run_node)
+from prevla_ros.runtime.configs import WorldModelNodeConfig
+from prevla_ros.runtime.imagination import Imaginer, RateGate, tile
+from prevla_ros.runtime.observation import ObservationIntake
+from prevla_ros.runtime.types import Observation
+
+IMAGINED_RGBA = (0.2, 0.5, 1.0, 0.9)  # blue: approved paths are green, holds red
+KEEP_OBSERVATIONS = 8
+OBSERVATION_WAIT_S = 1.0
+
+
+class WorldModelNode(Node):
+    """Imagines the frames of approved chunks or candidates and publishes them for rviz."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__("world_model_node", **kwargs)
+        self.config = c = declare_config(self, WorldModelNodeConfig)
+        self.imaginer: Imaginer | None = None
+        self.unavailable = ""
+        try:
+            self.imaginer, path = Imaginer.from_checkpoint(c.checkpoint, c.device)
+            self.imaginer.every(c.frames_per_chunk)
+            self.get_logger().info(f"world model {path} on {self.imaginer.device}, "
+                                   f"{c.frames_per_chunk} frames per chunk, source {c.source}")
+        except Exception as exc:  # noqa: BLE001 -- whatever broke, the node stays up
+            self.imaginer = None
+            self.unavailable = (f"world model {c.checkpoint or '(zoo default)'} unusable: "
+                                f"{exc}")
+            self.get_logger().error(f"{self.unavailable}; imagining nothing (restart with a "
+                                    "usable checkpoint)")
+        self.intake = ObservationIntake(("agentview", "joints", "eef"), KEEP_OBSERVATIONS)
+        self._waiting: dict[int, tuple[list, float]] = {}  # stamp -> (chunks, arrival)
+        self.rate = RateGate(c.max_rate_hz)
+        self._ms_total = 0.0
+        self._stats = {"imagined_frames": 0, "imagined_chunks": 0, "imagined_observations": 0,
+                       "last_ms_per_frame": 0.0, "mean_ms_per_frame": 0.0,
+                       "errors": 0, "unavailable_drops": 0, "observations": 0}
+        self._image_pub = self.create_publisher(Image, "imagined/image_raw", STREAM_QOS)
+        self._marker_pub = self.create_publisher(MarkerArray, "imagined_path", 5)
+        self.create_subscription(Image, "agentview/image_raw", lambda m: self._add(
+            m.header.stamp, "agentview", lambda: self._image(m)), STREAM_QOS)
+        self.create_subscription(PoseStamped, "eef_pose", lambda m: self._add(
+            m.header.stamp, "eef", lambda: conv.msg_to_pose(m.pose)), STREAM_QOS)
+        self.create_subscription(JointState, "joint_states", lambda m: self._add(
+            m.header.stamp, "joints", lambda: conv.msg_to_joint_state(m)), STREAM_QOS)
+        if c.source == "approved":
+            self.create_subscription(ActionChunkMsg, "action_chunk", self._on_chunk, STREAM_QOS)
+        else:
+            self.create_subscription(CandidateSetMsg, c.source, self._on_set, STREAM_QOS)
+        self.create_timer(OBSERVATION_WAIT_S / 4, self._expire)
+        Diagnostics(self, self._diagnostics)
+
+    # --- observations ---------------------------------------------------------------------
+    def _image(self, msg: Image) -> np.ndarray:
+        image = conv.msg_to_image(msg)
+        problem = self.imaginer.image_problem(image) if self.imaginer else None
+        if problem:
+            raise ValueError(problem)
+        return image
+
+    def _add(self, stamp, part: str, convert) -> None:
+        stamp_ns = conv.from_time(stamp)
+        try:
+            _, obs = self.intake.add(stamp_ns, part, convert)
+        except ValueError as exc:
+            self._error(str(exc))
+            if stamp_ns in self._waiting:
+                self._process(stamp_ns, self._waiting.pop(stamp_ns)[0])
+            return
+        if obs is not None:
+            self._stats["observations"] += 1
+            if obs.stamp_ns in self._waiting:
+                self._process(obs.stamp_ns, self._waiting.pop(obs.stamp_ns)[0])
+
+    # --- chunks ---------------------------------------------------------------------------
+    def _on_chunk(self, msg: ActionChunkMsg) -> None:
+        stamp = conv.from_time(msg.header.stamp)
+        try:
+            chunks = [conv.msg_to_chunk(msg).actions]
+        except ValueError as exc:
+            self._error(f"stamp {stamp}: malformed action_chunk: {exc}")
+            return
+        self._receive(stamp, chunks)
+
+    def _on_set(self, msg: CandidateSetMsg) -> None:
+        chunks = conv.msg_to_candidate_arrays(msg)
+        if chunks:  # an empty gated set: the verifier forwarded nothing, nothing to do
+            self._receive(conv.from_time(msg.header.stamp), chunks)
+
+    def _receive(self, stamp: int, chunks: list[np.ndarray]) -> None:
+        if self.imaginer is None:
+            self._stats["unavailable_drops"] += 1
+            return
+        if self.intake.coming(stamp):  # topics are not ordered across each other: wait for the observation
+            self._waiting[stamp] = (chunks, time.monotonic())
+            return
+        self._process(stamp, chunks)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for stamp in [s for s, (_, t) in self._waiting.items() if now - t > OBSERVATION_WAIT_S]:
+            self._process(stamp, self._waiting.pop(stamp)[0])
+
+    # --- imagination ----------------------------------------------------------------------
+    def _process(self, stamp: int, chunks: list[np.ndarray]) -> None:
+        obs = self.intake.get(stamp)
+        if obs is None:
+            why = self.intake.malformed.get(stamp, "not received or already evicted")
+            self._error(f"stamp {stamp}: no matching observation ({why}); "
+                        f"{len(chunks)} chunk(s) not imagined")
+            return
+        c = self.config
+        good = []
+        for i, actions in enumerate(chunks):
+            problem = self.imaginer.chunk_problem(actions)
+            if problem:
+                self._error(f"stamp {stamp}: chunk #{i} not imagined: {problem}")
+            else:
+                good.append(actions)
+        good = good[:c.max_candidates]
+        if not good or not self.rate.allow():  # above max_rate_hz: dropped, counted
+            return
+        try:
+            frames, ms = self.imaginer.imagine(obs, np.stack(good), c.frames_per_chunk)
+        except (ValueError, RuntimeError) as exc:
+            self._error(f"stamp {stamp}: the world model could not imagine: {exc}")
+            return
+        self._publish(obs, good, frames, ms)
+
+    def _publish(self, obs: Observation, chunks: list[np.ndarray], frames: np.ndarray,
+                 ms: float) -> None:
+        c, stamp = self.config, obs.stamp_ns
+        self._image_pub.publish(conv.image_to_msg(tile(frames), stamp, c.frame_id))
+        markers = [Marker(header=conv.header(stamp, c.marker_frame), action=Marker.DELETEALL)]
+        for i, actions in enumerate(chunks):  # DELETEALL: fewer chunks than last time
+            markers += conv.path_markers(conv.chunk_path(obs.eef_pos, actions), stamp,
+                                         f"imagined_path/{i}", IMAGINED_RGBA,
+                                         c.marker_frame).markers
+        self._marker_pub.publish(MarkerArray(markers=markers))
+        n = int(frames.shape[0] * frames.shape[1])
+        s = self._stats
+        s["imagined_frames"] += n
+        s["imagined_chunks"] += len(chunks)
+        s["imagined_observations"] += 1
+        self._ms_total += ms
+        s["last_ms_per_frame"] = round(ms / n, 3)
+        s["mean_ms_per_frame"] = round(self._ms_total / s["imagined_frames"], 3)
+
+    def _error(self, line: str) -> None:
+        self._stats["errors"] += 1
+        self.get_logger().error(line)
+
+    def _diagnostics(self):
+        values = {**self._stats, "skipped": self.rate.skipped, "source": self.config.source,
+                  "device": self.imaginer.device if self.imaginer else "none"}
+        if self.imaginer is None:
+            return ERROR, self.unavailable, values
+        if self._stats["imagined_frames"] == 0:
+            return WARN, f"waiting for chunks on {self.config.source}", values
+        return OK, f"imagined {self._stats['imagined_frames']} frames", values
+
+
+def main(args: list[str] | None = None) -> int:
+    return run_node(WorldModelNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
