@@ -25,6 +25,8 @@ from prevla_ros.nodes.common import STATUS_QOS, STREAM_QOS
 
 #: Imagined-vs-real comparison images saved per episode.
 IMAGINED_PNGS = 3
+#: Recent real frames / pending imagined grids kept for matching them by stamp.
+KEEP_FRAMES = 8
 
 
 class EpisodeMonitor(Node):
@@ -38,8 +40,8 @@ class EpisodeMonitor(Node):
         self.verdicts: list[dict] = []
         self._current: dict | None = None
         self._last_frame: np.ndarray | None = None
-        self._last_stamp = -1
-        self._imagined: tuple[int, np.ndarray, np.ndarray] | None = None  # stamp, row, real then
+        self._frames: dict[int, np.ndarray] = {}  # recent real agent-view frames by stamp
+        self._imagined: dict[int, np.ndarray] = {}  # imagined grids waiting for their real outcome
         if out_dir is not None:
             (out_dir / "frames").mkdir(parents=True, exist_ok=True)
         self.create_subscription(EpisodeStatus, "episode_status", self._on_status, STATUS_QOS)
@@ -105,10 +107,11 @@ class EpisodeMonitor(Node):
             self.get_logger().error(f"ignoring agentview image: {exc}")
             return
         first = self._last_frame is None and self._current is not None
-        stamp = conv.from_time(msg.header.stamp)
-        if self._imagined is not None and stamp > self._imagined[0] and self._current is not None:
-            self._compare(frame)
-        self._last_frame, self._last_stamp = frame, stamp
+        self._last_frame = frame
+        self._frames[conv.from_time(msg.header.stamp)] = frame
+        for old in sorted(self._frames)[:-KEEP_FRAMES]:
+            del self._frames[old]
+        self._compare_ready()
         if first:
             self._save_frame(f"ep{self._current['episode']:03d}_first.png")
 
@@ -120,14 +123,22 @@ class EpisodeMonitor(Node):
         except ValueError as exc:
             self.get_logger().error(f"ignoring imagined image: {exc}")
             return
-        stamp = conv.from_time(msg.header.stamp)
         # One row (world model source "approved", the default): the grid's height is the frame side.
-        if self._last_frame is not None and stamp == self._last_stamp and grid.shape[1] % grid.shape[0] == 0:
-            self._imagined = (stamp, grid, self._last_frame)
+        if grid.shape[1] % grid.shape[0] == 0:
+            self._imagined[conv.from_time(msg.header.stamp)] = grid
+            for old in sorted(self._imagined)[:-KEEP_FRAMES]:
+                del self._imagined[old]
+            self._compare_ready()
 
-    def _compare(self, real_next: np.ndarray) -> None:
-        stamp, row, real_then = self._imagined
-        self._imagined = None
+    def _compare_ready(self) -> None:
+        """Compare every imagined grid whose start frame and next real frame have arrived
+        (topics are not ordered across each other, so either may come last)."""
+        for stamp in sorted(self._imagined):
+            later = [s for s in self._frames if s > stamp]
+            if stamp in self._frames and later and self._current is not None:
+                self._compare(self._imagined.pop(stamp), self._frames[stamp], self._frames[min(later)])
+
+    def _compare(self, row: np.ndarray, real_then: np.ndarray, real_next: np.ndarray) -> None:
         side = row.shape[0]
         down = [cv2.resize(f, (side, side), interpolation=cv2.INTER_AREA) for f in (real_then, real_next)]
         last = row[:, -side:].astype(np.float32) / 255
