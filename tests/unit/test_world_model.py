@@ -110,3 +110,66 @@ def test_zoo_checkpoint_imagines_closer_to_the_real_next_frames_than_copying():
     real, start = torch.from_numpy(data["real"]).float() / 255, torch.from_numpy(data["frames"]).float()[:, None] / 255
     mse, copy = (imagined - real).pow(2).mean().item(), (start - real).pow(2).mean().item()
     assert mse < copy, f"imagined MSE {mse:.5f} is not below copying the current frame ({copy:.5f})"
+
+
+def _demo_file(path, demos: int = 3, n: int = 40, side: int = 32) -> None:
+    """A LIBERO-layout demo file written by hand (raw images upside down, as LIBERO stores them)."""
+    import json
+
+    import h5py
+
+    rng = np.random.default_rng(len(str(path)))
+    with h5py.File(path, "w") as f:
+        d = f.create_group("data")
+        d.attrs["problem_info"] = json.dumps({"language_instruction": "pick up the bowl"})
+        d.attrs["macros_image_convention"] = "opengl"
+        for i in range(demos):
+            g = d.create_group(f"demo_{i}")
+            g.create_dataset("actions", data=rng.uniform(-1, 1, (n, 7)))
+            o = g.create_group("obs")
+            frames = np.zeros((n, side, side, 3), np.uint8)
+            for t in range(n):  # a bright square that moves with time
+                frames[t, 4 + t % 20: 10 + t % 20, 8:14] = 220
+            o.create_dataset("agentview_rgb", data=frames)
+            o.create_dataset("eye_in_hand_rgb", data=frames)
+            for key, dim in (("ee_pos", 3), ("ee_ori", 3), ("gripper_states", 2)):
+                o.create_dataset(key, data=rng.normal(size=(n, dim)))
+
+
+def _rollout_file(path, task: int, init: int, n: int = 6, side: int = 32) -> None:
+    """A ``prevla label-candidates`` episode file (the fields the world model reads)."""
+    import h5py
+
+    rng = np.random.default_rng(init)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        f.attrs["task_id"], f.attrs["init_state"] = task, init
+        f.create_dataset("images", data=rng.integers(0, 256, (n, 2, side, side, 3), dtype=np.uint8))
+        f.create_dataset("proprio", data=rng.normal(size=(n, 8)).astype(np.float32))
+        f.create_dataset("actions", data=rng.uniform(-1, 1, (n, 8, 8, 7)).astype(np.float32))
+        f.create_dataset("step", data=np.arange(n, dtype=np.int32) * 8)
+
+
+def test_training_runs_evaluates_checkpoints_and_resumes(tmp_path):
+    import json
+
+    from prevla_training.train_world_model import TrainWorldModelConfig, train_world_model
+
+    (tmp_path / "demos").mkdir()
+    for name in ("a", "b"):
+        _demo_file(tmp_path / "demos" / f"{name}_demo.hdf5")
+    for task, init in ((0, 10), (0, 11), (1, 10), (1, 11)):
+        _rollout_file(tmp_path / "rollouts" / f"task{task:02d}" / f"init{init}.hdf5", task, init)
+    kw = dict(demos=str(tmp_path / "demos"), rollouts=str(tmp_path / "rollouts"), out=str(tmp_path / "out"),
+              frame_size=16, steps=6, batch_size=4, eval_interval=3, log_interval=1, warmup_steps=1,
+              demos_per_task=3, holdout_demos=1, holdout_inits=1, num_threads=1)
+    train_world_model(TrainWorldModelConfig(**kw, stop_at=3))
+    assert load_checkpoint(str(tmp_path / "out" / "last.pt"))[1]["train_state"]["step"] == 3
+    final = train_world_model(TrainWorldModelConfig(**kw, resume=True))
+    rows = [json.loads(line) for line in (tmp_path / "out" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]  # resumed at 4, not restarted
+    assert {"mse_chunk1", "copy_mse_chunk1", "mse_chunk2"} <= set(final) and final["params"] > 0
+    for name in ("curves.png", "metrics.json", "heldout.npz"):
+        assert (tmp_path / "out" / name).is_file()
+    with pytest.raises(ValueError, match="give demos and/or rollouts"):
+        TrainWorldModelConfig(demos="", rollouts="")

@@ -72,7 +72,7 @@ def _down(frames: np.ndarray, size: int) -> np.ndarray:
 
 def load_demos(root: str, per_task: int, size: int) -> list[dict]:
     """Agent-view frames (upright, ``size`` px), proprio (8) and actions of demonstrations."""
-    from prevla_training.demos_read import DemoDataset
+    from prevla_training.demos_read import DemoDataset, open_hdf5
 
     ds = DemoDataset(root)
     out, seen = [], {}
@@ -80,7 +80,7 @@ def load_demos(root: str, per_task: int, size: int) -> list[dict]:
         if seen.get(fi, 0) >= per_task:
             continue
         seen[fi] = seen.get(fi, 0) + 1
-        with ds_open(ds.files[fi]) as f:
+        with open_hdf5(ds.files[fi]) as f:
             g = f["data"][key]
             frames = g["obs/agentview_rgb"][:]
             if ds._flip[fi]:
@@ -89,12 +89,6 @@ def load_demos(root: str, per_task: int, size: int) -> list[dict]:
             out.append({"task": fi, "frames": _down(np.ascontiguousarray(frames), size),
                         "proprio": proprio.astype(np.float32), "actions": g["actions"][:].astype(np.float32)})
     return out
-
-
-def ds_open(path):
-    from prevla_training.demos_read import open_hdf5
-
-    return open_hdf5(path)
 
 
 def load_rollouts(root: str, size: int) -> list[dict]:
