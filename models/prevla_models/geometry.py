@@ -1,6 +1,7 @@
-"""Pure-numpy rotation helpers shared by the policy (runtime) and the dataset reader (training).
+"""Pure-numpy helpers shared by the runtime and training: rotations, proprio, frame downsampling.
 
-Both sides must build the proprioception vector the same way, so the conversion lives here once.
+Both sides must build the proprioception vector (and downsample camera frames) the same way, so
+the conversions live here once.
 """
 from __future__ import annotations
 
@@ -64,3 +65,16 @@ def with_joints(proprio: np.ndarray, joints: np.ndarray) -> np.ndarray:
     if joints.shape[-1:] != (7,) or not np.all(np.isfinite(joints)):
         raise ValueError(f"joint_positions: expected 7 finite values, got shape {joints.shape}")
     return np.concatenate([np.asarray(proprio, dtype=np.float32), joints], axis=-1)
+
+
+def area_downsample(frames: np.ndarray, size: int) -> np.ndarray:
+    """(..., S, S, 3) uint8 frames -> (..., size, size, 3) uint8 by averaging S/size blocks
+    (rounded); unchanged when S == size. S must be a multiple of ``size``."""
+    s = frames.shape[-2]
+    if s % size:
+        raise ValueError(f"frames are {s} px, not a multiple of {size}")
+    f = s // size
+    if f == 1:
+        return frames
+    lead = frames.shape[:-3]
+    return frames.reshape(*lead, size, f, size, f, 3).mean((-4, -2)).round().astype(np.uint8)

@@ -120,6 +120,7 @@ def recorded_feeds(meta: dict, k: int, path: str = "", seed: int = 0) -> list[di
     """
     from prevla_models import zoo
     from prevla_models.checkpoints import token_ids, word_ids
+    from prevla_models.geometry import area_downsample
 
     data = np.load(path or zoo.zoo_dir() / RECORDED)
     c = meta["config"]
@@ -127,9 +128,7 @@ def recorded_feeds(meta: dict, k: int, path: str = "", seed: int = 0) -> list[di
     side = meta.get("image_side") or images.shape[2]
     if images.shape[2] % side:
         raise ValueError(f"recorded images are {images.shape[2]}px, not a multiple of the graph's {side}px")
-    f = images.shape[2] // side
-    if f > 1:
-        images = images.reshape(*images.shape[:2], side, f, side, f, 3).mean((3, 5)).round().astype(np.uint8)
+    images = area_downsample(images, side)
     rng = np.random.default_rng(seed)
     feeds = []
     for i in range(len(images)):

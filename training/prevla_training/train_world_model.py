@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from prevla_models.geometry import area_downsample
+
 from prevla_training.loop import TrainLoopConfig, resume_from
 
 
@@ -63,13 +65,6 @@ class TrainWorldModelConfig(TrainLoopConfig):
             raise ValueError("TrainWorldModelConfig: give demos and/or rollouts")
 
 
-def _down(frames: np.ndarray, size: int) -> np.ndarray:
-    """(N, S, S, 3) uint8 -> (N, size, size, 3) uint8 by area averaging."""
-    n, s = frames.shape[:2]
-    f = s // size
-    return frames.reshape(n, size, f, size, f, 3).mean((2, 4)).round().astype(np.uint8) if f > 1 else frames
-
-
 def load_demos(root: str, per_task: int, size: int) -> list[dict]:
     """Agent-view frames (upright, ``size`` px), proprio (8) and actions of demonstrations."""
     from prevla_training.demos_read import DemoDataset, open_hdf5
@@ -86,7 +81,7 @@ def load_demos(root: str, per_task: int, size: int) -> list[dict]:
             if ds._flip[fi]:
                 frames = frames[:, ::-1, ::-1]
             proprio = np.concatenate([g["obs/ee_pos"][:], g["obs/ee_ori"][:], g["obs/gripper_states"][:]], 1)
-            out.append({"task": fi, "frames": _down(np.ascontiguousarray(frames), size),
+            out.append({"task": fi, "frames": area_downsample(np.ascontiguousarray(frames), size),
                         "proprio": proprio.astype(np.float32), "actions": g["actions"][:].astype(np.float32)})
     return out
 
@@ -100,7 +95,7 @@ def load_rollouts(root: str, size: int) -> list[dict]:
         with h5py.File(path) as f:
             steps = f["step"][:]
             out.append({"task": int(f.attrs["task_id"]), "init": int(f.attrs["init_state"]),
-                        "frames": _down(f["images"][:, 0], size), "proprio": f["proprio"][:].astype(np.float32),
+                        "frames": area_downsample(f["images"][:, 0], size), "proprio": f["proprio"][:].astype(np.float32),
                         "actions": f["actions"][:, 0].astype(np.float32), "steps": steps})
     return out
 
@@ -176,7 +171,7 @@ def evaluate(model, seqs: Sequences, n: int = 64, seed: int = 123) -> dict:
     b = {k: torch.from_numpy(np.stack([r[k] for r in rows])) for k in rows[0]}
     c = seqs.cfg.seq_chunks
     imagined = model.imagine(b["frames"], b["proprio"], b["actions"].reshape(len(rows), c, seqs.h, -1), every=seqs.h)
-    cur = torch.from_numpy(np.stack([_down(r["frames"][None], model.cfg.frame_size)[0] for r in rows])).float() / 255
+    cur = b["frames"].float() / 255  # the start frames, stored at the model's frame size
     out = {}
     for k in range(c):
         real = b["targets"][:, (k + 1) * seqs.h - 1].float() / 255

@@ -36,15 +36,13 @@ class Imaginer:
     def from_checkpoint(cls, spec: str, device: str = "auto") -> tuple["Imaginer", str]:
         """Load ``spec`` ("" = the zoo's default world model, zoo:NAME or a file); returns the
         imaginer and the resolved path. Raises FileNotFoundError / ValueError saying why."""
-        import torch
         from prevla_models.world_model import load_checkpoint
         from prevla_models.zoo import resolve
+        from prevla_ros.runtime.engines import resolve_device
 
         path = resolve(spec, "world_model")
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
         model, _ = load_checkpoint(path, map_location="cpu")
-        return cls(model, device), path
+        return cls(model, resolve_device(device)), path
 
     def every(self, frames_per_chunk: int) -> int:
         """Actions between two imagined frames; ``frames_per_chunk`` must divide the horizon."""

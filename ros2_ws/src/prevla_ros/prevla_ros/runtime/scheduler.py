@@ -96,16 +96,11 @@ class SchedulerConfig:
                 f"SchedulerConfig.max_abs_action must be > 0, got {self.max_abs_action}")
         if self.hold_horizon < 1:
             raise ValueError(f"SchedulerConfig.hold_horizon must be >= 1, got {self.hold_horizon}")
-        t = self.threshold
-        if (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
-                or not 0.0 <= t < 1.0):
-            raise ValueError("SchedulerConfig.threshold must be 0 (the scorer's calibrated "
-                             f"threshold) or in (0, 1), got {t!r}")
-        t = self.imagine_threshold
-        if (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
-                or not 0.0 <= t < 1.0):
-            raise ValueError("SchedulerConfig.imagine_threshold must be 0 (tau) or in (0, 1), "
-                             f"got {t!r}")
+        for name, zero in (("threshold", "the scorer's calibrated threshold"), ("imagine_threshold", "tau")):
+            t = getattr(self, name)
+            if (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
+                    or not 0.0 <= t < 1.0):
+                raise ValueError(f"SchedulerConfig.{name} must be 0 ({zero}) or in (0, 1), got {t!r}")
         for name, ok, text in (("ranking", self.ranking in RANKINGS, f"one of {RANKINGS}"),
                                ("max_rounds", self.max_rounds >= 1, ">= 1"),
                                ("max_samples", self.max_samples >= 1, ">= 1"),
@@ -219,13 +214,8 @@ class Scheduler:
         else:
             index, reason, verify_ms = self._select_by_model(
                 candidates, valid, observation, stamp_ns, safety, advantage)
-        if index >= 0:
-            chunk = ActionChunk(np.asarray(candidates[index], dtype=np.float32), source, stamp_ns)
-            outcome = OUTCOME_ACCEPTED
-        else:
-            chunk = hold_chunk(self.config.hold_horizon, last_gripper, stamp_ns,
-                               self.config.action_dim)
-            outcome = OUTCOME_HOLD
+        chunk = self._chunk(candidates, index, source, stamp_ns, last_gripper)
+        outcome = OUTCOME_ACCEPTED if index >= 0 else OUTCOME_HOLD
         total_ms = (time.perf_counter() - t0) * 1e3
         return Decision(chunk=chunk, accepted_index=index, outcome=outcome, reason=reason,
                         safety_probs=safety, advantages=advantage, samples_drawn=k, rounds=1,
@@ -285,28 +275,30 @@ class Scheduler:
                 reason = scored[0]
             else:
                 p_safe, adv = scored[0]
-                safe = [j for j in range(len(valid)) if p_safe[j] >= tau]  # NaN never passes
+                safe = _passing(p_safe, tau)
                 safe.sort(key=lambda j: (-adv[j] if np.isfinite(adv[j]) else np.inf, j))
                 forwarded = [valid[j] for j in safe[:budget]]
                 reason = (f"imagine: {len(forwarded)} of {len(safe)} safe / {len(valid)} scored "
                           f"forwarded (p_safe >= {tau:.3f}, budget {budget})")
                 if not safe:
-                    best = float(np.nanmax(p_safe)) if np.any(np.isfinite(p_safe)) else float("nan")
                     reason = (f"no candidate passed the imagine threshold {tau:.3f}; "
-                              f"best p_safe={best:.3f}")
+                              f"best p_safe={_best(p_safe):.3f}")
         index = forwarded[0] if forwarded else -1
-        if index >= 0:
-            chunk = ActionChunk(np.asarray(candidates[index], dtype=np.float32), source, stamp_ns)
-        else:
-            chunk = hold_chunk(self.config.hold_horizon, last_gripper, stamp_ns,
-                               self.config.action_dim)
-        decision = Decision(chunk=chunk, accepted_index=index,
+        decision = Decision(chunk=self._chunk(candidates, index, source, stamp_ns, last_gripper),
+                            accepted_index=index,
                             outcome=OUTCOME_ACCEPTED if forwarded else OUTCOME_HOLD,
                             reason=reason, safety_probs=safety, advantages=advantage,
                             samples_drawn=k, verify_ms=verify_ms,
                             total_ms=(time.perf_counter() - t0) * 1e3, rejected=rejected,
                             forwarded=list(forwarded))
         return list(forwarded), decision
+
+    def _chunk(self, candidates: list[np.ndarray], index: int, source: str, stamp_ns: int,
+               last_gripper: float) -> ActionChunk:
+        """Candidate ``index`` as the chunk to publish, or a hold chunk when ``index`` is -1."""
+        if index >= 0:
+            return ActionChunk(np.asarray(candidates[index], dtype=np.float32), source, stamp_ns)
+        return hold_chunk(self.config.hold_horizon, last_gripper, stamp_ns, self.config.action_dim)
 
     def _validate(self, candidates: list[np.ndarray]):
         """(safety, advantage, rejected, valid): invalid candidates get P(safe) 0 and a reason."""
@@ -374,11 +366,10 @@ class Scheduler:
         if isinstance(scored, str):
             return -1, scored, verify_ms
         p_safe, adv = scored
-        safe = [j for j in range(len(valid)) if p_safe[j] >= tau]  # NaN never passes
+        safe = _passing(p_safe, tau)
         if not safe:
-            best = float(np.nanmax(p_safe)) if np.any(np.isfinite(p_safe)) else float("nan")
             return -1, (f"no candidate passed the safety threshold tau={tau:.3f}; "
-                        f"best p_safe={best:.3f}"), verify_ms
+                        f"best p_safe={_best(p_safe):.3f}"), verify_ms
         if self.config.ranking == "policy_order":  # a pure safety gate: the policy's choice
             j = min(safe)
         else:  # highest advantage among the safe ones; NaN ranks last, ties keep the policy's order
@@ -386,6 +377,16 @@ class Scheduler:
         return valid[j], (f"model: #{valid[j]} p_safe={p_safe[j]:.3f} >= tau={tau:.3f}, "
                           f"advantage={adv[j]:.3f} (best of {len(safe)} safe / "
                           f"{len(valid)} scored)"), verify_ms
+
+
+def _passing(p_safe: np.ndarray, tau: float) -> list[int]:
+    """Positions whose P(safe) reaches ``tau`` (NaN never passes)."""
+    return [j for j in range(len(p_safe)) if p_safe[j] >= tau]
+
+
+def _best(p_safe: np.ndarray) -> float:
+    """The highest finite P(safe) (NaN if none), for reasons."""
+    return float(np.nanmax(p_safe)) if np.any(np.isfinite(p_safe)) else float("nan")
 
 
 class Resampling:
