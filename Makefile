@@ -10,7 +10,7 @@ IFACE_SRC := $(wildcard $(IFACES)/msg/*.msg $(IFACES)/srv/*.srv) $(IFACES)/CMake
 export MUJOCO_GL ?= egl
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo up test test-fast expert-eval verifier-data train-verifier train-world-model export bench bench-verifier bench-engines bench-world-model clean help
+.PHONY: install demo up test test-fast expert-eval verifier-data train-verifier train-world-model export bench bench-verifier bench-engines bench-scheduler bench-world-model clean help
 help:
 	@echo "make demo    install (if needed) and run a LIBERO-Spatial episode through the ROS 2 nodes"
 	@echo "make test    install (if needed) and run the test suite"
@@ -19,6 +19,7 @@ help:
 	@echo "make train-verifier train the verifier and its three ablations, print the table"
 	@echo "make bench-verifier time scoring K = 1, 4, 8, 16 candidates (torch eager, CPU)"
 	@echo "make bench-engines time verifier / VLA per backend: torch eager vs ONNX Runtime (vs TensorRT on a GPU)"
+	@echo "make bench-scheduler decision time of 3 rejected rounds: sequential vs preemptive (overlap)"
 	@echo "make train-world-model train the world model on demos + VLA rollouts (~20 min)"
 	@echo "make bench-world-model imagination error over horizon, verifier-gated vs ungated, in LIBERO"
 	@echo "make export        export the zoo's default VLA and verifier to ONNX (parity-checked, into models/zoo)"
@@ -79,7 +80,7 @@ export: install
 	$(VENV)/bin/prevla export --kind verifier --to onnx
 	$(VENV)/bin/prevla export --kind vla --to onnx
 
-bench: bench-verifier bench-engines
+bench: bench-verifier bench-engines bench-scheduler
 
 train-world-model: install
 	$(VENV)/bin/prevla train-world-model --out outputs/world_model
@@ -89,6 +90,9 @@ bench-world-model: install
 
 bench-engines: install
 	$(PY) -m prevla_training.bench_engines --out outputs/bench/engines.json
+
+bench-scheduler: install
+	$(PY) -m prevla_training.bench_scheduler --out outputs/bench/scheduler.json
 
 bench-verifier: install
 	$(PY) -m prevla_training.bench_verifier --out outputs/bench/verifier_latency.json

@@ -220,7 +220,7 @@ def test_model_verifier_scores_candidates_against_their_observation(ros, verifie
     from prevla_models.verifier_scorer import VerifierScorer
 
     node = _model_node(ros, Parameter("checkpoint", value=str(verifier_file)),
-                       Parameter("threshold", value=0.01))
+                       Parameter("threshold", value=0.01), Parameter("ranking", value="advantage"))
     robot = Robot(ros, node)
     obs = _observation(2_000)
     robot.observe(obs)

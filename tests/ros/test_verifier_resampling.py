@@ -4,6 +4,7 @@ refusing or malformed policy ends the resampling with the fallback, and the node
 from __future__ import annotations
 
 import time
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -55,11 +56,15 @@ def test_rejected_set_is_resampled_from_the_policy_node(ros):
 
 
 class FakePolicy:
-    """A ``sample_candidates`` server that answers as told: well, refuses, garbles or hangs."""
+    """A ``sample_candidates`` server that answers as told: well, refuses, garbles or hangs.
+
+    ``chunks(k, round)`` makes a round's answer (None: that request hangs)."""
 
     def __init__(self, ros):
         self.node = ros.node("fake_policy")
         self.behaviour, self.requests = "good", []
+        self.chunks: Callable[[int, int], list[np.ndarray] | None] = (
+            lambda k, round_: _chunks(k, seed=round_))
         # Reentrant: a hung request must not block the next one (as a real server would not)
         self.node.create_service(SampleCandidates, "sample_candidates", self._serve,
                                  callback_group=ReentrantCallbackGroup())
@@ -67,11 +72,11 @@ class FakePolicy:
     async def _serve(self, request, response):
         self.requests.append((int(request.k), float(request.temperature), int(request.round)))
         stamp = conv.from_time(request.observation_stamp)
-        if self.behaviour == "hang":
+        chunks = self.chunks(int(request.k), int(request.round))
+        if self.behaviour == "hang" or chunks is None:
             await Future()  # never answered
         response.ok = self.behaviour != "refuse"
         response.reason = "policy exploded" if self.behaviour == "refuse" else ""
-        chunks = _chunks(int(request.k), seed=int(request.round))
         if self.behaviour == "malformed":
             chunks = [np.full((H, 7), np.nan, np.float32) for _ in chunks]
         response.candidates = conv.candidates_to_msg(Candidates(
@@ -82,7 +87,8 @@ class FakePolicy:
 
 def test_a_failing_policy_ends_resampling_with_the_fallback_and_the_node_goes_on(ros):
     node = _verifier(ros, Parameter("resample_timeout_s", value=0.5),
-                     Parameter("fallback_min_p_safe", value=0.0))
+                     Parameter("fallback_min_p_safe", value=0.0),
+                     Parameter("temperature_step", value=0.5))
     robot = Robot(ros, node)
     # No policy node at all: the fallback at once (the safest of the first set).
     stamp = 1_000_000
@@ -133,3 +139,95 @@ def test_resample_false_decides_on_the_first_set_alone(ros):
     assert ros.wait_for(lambda: node.intake.get(3_000) is not None)
     v = robot.propose(_chunks(2), 3_000, 1)
     assert v.outcome == "hold" and v.rounds == 1 and "tau=0.999" in v.reason
+
+
+# --- preemptive resampling (overlap: true) ------------------------------------------------
+TAU = 0.85
+#: Far above / below TAU under the zoo verifier on the observations of these stamps.
+SAFE, UNSAFE = np.zeros((H, 7), np.float32), np.full((H, 7), -0.9, np.float32)
+STAMPS = (6_000_000, 8_000_000)
+
+
+def _overlap_verifier(ros, overlap: bool, *params):
+    node = ros.add(VerifierNode(context=ros.context, parameter_overrides=[
+        Parameter("threshold", value=TAU), Parameter("max_rounds", value=4),
+        Parameter("overlap", value=overlap), Parameter("temperature_step", value=0.5), *params]))
+    for stamp in STAMPS:  # the premise: SAFE passes tau, UNSAFE does not
+        obs = _observation(stamp, SIDE)
+        p_safe, _ = node.scheduler.scorer.score(obs, np.stack([SAFE, UNSAFE]))
+        assert p_safe[1] + 0.1 < TAU < p_safe[0] - 0.1, p_safe
+    return node
+
+
+def _safe_from(safe_round: int | None, hang_round: int | None = None):
+    """FakePolicy answers: UNSAFE chunks, SAFE ones from ``safe_round`` on; the request
+    for ``hang_round`` hangs."""
+    def chunks(k: int, round_: int) -> list[np.ndarray] | None:
+        if round_ == hang_round:
+            return None
+        return [SAFE if safe_round is not None and round_ >= safe_round else UNSAFE] * k
+    return chunks
+
+
+def _remove(ros, *nodes) -> None:
+    for node in nodes:
+        ros.executor.remove_node(node)
+        ros.nodes.remove(node)
+        node.destroy_node()
+
+
+def test_overlap_gives_the_same_verdict_and_drops_the_request_ahead(ros):
+    fake = FakePolicy(ros)
+    fake.chunks = _safe_from(2)  # rounds 0 and 1 rejected, round 2 accepted
+    stamp, got = STAMPS[0], {}
+    for overlap in (False, True):
+        node = _overlap_verifier(ros, overlap)
+        robot = Robot(ros, node)
+        assert ros.wait_for(lambda: node._sampler.service_is_ready())
+        robot.observe(_observation(stamp, SIDE))
+        assert ros.wait_for(lambda: node.intake.get(stamp) is not None)
+        asked = len(fake.requests)
+        v = robot.propose([UNSAFE, UNSAFE], stamp, 1)
+        ros.spin_for(0.3)  # the dropped request's answer comes, and is ignored
+        assert len(robot.verdicts) == 1 and len(robot.chunks) == 1
+        got[overlap] = (v, fake.requests[asked:], dict(node._diagnostics()[2]))
+        _remove(ros, node, robot.node)
+    (off, asked_off, diag_off), (on, asked_on, diag_on) = got[False], got[True]
+    assert (on.outcome, on.rounds, on.samples_drawn, on.accepted_index, on.reason) == (
+        off.outcome, off.rounds, off.samples_drawn, off.accepted_index, off.reason)
+    assert (on.outcome, on.rounds, on.samples_drawn, on.accepted_index) == ("accepted", 3, 6, 4)
+    np.testing.assert_allclose(on.safety_probs, off.safety_probs, atol=1e-6)
+    # The policy got the same rounds, plus round 3 asked ahead with round 2 and then dropped.
+    assert asked_off == [(2, 1.5, 1), (2, 2.0, 2)]
+    assert asked_on == asked_off + [(2, 2.5, 3)]
+    assert (diag_off["resample_requests"], diag_off["dropped_samples"]) == (2, 0)
+    assert (diag_on["resample_requests"], diag_on["dropped_samples"]) == (3, 2)
+    assert diag_on["resample_failures"] == 0
+
+
+def test_overlap_asks_nothing_ahead_of_a_first_set_that_passes_and_times_out_a_hung_one(ros):
+    fake = FakePolicy(ros)
+    node = _overlap_verifier(ros, True, Parameter("resample_timeout_s", value=0.5),
+                             Parameter("fallback_min_p_safe", value=0.0))
+    robot = Robot(ros, node)
+    assert ros.wait_for(lambda: node._sampler.service_is_ready())
+    for stamp in STAMPS:
+        robot.observe(_observation(stamp, SIDE))
+        assert ros.wait_for(lambda: node.intake.get(stamp) is not None)
+    # Accepted at round 1 (the policy's own set): no request at all, none ahead.
+    v = robot.propose([SAFE, UNSAFE], STAMPS[0], 1)
+    ros.spin_for(0.2)
+    assert (v.outcome, v.rounds, v.accepted_index) == ("accepted", 1, 0)
+    assert fake.requests == [] and node._stats["dropped_samples"] == 0
+    # The request sent ahead hangs: its deadline runs from when it was sent, then fallback.
+    fake.chunks = _safe_from(None, hang_round=2)
+    start = time.monotonic()
+    v = robot.propose([UNSAFE, UNSAFE], STAMPS[1], 2)
+    elapsed = time.monotonic() - start
+    assert fake.requests == [(2, 1.5, 1), (2, 2.0, 2)]
+    assert (v.outcome, v.rounds, v.samples_drawn) == ("fallback_best", 2, 4), v.reason
+    assert "no answer from sample_candidates within 0.500 s" in v.reason
+    assert 0.5 <= elapsed < 2.0, elapsed
+    assert node._stats["dropped_samples"] == 0 and node._stats["resample_failures"] == 1
+    ros.spin_for(0.2)
+    assert len(robot.verdicts) == 2

@@ -443,3 +443,95 @@ def test_execute_mode_is_untouched_by_the_imagine_settings():
 def test_imagine_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         SchedulerConfig(**{field: value})
+
+
+# --- preemptive resampling (overlap) ------------------------------------------------------
+@pytest.mark.parametrize("rounds,k,budget", [
+    ([[0.1, 0.2], [0.1, 0.1], [0.2, 0.3]], 2, {}),  # accepted in round 3
+    ([[0.2, 0.1], [0.1, 0.1], [0.1, 0.1]], 2, {"max_samples": 4}),  # sample budget, fallback
+    ([[0.1], [0.1], [0.1], [0.4]], 1, {"max_rounds": 3}),  # round budget, hold
+    ([[0.3, 0.4]], 2, {}),  # accepted at once
+])
+def test_overlap_decides_exactly_as_without(rounds, k, budget):
+    plain = _model(ScriptedScorer(RUN_TABLE), temperature_step=0.25, **budget).run(
+        ScriptedSampler(rounds), OBS, k=k, temperature=1.0)
+    sampler = ScriptedSampler(rounds)
+    fast = _model(ScriptedScorer(RUN_TABLE), temperature_step=0.25, overlap=True, **budget).run(
+        sampler, OBS, k=k, temperature=1.0)
+    for name in ("outcome", "accepted_index", "rounds", "samples_drawn", "reason"):
+        assert getattr(fast, name) == getattr(plain, name), name
+    np.testing.assert_array_equal(fast.chunk.actions, plain.chunk.actions)
+    np.testing.assert_array_equal(fast.safety_probs, plain.safety_probs)
+    # the rounds it asked for are the plain ones, plus at most one speculative round ahead
+    assert sampler.calls[:plain.rounds] == [(k, 1.0 + 0.25 * r) for r in range(plain.rounds)]
+    assert len(sampler.calls) - plain.rounds == (1 if fast.dropped_samples else 0)
+
+
+class GatedSampler(ScriptedSampler):
+    """Records, per call, whether another call was still running (there must never be one)."""
+
+    def __init__(self, rounds) -> None:
+        import threading
+
+        super().__init__(rounds)
+        self.started = [threading.Event() for _ in range(8)]
+        self.busy = threading.Lock()
+        self.overlapping_calls = 0
+
+    def __call__(self, k, temperature):
+        if not self.busy.acquire(blocking=False):
+            self.overlapping_calls += 1
+            self.busy.acquire()
+        try:
+            self.started[len(self.calls)].set()
+            return super().__call__(k, temperature)
+        finally:
+            self.busy.release()
+
+
+class WaitingScorer(ScriptedScorer):
+    """On its n-th call, waits until the sampler's (n+1)-th call has started (5 s; 0.2 s on
+    the first call, where nothing may be sampled ahead)."""
+
+    def __init__(self, table, sampler: GatedSampler) -> None:
+        super().__init__(table)
+        self.sampler, self.saw_next_round_running = sampler, []
+
+    def score(self, obs, candidates):
+        n = len(self.calls)
+        self.saw_next_round_running.append(self.sampler.started[n + 1].wait(5.0 if n else 0.2))
+        return super().score(obs, candidates)
+
+
+def test_overlap_samples_the_next_round_while_scoring_and_drops_it_when_not_needed():
+    sampler = GatedSampler([[0.1, 0.2], [0.1, 0.1], [0.2, 0.3], [0.1, 0.1]])
+    scorer = WaitingScorer(RUN_TABLE, sampler)
+    scheduler = _model(scorer, overlap=True, max_rounds=4)
+    d = scheduler.run(sampler, OBS, k=2, temperature=1.0)
+    assert d.outcome == OUTCOME_ACCEPTED and d.rounds == 3 and d.chunk.actions[0, 0] == pytest.approx(0.3)
+    # round 1 is scored alone (no rejection yet); rounds 2 and 3 are scored while the next
+    # round is being sampled
+    assert scorer.saw_next_round_running == [False, True, True]
+    assert d.dropped_samples == 2  # round 4 was sampled ahead and not needed
+    assert sampler.started[3].wait(5.0) and sampler.overlapping_calls == 0
+    # the next decision's sampling waits for the dropped round: calls never run concurrently
+    scheduler.config = SchedulerConfig(verifier="model", overlap=True, max_rounds=1)
+    scheduler.run(sampler, OBS, k=2)
+    assert sampler.overlapping_calls == 0
+
+
+def test_overlap_config_must_be_a_bool():
+    with pytest.raises(ValueError, match="overlap"):
+        SchedulerConfig(overlap="yes")
+
+
+def test_advantage_margin_keeps_the_policy_choice_unless_clearly_better():
+    table = {0.1: (0.9, 1.0), 0.2: (0.9, 1.4), 0.3: (0.9, 2.5), 0.4: (0.2, 9.0)}
+    cands = [_valid(v) for v in (0.4, 0.1, 0.2)]  # 0.4 is unsafe: the first safe one is #1
+    for margin, accepted in ((0.0, 2), (0.3, 2), (0.39, 2), (0.5, 1), (5.0, 1)):
+        d = _model(ScriptedScorer(table), advantage_margin=margin).decide(cands, observation=OBS)
+        assert d.accepted_index == accepted, margin
+    d = _model(ScriptedScorer(table), advantage_margin=1.0).decide(cands + [_valid(0.3)], observation=OBS)
+    assert d.accepted_index == 3  # 2.5 - 1.0 >= 1.0
+    with pytest.raises(ValueError, match="advantage_margin"):
+        SchedulerConfig(advantage_margin=-0.1)

@@ -14,8 +14,8 @@ from prevla_ros.sim.outcomes import OUTCOME_FIELDS, STATE_DIM, SafetySpec
 from prevla_training import verifier_metrics as vm
 from prevla_training.candidates import LabelConfig, make_candidates, missing_episodes
 from prevla_training.critic import (CandidateData, Critic, chunk_advantages, cross_fitted_advantages, mc_returns,
-                                    split_episodes)
-from prevla_training.train_verifier import TrainVerifierConfig, ablation_table, train_verifier
+                                    split_episodes, with_gamma)
+from prevla_training.train_verifier import TrainVerifierConfig, ablation_table, make_labels, train_verifier
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
@@ -179,3 +179,37 @@ def test_train_verifier_config_errors_name_the_field():
         TrainVerifierConfig(variant="nope")
     with pytest.raises(ValueError, match="TrainVerifierConfig.steps"):
         TrainVerifierConfig(steps=0)
+    with pytest.raises(ValueError, match="TrainVerifierConfig.gamma"):
+        TrainVerifierConfig(gamma=1.5)
+
+
+def test_with_gamma_rediscounts_rewards_and_returns():
+    d = synthetic()
+    d.outcome["success"][0, 1], d.outcome["steps"][0, 1] = 1.0, 3.0
+    d.outcome["reward"][0, 1] = 0.9 ** 2
+    g1 = with_gamma(d, 1.0)
+    assert g1.gamma == 1.0 and g1.outcome["reward"][0, 1] == 1.0 and g1.outcome["reward"].sum() == 1.0
+    assert np.all(mc_returns(g1)[6:12] == 1.0)  # episode 1 succeeds: return 1 at every decision
+    assert d.outcome["reward"][0, 1] == pytest.approx(0.81) and d.gamma == 0.9  # the input is untouched
+    assert with_gamma(d, 0.9).outcome["reward"][0, 1] == pytest.approx(0.81)  # the labelling rule
+    with pytest.raises(ValueError, match="gamma"):
+        with_gamma(d, 0.0)
+
+
+def test_unavoidable_unsafe_events_are_no_label():
+    from prevla_ros.sim.outcomes import avoidable
+
+    tilt = np.array([[True, True, True], [True, False, False], [False, False, False]])
+    joint = np.array([[False, False, False], [True, True, True], [False, True, False]])
+    kept = avoidable({"tilt": tilt, "joint_limit": joint})
+    # decision 0: every candidate tilts -> not the chunk's doing; decision 1: the tilt of #0 is
+    # avoidable, the joint limit is not; decision 2: only #1 is unsafe
+    assert kept["tilt"].tolist() == [[False] * 3, [True, False, False], [False] * 3]
+    assert kept["joint_limit"].tolist() == [[False] * 3, [False] * 3, [False, True, False]]
+    d = synthetic()
+    cfg = TrainVerifierConfig(critic_folds=2)
+    before = make_labels(cfg, d, np.arange(6))["safe"]
+    d.outcome["tilt_deg"][0, :] = 90.0  # every candidate of decision 0 "tilts" an object
+    np.testing.assert_array_equal(make_labels(cfg, d, np.arange(6))["safe"], before)
+    strict = make_labels(TrainVerifierConfig(critic_folds=2, unavoidable_unsafe=True), d, np.arange(6))
+    assert strict["safe"][0].sum() == 0 and before[0].sum() > 0

@@ -3,7 +3,8 @@
 The files of ``prevla label-candidates`` (schema in ``prevla_training.candidates``) load into
 one :class:`CandidateData`. Labels per candidate i of a decision at state s, control step n:
 
-* safety: ``SafetySpec.safe(outcomes)`` (``prevla_ros.sim.outcomes``; 1 = SAFE);
+* safety: ``SafetySpec.unsafe_reasons(outcomes)``, kept where some candidate of the decision
+  avoids them (``outcomes.avoidable``; the state's own events are no label), 1 = SAFE;
 * advantage, from a **critic** V trained on the on-policy rollouts' Monte-Carlo returns
   G(s_n) = gamma**(T - 1 - n) for an episode that succeeds at step T, else 0::
 
@@ -20,6 +21,7 @@ come from a critic that never saw that episode, so V(s) is not its own memorised
 """
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 from dataclasses import dataclass, field
@@ -100,6 +102,17 @@ def load_candidates(root: str | Path) -> CandidateData:
                          source=source, episodes=episodes, max_steps=SUITE_MAX_STEPS[suite], gamma=gamma)
 
 
+def with_gamma(data: CandidateData, gamma: float) -> CandidateData:
+    """``data`` with its success rewards and returns discounted by ``gamma`` per step instead of
+    the labelling run's (a chunk that succeeds after s steps earns gamma**(s - 1)); gamma 1 makes
+    V(s) the probability of success, blind to how fast."""
+    if not 0 < gamma <= 1:
+        raise ValueError(f"gamma must be in (0, 1], got {gamma}")
+    o = dict(data.outcome)
+    o["reward"] = np.where(o["success"] > 0, gamma ** np.maximum(o["steps"] - 1, 0), 0.0).astype(np.float32)
+    return dataclasses.replace(data, outcome=o, gamma=float(gamma))
+
+
 def split_episodes(data: CandidateData, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(train, val) episode indices: per task, a seeded ``val_fraction`` of its episodes (>= 1)."""
     if not 0 < val_fraction < 1:
@@ -133,14 +146,17 @@ def progress_features(state: torch.Tensor) -> torch.Tensor:
     return torch.cat([d0, d1, d0.norm(dim=1, keepdim=True), d1.norm(dim=1, keepdim=True)], dim=1)
 
 
-#: Critic input sets: "progress" = relative geometry only, "progress_state" = + robot state and
+#: Critic input sets: "progress" = relative geometry only, "progress_grip" = + the gripper's finger
+#: positions (without them a grasp looks like no progress), "progress_state" = + robot state and
 #: the objects of interest, "full" = + every object and fixture pose + the task one-hot.
-CRITIC_FEATURES = ("progress", "progress_state", "full")
+CRITIC_FEATURES = ("progress", "progress_grip", "progress_state", "full")
 #: Candidates of the cross-validated critic selection (few independent outcomes: small wins).
 CRITIC_GRID = ({"features": "progress", "hidden": 0, "steps": 500},
                {"features": "progress", "hidden": 32, "steps": 300},
                {"features": "progress", "hidden": 32, "steps": 1000},
                {"features": "progress", "hidden": 64, "steps": 300},
+               {"features": "progress_grip", "hidden": 32, "steps": 300},
+               {"features": "progress_grip", "hidden": 64, "steps": 300},
                {"features": "progress_state", "hidden": 32, "steps": 300},
                {"features": "progress_state", "hidden": 64, "steps": 1000},
                {"features": "full", "hidden": 64, "steps": 1000})
@@ -157,7 +173,7 @@ class Critic(nn.Module):
         self.n_tasks, self.kind = n_tasks, features
         from prevla_ros.sim.outcomes import ROBOT_FEATURES
 
-        width = {"progress": 8, "progress_state": ROBOT_FEATURES + 14 + 8, "full": state_dim + 8}[features]
+        width = {"progress": 8, "progress_grip": 10, "progress_state": ROBOT_FEATURES + 14 + 8, "full": state_dim + 8}[features]
         n_in = width + 1 + (n_tasks if features == "full" else 0)
         self.net = (nn.Linear(n_in, 1) if hidden == 0 else
                     nn.Sequential(nn.Linear(n_in, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
@@ -167,11 +183,13 @@ class Critic(nn.Module):
 
     def features(self, state: torch.Tensor) -> torch.Tensor:
         """The selected raw inputs (before normalisation)."""
-        from prevla_ros.sim.outcomes import ROBOT_FEATURES
+        from prevla_ros.sim.outcomes import GRIPPER, ROBOT_FEATURES
 
         prog = progress_features(state)
         if self.kind == "progress":
             return prog
+        if self.kind == "progress_grip":
+            return torch.cat([prog, state[:, GRIPPER]], dim=1)
         if self.kind == "progress_state":
             return torch.cat([state[:, :ROBOT_FEATURES + 14], prog], dim=1)
         return torch.cat([state, prog], dim=1)

@@ -25,9 +25,10 @@ import numpy as np
 import torch
 
 from prevla_models.verifier import Verifier, VerifierConfig, build_vocab, load_checkpoint, save_checkpoint
-from prevla_ros.sim.outcomes import SafetySpec, safe_from_reasons
+from prevla_ros.sim.outcomes import SafetySpec, avoidable, safe_from_reasons
 from prevla_training.cli_args import add_config_args, build_config
-from prevla_training.critic import CandidateData, cross_fitted_advantages, load_candidates, split_episodes
+from prevla_training.critic import (CandidateData, cross_fitted_advantages, load_candidates, split_episodes,
+                                    with_gamma)
 from prevla_training.loop import TrainLoopConfig, resume_from
 from prevla_training.train_policy import random_shift
 from prevla_training.verifier_metrics import all_metrics
@@ -52,6 +53,10 @@ class TrainVerifierConfig(TrainLoopConfig):
     val_fraction: float = field(default=0.2, metadata={"help": "held-out fraction of each task's episodes"})
     threshold_lr: float = field(default=0.02, metadata={"help": "peak lr of the threshold logit (one scalar)"})
     critic_folds: int = field(default=5, metadata={"help": "cross-fitting folds of the critic"})
+    unavoidable_unsafe: bool = field(default=False, metadata={
+        "help": "also label unsafe the events every candidate of a decision causes (state, not chunk)"})
+    gamma: float = field(default=0.0, metadata={
+        "help": "per-step discount of the advantage labels; 0 = the labelling run's (1 = success probability)"})
     safety: SafetySpec = field(default_factory=SafetySpec, metadata={"help": "unsafe-label thresholds"})
     model: VerifierConfig = field(default_factory=lambda: VerifierConfig(dropout=0.1), metadata={"help": "model config"})
 
@@ -66,6 +71,8 @@ class TrainVerifierConfig(TrainLoopConfig):
         for name in ("eval_interval", "critic_folds"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainVerifierConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not (self.gamma == 0 or 0 < self.gamma <= 1):
+            raise ValueError(f"TrainVerifierConfig.gamma must be 0 (the labels') or in (0, 1], got {self.gamma}")
         if not self.threshold_lr > 0:
             raise ValueError(f"TrainVerifierConfig.threshold_lr must be > 0, got {self.threshold_lr}")
         if not 0 < self.val_fraction < 1:
@@ -74,7 +81,11 @@ class TrainVerifierConfig(TrainLoopConfig):
 
 def make_labels(cfg: TrainVerifierConfig, data: CandidateData, train_eps: np.ndarray) -> dict:
     """Safety labels, normalised advantages, and the report on both (class balance, critic)."""
+    if cfg.gamma:
+        data = with_gamma(data, cfg.gamma)
     reasons = cfg.safety.unsafe_reasons(data.outcome)
+    if not cfg.unavoidable_unsafe:
+        reasons = avoidable(reasons)
     safe = safe_from_reasons(reasons)
     n_tasks = int(max(e["task_id"] for e in data.episodes)) + 1
     adv, critic_report = cross_fitted_advantages(data, cfg.critic_folds, n_tasks, cfg.seed)

@@ -27,7 +27,13 @@ scheduler's rules (:class:`~prevla_ros.runtime.scheduler.Resampling`, the loop
 keeps taking messages while it waits. A late answer (``resample_timeout_s``, or the rest of
 ``max_ms``), a refused or malformed one, or no service at all ends the resampling with the
 scheduler's fallback (the safest candidate seen if safe enough, else a hold), logged in one
-line; a newer candidate set ends it too, so verdicts keep the order of their sets.
+line; a newer candidate set ends it too, so verdicts keep the order of their sets. With
+``overlap`` (preemptive resampling, :meth:`Scheduler.run`'s rule) a resampled set that arrives
+makes the node request the round after it before scoring it, so the policy samples while the
+verifier scores; that request's deadline runs from when it was sent. When the set decides,
+the request ahead is dropped (its answer, if any, is ignored) and its k is counted in
+``dropped_samples`` (/diagnostics). Only the answer to the one request awaited is ever added,
+so no round is added twice.
 
 Mode ``imagine``: the verifier gates imagination, not execution. Each candidate set is
 answered with the gated subset on ``imagine_candidates`` (CandidateSet, same stamp and
@@ -78,15 +84,23 @@ OBSERVATION_WAIT_S = 1.0
 
 
 @dataclass
+class _Request:
+    """One ``sample_candidates`` request sent to policy_node."""
+
+    future: Future
+    k: int  # candidates asked for
+    sent: float  # perf_counter when it went out
+    timeout_s: float  # its deadline after ``sent``: resample_timeout_s or the rest of max_ms
+
+
+@dataclass
 class _Pending:
     """A decision waiting for policy_node's answer to one ``sample_candidates`` request."""
 
     msg: CandidateSetMsg  # the policy's first set: stamp and policy id
     resampling: Resampling
-    future: Future | None = None
+    request: _Request | None = None  # the one whose answer is the next round
     timer: Timer | None = None  # the request's deadline
-    sent: float = 0.0  # perf_counter when the request went out
-    timeout_s: float = 0.0
     failure: str = ""  # why the resampling stopped early, if it did
 
 
@@ -111,7 +125,8 @@ class VerifierNode(Node):
             threshold=c.threshold, max_rounds=c.max_rounds, max_samples=c.max_samples,
             max_ms=c.max_ms, temperature_step=c.temperature_step,
             fallback_min_p_safe=c.fallback_min_p_safe, imagine_threshold=c.imagine_threshold,
-            imagine_max_candidates=c.imagine_max_candidates))
+            imagine_max_candidates=c.imagine_max_candidates, overlap=c.overlap,
+            ranking=c.ranking, advantage_margin=c.advantage_margin))
         self.models = ModelSwapper(self, ModelSlot("verifier", build_scorer), self._install,
                                    None if c.verifier == "model" else
                                    f"verifier is {c.verifier}: it runs no model")
@@ -127,7 +142,7 @@ class VerifierNode(Node):
                          else None)  # imagine mode never resamples: it gates, nothing waits
         self._stats = {"decisions": 0, "holds": 0, "rejected_candidates": 0,
                        "resample_requests": 0, "forwarded_candidates": 0, "resample_failures": 0,
-                       "last_resample_ms": 0.0,
+                       "dropped_samples": 0, "last_resample_ms": 0.0,
                        "last_verify_ms": 0.0, "last_outcome": "", "observations": 0,
                        "threshold": round(self.scheduler.threshold, 4),
                        "imagine_threshold": round(self.scheduler.imagine_threshold, 4),
@@ -238,28 +253,39 @@ class VerifierNode(Node):
         if request is None:
             self._finish(p)
             return
-        if not self._sampler.service_is_ready():
+        sent = self._send(p, *request, p.resampling.rounds)
+        if sent is None:
             self._fail(p, "policy_node's sample_candidates service is not available")
             return
-        k, temperature = request
-        budget_s = p.resampling.remaining_ms() / 1e3
-        p.timeout_s = max(1e-3, min(self.config.resample_timeout_s, budget_s))
-        p.sent = time.perf_counter()
-        p.future = self._sampler.call_async(SampleCandidates.Request(
-            observation_stamp=p.msg.header.stamp, k=int(k), temperature=float(temperature),
-            round=p.resampling.rounds))
-        self._stats["resample_requests"] += 1
-        self._pending = p
-        p.timer = self.create_timer(p.timeout_s, lambda: self._on_timeout(p))
-        p.future.add_done_callback(lambda future: self._on_sampled(p, future))
+        self._await(p, sent)
 
-    def _on_sampled(self, p: _Pending, future: Future) -> None:
-        if self._pending is not p:
-            return  # timed out or superseded meanwhile: the decision is already published
+    def _send(self, p: _Pending, k: int, temperature: float, round_: int) -> _Request | None:
+        """Send one request for round ``round_`` (None: no service); its answer goes to
+        :meth:`_on_sampled`, which adds it only if it is the request awaited then."""
+        if not self._sampler.service_is_ready():
+            return None
+        budget_s = p.resampling.remaining_ms() / 1e3
+        r = _Request(self._sampler.call_async(SampleCandidates.Request(
+            observation_stamp=p.msg.header.stamp, k=int(k), temperature=float(temperature),
+            round=round_)), int(k), time.perf_counter(),
+            max(1e-3, min(self.config.resample_timeout_s, budget_s)))
+        self._stats["resample_requests"] += 1
+        r.future.add_done_callback(lambda _: self._on_sampled(p, r))
+        return r
+
+    def _await(self, p: _Pending, r: _Request) -> None:
+        """Wait for ``r``'s answer (the next round) until its deadline, counted from its send."""
+        p.request, self._pending = r, p
+        left_s = r.timeout_s - (time.perf_counter() - r.sent)
+        p.timer = self.create_timer(max(1e-3, left_s), lambda: self._on_timeout(p, r))
+
+    def _on_sampled(self, p: _Pending, r: _Request) -> None:
+        if self._pending is not p or p.request is not r:
+            return  # timed out, superseded or dropped meanwhile: never a second answer
         self._end_wait(p)
-        self._stats["last_resample_ms"] = round((time.perf_counter() - p.sent) * 1e3, 3)
+        self._stats["last_resample_ms"] = round((time.perf_counter() - r.sent) * 1e3, 3)
         try:
-            response = future.result()
+            response = r.future.result()
         except Exception as exc:  # noqa: BLE001 -- whatever broke, fall back and stay up
             self._fail(p, f"sample_candidates failed: {exc}")
             return
@@ -277,26 +303,43 @@ class VerifierNode(Node):
             self._fail(p, "malformed candidates from sample_candidates: " + (
                 "; ".join(sorted(set(problems))) if problems else "none"))
         else:
-            p.resampling.add(candidates)
-            self._resample(p)
+            self._add_round(p, candidates)
 
-    def _on_timeout(self, p: _Pending) -> None:
-        if self._pending is not p:
+    def _add_round(self, p: _Pending, candidates: list[np.ndarray]) -> None:
+        """Decide on a resampled round. With ``overlap`` the round after it is requested
+        first (as :meth:`Scheduler.run` does), and dropped if this round decides."""
+        ahead: _Request | None = None
+        if self.config.overlap and p.resampling.rounds >= 1:
+            request = p.resampling.speculative_request()
+            if request is not None:  # its round: after the one about to be added
+                ahead = self._send(p, *request, p.resampling.rounds + 1)
+        p.resampling.add(candidates)
+        if ahead is None:
+            self._resample(p)
+        elif p.resampling.done:  # not needed: a late answer is never delivered
+            self._sampler.remove_pending_request(ahead.future)
+            p.resampling.dropped_samples += ahead.k
+            self._finish(p)
+        else:
+            self._await(p, ahead)
+
+    def _on_timeout(self, p: _Pending, r: _Request) -> None:
+        if self._pending is not p or p.request is not r:
             return
         self._end_wait(p)
-        self._sampler.remove_pending_request(p.future)  # a late answer is dropped
+        self._sampler.remove_pending_request(r.future)  # a late answer is dropped
         budget = ("the rest of the max_ms budget"
-                  if p.timeout_s < self.config.resample_timeout_s else "resample_timeout_s")
-        self._fail(p, f"no answer from sample_candidates within {p.timeout_s:.3f} s ({budget})")
+                  if r.timeout_s < self.config.resample_timeout_s else "resample_timeout_s")
+        self._fail(p, f"no answer from sample_candidates within {r.timeout_s:.3f} s ({budget})")
 
     def _stop_pending(self, why: str) -> None:
         p = self._pending
+        self._sampler.remove_pending_request(p.request.future)  # its answer is never delivered
         self._end_wait(p)
-        self._sampler.remove_pending_request(p.future)
         self._fail(p, why)
 
     def _end_wait(self, p: _Pending) -> None:
-        self._pending = None
+        self._pending, p.request = None, None
         if p.timer is not None:
             self.destroy_timer(p.timer)
             p.timer = None
@@ -367,6 +410,7 @@ class VerifierNode(Node):
             self._stats["last_p_safe_max"] = round(float(decision.safety_probs[scored].max()), 4)
         self._stats["decisions"] += 1
         self._stats["rejected_candidates"] += len(decision.rejected)
+        self._stats["dropped_samples"] += decision.dropped_samples
         self._stats["last_verify_ms"] = round(decision.verify_ms, 3)
         self._stats["last_outcome"] = decision.outcome
 

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass, field, fields
 
 from prevla_ros.runtime.engines.loader import BACKENDS, DEVICES
-from prevla_ros.runtime.scheduler import MODES, VERIFIERS
+from prevla_ros.runtime.scheduler import MODES, RANKINGS, VERIFIERS
 
 WM_SOURCES = ("approved", "candidates", "imagine_candidates")
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
@@ -157,6 +157,12 @@ class VerifierNodeConfig:
     hold_horizon: int = _help("length of the hold chunk published when no candidate is "
                               "usable", 8)
     marker_frame: str = _help("frame of the approved-path markers", "world")
+    ranking: str = _help("verifier model: among the candidates that pass tau, advantage = the "
+                         "highest predicted advantage; policy_order = the policy's first (the "
+                         "verifier as a pure safety gate)", "policy_order")
+    advantage_margin: float = _help("ranking advantage: the best candidate replaces the "
+                                    "policy's first passing one only if its predicted advantage "
+                                    "is higher by at least this (0 = always the best)", 0.0)
     resample: bool = _help("verifier model: when no candidate of a set passes tau, ask "
                            "policy_node for more (its sample_candidates service) within "
                            "max_rounds, max_samples and max_ms, then fall back to the safest "
@@ -171,11 +177,14 @@ class VerifierNodeConfig:
     max_ms: float = _help("time budget of a decision in ms (0 = none); no round starts after "
                           "it and no answer is awaited past it", 0.0)
     temperature_step: float = _help("each resampling round asks for a temperature this much "
-                                    "higher than the set before", 0.5)
+                                    "higher than the set before", 0.0)
     fallback_min_p_safe: float = _help("resample: when the budget is spent (or resampling "
                                        "fails) and nothing passed tau, the safest candidate is executed "
                                        "if its P(safe) is at least this, else the robot holds",
                                        0.5)
+    overlap: bool = _help("resample: once a set has been rejected, request the next set "
+                          "before scoring the current one (preemptive; an unneeded set is "
+                          "dropped)", False)
     imagine_threshold: float = _help("mode imagine: P(safe) a candidate needs to be forwarded "
                                      "to the world model on imagine_candidates; 0 = tau (the "
                                      "threshold in use), else in (0, 1)", 0.0)
@@ -196,6 +205,10 @@ class VerifierNodeConfig:
                f"must be > 0, got {self.max_abs_action}")
         _check(self.hold_horizon >= 1, n, "hold_horizon",
                f"must be >= 1, got {self.hold_horizon}")
+        _check(self.ranking in RANKINGS, n, "ranking",
+               f"must be one of {RANKINGS}, got {self.ranking!r}")
+        _check(math.isfinite(self.advantage_margin) and self.advantage_margin >= 0, n,
+               "advantage_margin", f"must be >= 0, got {self.advantage_margin!r}")
         _check(self.resample_timeout_s > 0, n, "resample_timeout_s",
                f"must be > 0, got {self.resample_timeout_s}")
         _check(self.max_rounds >= 1, n, "max_rounds", f"must be >= 1, got {self.max_rounds}")
@@ -205,6 +218,8 @@ class VerifierNodeConfig:
                f"must be >= 0, got {self.temperature_step}")
         _check(0 <= self.fallback_min_p_safe <= 1, n, "fallback_min_p_safe",
                f"must be in [0, 1], got {self.fallback_min_p_safe}")
+        _check(isinstance(self.overlap, bool), n, "overlap",
+               f"must be true or false, got {self.overlap!r}")
         _check(math.isfinite(self.imagine_threshold) and 0.0 <= self.imagine_threshold < 1.0,
                n, "imagine_threshold",
                f"must be 0 (tau) or in (0, 1), got {self.imagine_threshold!r}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -62,10 +63,16 @@ class SchedulerConfig:
         ranking: among the candidates that pass tau, "advantage" takes the highest predicted
             advantage, "policy_order" the first in the policy's order (the verifier as a
             pure safety gate).
+        advantage_margin: ranking "advantage": the best-ranked candidate replaces the first
+            passing one in the policy's order only if its predicted advantage is higher by at
+            least this (0 = always the best; large = the policy's order, a pure gate).
         imagine_threshold: imagine mode (:meth:`Scheduler.gate`): the P(safe) a candidate needs
             to be rolled out by the world model; 0 uses tau (``threshold``, or calibrated).
         imagine_max_candidates: imagine mode: at most this many candidates forwarded per
             observation (the imagination budget).
+        overlap: preemptive resampling: once a round has been rejected, the next round is
+            sampled while the current one is scored, so a further rejection does not wait for
+            the policy; a speculative round that turns out unneeded is dropped.
     """
 
     mode: str = "execute"
@@ -80,8 +87,10 @@ class SchedulerConfig:
     temperature_step: float = 0.5
     fallback_min_p_safe: float = 0.5
     ranking: str = "advantage"
+    advantage_margin: float = 0.0
     imagine_threshold: float = 0.0
     imagine_max_candidates: int = 2
+    overlap: bool = False
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -106,9 +115,11 @@ class SchedulerConfig:
                                ("max_samples", self.max_samples >= 1, ">= 1"),
                                ("max_ms", self.max_ms >= 0, ">= 0 (0 = no time budget)"),
                                ("temperature_step", self.temperature_step >= 0, ">= 0"),
+                               ("advantage_margin", self.advantage_margin >= 0, ">= 0"),
                                ("fallback_min_p_safe", 0 <= self.fallback_min_p_safe <= 1, "in [0, 1]"),
                                ("imagine_max_candidates", self.imagine_max_candidates >= 1,
-                                ">= 1")):
+                                ">= 1"),
+                               ("overlap", isinstance(self.overlap, bool), "true or false")):
             if not ok:
                 raise ValueError(f"SchedulerConfig.{name} must be {text}, got {getattr(self, name)!r}")
 
@@ -139,6 +150,8 @@ class Decision:
     #: imagine mode (:meth:`Scheduler.gate`): the candidates forwarded to the world model,
     #: in rollout order (best first); empty in execute mode.
     forwarded: list[int] = field(default_factory=list)
+    #: preemptive resampling (``overlap``): candidates sampled ahead and then not needed.
+    dropped_samples: int = 0
 
     def scored(self) -> np.ndarray:
         """Indices of the candidates the verifier scored (valid ones with a finite P(safe))."""
@@ -177,6 +190,7 @@ class Scheduler:
     def __init__(self, config: SchedulerConfig, scorer: Scorer | None = None) -> None:
         self.config = config
         self.scorer = scorer
+        self._sampler_thread: ThreadPoolExecutor | None = None  # overlap: one, kept
 
     @property
     def verifier_id(self) -> str:
@@ -237,10 +251,33 @@ class Scheduler:
         when ``max_rounds``, ``max_samples`` or ``max_ms`` is reached; then the fallback: the
         highest-P(safe) candidate seen if it reaches ``fallback_min_p_safe``, else a hold.
         Passthrough (or a verifier that cannot score) never resamples: its answer is final.
+
+        With ``overlap`` every ``sample`` call runs on one worker thread of this scheduler
+        (calls never run concurrently, so ``sample`` need not be thread-safe) and, from the
+        second round on, the next round is submitted before the current one is scored. A
+        speculative round that is not needed finishes in the background and is dropped.
         """
         resampling = self.start(observation, k, temperature, stamp_ns, last_gripper, source)
-        while (request := resampling.next_request()) is not None:
-            resampling.add(list(np.asarray(sample(*request))))
+        if not self.config.overlap:
+            while (request := resampling.next_request()) is not None:
+                resampling.add(list(np.asarray(sample(*request))))
+            return resampling.finish()
+        if self._sampler_thread is None:
+            self._sampler_thread = ThreadPoolExecutor(1, thread_name_prefix="prevla-sampler")
+        submit = self._sampler_thread.submit
+        request = resampling.next_request()
+        pending = submit(sample, *request) if request is not None else None
+        while pending is not None:
+            candidates = list(np.asarray(pending.result()))
+            ahead = resampling.speculative_request() if resampling.rounds >= 1 else None
+            pending = submit(sample, *ahead) if ahead is not None else None
+            resampling.add(candidates)
+            if resampling.done:
+                if pending is not None:  # not needed: left to finish, never waited for
+                    resampling.dropped_samples += ahead[0]
+                break
+            if pending is None and (request := resampling.next_request()) is not None:
+                pending = submit(sample, *request)
         return resampling.finish()
 
     @property
@@ -374,6 +411,9 @@ class Scheduler:
             j = min(safe)
         else:  # highest advantage among the safe ones; NaN ranks last, ties keep the policy's order
             j = max(safe, key=lambda j: (adv[j] if np.isfinite(adv[j]) else -np.inf, -j))
+            first = min(safe)
+            if self.config.advantage_margin > 0 and not adv[j] - adv[first] >= self.config.advantage_margin:
+                j = first  # not clearly better than the policy's own choice
         return valid[j], (f"model: #{valid[j]} p_safe={p_safe[j]:.3f} >= tau={tau:.3f}, "
                           f"advantage={adv[j]:.3f} (best of {len(safe)} safe / "
                           f"{len(valid)} scored)"), verify_ms
@@ -389,126 +429,5 @@ def _best(p_safe: np.ndarray) -> float:
     return float(np.nanmax(p_safe)) if np.any(np.isfinite(p_safe)) else float("nan")
 
 
-class Resampling:
-    """One adaptive-resampling decision as a state machine (see :meth:`Scheduler.run`).
-
-    Whoever samples drives it: ask :meth:`next_request` what to sample (``(k, temperature)``,
-    or ``None`` when the decision is made), hand the candidates to :meth:`add`, then take
-    :meth:`finish`. :meth:`Scheduler.run` drives it with direct policy calls, ``verifier_node``
-    with asynchronous service calls; :meth:`stop` ends it early (a sampler that failed) with
-    the budget's fallback. Decisions use the scheduler's verifier as it was at the start, so
-    a model hot-swapped meanwhile never mixes two verifiers' scores in one decision.
-    """
-
-    def __init__(self, scheduler: Scheduler, observation: Observation | None, k: int,
-                 temperature: float, stamp_ns: int, last_gripper: float, source: str) -> None:
-        self._scheduler = Scheduler(scheduler.config, scheduler.scorer)
-        self._t0 = time.perf_counter()
-        self._args = (stamp_ns, last_gripper, source, observation)
-        self.k, self.temperature = k, temperature
-        self.samples = self.rounds = 0
-        self.verify_ms = 0.0
-        self.decision: Decision | None = None  # the latest round's
-        self._history: list[Decision] = []  # every round's, in order
-        self._best: tuple[float, np.ndarray] | None = None
-        self._done = False
-        self._final: Decision | None = None
-
-    @property
-    def verifier_id(self) -> str:
-        return self._scheduler.verifier_id
-
-    @property
-    def done(self) -> bool:
-        return self._done
-
-    def elapsed_ms(self) -> float:
-        return (time.perf_counter() - self._t0) * 1e3
-
-    def remaining_ms(self) -> float:
-        """What is left of ``max_ms`` (infinite without a time budget)."""
-        max_ms = self._scheduler.config.max_ms
-        return max(0.0, max_ms - self.elapsed_ms()) if max_ms > 0 else math.inf
-
-    def next_request(self) -> tuple[int, float] | None:
-        """``(k, temperature)`` of the next round to sample, or None: call :meth:`finish`."""
-        if self._done:
-            return None
-        cfg = self._scheduler.config
-        return (min(self.k, cfg.max_samples - self.samples),
-                self.temperature + self.rounds * cfg.temperature_step)
-
-    def add(self, candidates: list[np.ndarray]) -> None:
-        """Decide on one round's candidates; the decision may end here (accepted, final, or
-        the budget spent)."""
-        if self._done:
-            raise RuntimeError("Resampling.add after the decision was made")
-        cfg = self._scheduler.config
-        stamp_ns, last_gripper, source, observation = self._args
-        self.samples, self.rounds = self.samples + len(candidates), self.rounds + 1
-        decision = self.decision = self._scheduler.decide(candidates, stamp_ns, last_gripper,
-                                                          source, observation)
-        self._history.append(decision)
-        self.verify_ms += decision.verify_ms
-        scored = decision.scored()  # invalid candidates never count, not even as a fallback
-        if cfg.verifier != "model" or decision.outcome == OUTCOME_ACCEPTED or not len(scored):
-            self._done = True  # accepted, passthrough, or nothing scorable: no point resampling
-            return
-        i = int(scored[np.argmax(decision.safety_probs[scored])])
-        if self._best is None or decision.safety_probs[i] > self._best[0]:
-            self._best = (float(decision.safety_probs[i]),
-                          np.asarray(candidates[i], dtype=np.float32))
-        if (self.rounds >= cfg.max_rounds or self.samples >= cfg.max_samples
-                or (cfg.max_ms > 0 and self.elapsed_ms() >= cfg.max_ms)):
-            self._fall_back(f"budget spent ({self.rounds} rounds, {self.samples} samples)")
-
-    def stop(self, why: str) -> None:
-        """End the decision now (the sampler failed: ``why``) with the budget's fallback."""
-        if self._done:
-            return
-        if self.decision is None:  # nothing sampled at all: a hold that says why
-            self.add([])
-            self.decision.reason = f"{why}; {self.decision.reason}"
-            return
-        self._fall_back(f"resampling stopped after {self.rounds} rounds ({self.samples} "
-                        f"samples): {why}")
-
-    def _fall_back(self, head: str) -> None:
-        """The highest-P(safe) candidate seen if it reaches ``fallback_min_p_safe``, else the
-        latest round's hold; ``head`` starts the reason."""
-        self._done = True
-        decision, best = self.decision, self._best
-        stamp_ns, _, source, _ = self._args
-        if best is not None and best[0] >= self._scheduler.config.fallback_min_p_safe:
-            decision.chunk = ActionChunk(best[1], source, stamp_ns)
-            decision.outcome, decision.accepted_index = OUTCOME_FALLBACK, -1
-            decision.reason = (f"{head}: fallback to the safest candidate, "
-                               f"p_safe={best[0]:.3f}; " + decision.reason)
-        else:
-            decision.reason = f"{head}: " + decision.reason
-
-    def finish(self) -> Decision:
-        """The decision over all its rounds: rounds, samples, time, and per-candidate scores
-        (and ``accepted_index``, ``rejected``) over every candidate considered, in order."""
-        if not self._done:
-            raise RuntimeError("Resampling.finish before the decision was made "
-                               "(next_request() is not None; stop() ends it early)")
-        if self._final is not None:
-            return self._final
-        decision = self._final = self.decision
-        offset, rejected = 0, {}
-        for d in self._history:
-            rejected.update({offset + i: why for i, why in d.rejected.items()})
-            offset += len(d.safety_probs)
-        if decision.accepted_index >= 0:
-            decision.accepted_index += offset - len(decision.safety_probs)
-        decision.safety_probs = np.concatenate([d.safety_probs for d in self._history])
-        decision.advantages = np.concatenate([d.advantages for d in self._history])
-        decision.rejected = rejected
-        if decision.outcome == OUTCOME_ACCEPTED and self.rounds > 1:
-            decision.reason = (f"resampled {self.rounds} rounds ({self.samples} samples): "
-                               + decision.reason)
-        decision.samples_drawn, decision.rounds = self.samples, self.rounds
-        decision.verify_ms = self.verify_ms
-        decision.total_ms = self.elapsed_ms()
-        return decision
+# Re-exported: the resampling state machine lives in its own module (it imports the above).
+from prevla_ros.runtime.resampling import Resampling  # noqa: E402

@@ -42,8 +42,17 @@ class EvalConfig:
         "help": "VLA and verifier backend: auto | tensorrt | onnxruntime | torch (fallback chain)"})
     max_rounds: int = field(default=3, metadata={"help": "verifier arm: sampling rounds per decision"})
     max_samples: int = field(default=24, metadata={"help": "verifier arm: candidates per decision"})
-    ranking: str = field(default="advantage", metadata={
+    max_ms: float = field(default=0.0, metadata={"help": "verifier arm: time budget of a decision (ms, 0 = none)"})
+    temperature_step: float = field(default=0.0, metadata={
+        "help": "verifier arm: temperature added per resampling round"})
+    fallback_min_p_safe: float = field(default=0.5, metadata={
+        "help": "verifier arm: budget spent, nothing passed tau: execute the safest if P(safe) >= this, else hold"})
+    overlap: bool = field(default=False, metadata={
+        "help": "verifier arm: preemptive resampling (sample the next round while scoring)"})
+    ranking: str = field(default="policy_order", metadata={
         "help": "verifier arm: advantage (best predicted advantage among safe) | policy_order (gate only)"})
+    advantage_margin: float = field(default=0.0, metadata={
+        "help": "verifier arm: ranking advantage replaces the policy's first safe candidate only if better by this"})
     num_candidates: int = field(default=1, metadata={"help": "K candidates per decision"})
     horizon: int = field(default=8, metadata={"help": "H actions per chunk"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
@@ -85,7 +94,11 @@ class EvalConfig:
         from prevla_ros.runtime.scheduler import SchedulerConfig
 
         return SchedulerConfig(verifier="model", threshold=self.threshold, max_rounds=self.max_rounds,
-                               max_samples=self.max_samples, hold_horizon=self.horizon, ranking=self.ranking)
+                               max_samples=self.max_samples, max_ms=self.max_ms,
+                               temperature_step=self.temperature_step,
+                               fallback_min_p_safe=self.fallback_min_p_safe, overlap=self.overlap,
+                               hold_horizon=self.horizon, ranking=self.ranking,
+                               advantage_margin=self.advantage_margin)
 
 
 def parse_policy_spec(spec: str) -> tuple[str, str]:
@@ -321,10 +334,18 @@ def format_table(result: dict) -> str:
     c = result["config"]
     lines = [f"### {result['policy']} on {result['suite']} (K={c['num_candidates']}, "
              f"H={c['horizon']}, T={c['temperature']}, {c['episodes_per_task']} episodes/task "
-             f"from init {c['init_start']})", "",
-             "| task | arm | success | 95% CI | steps (success) | decisions/ep | invalid "
-             "| decision ms p50/p99 | verify ms p50/p99 | samples/decision | resample | fallback | hold |",
-             "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"from init {c['init_start']})", ""]
+    if "verifier" in c["arms"]:
+        lines += [f"verifier arm: {c['verifier'] or 'zoo default'} ({c['backend']}), "
+                  f"tau {c['threshold'] or 'calibrated'}, ranking {c['ranking']}"
+                  + (f" (margin {c['advantage_margin']:g})" if c.get("advantage_margin") else "") + ", "
+                  f"{c['max_rounds']} rounds / {c['max_samples']} samples"
+                  + (f" / {c['max_ms']:g} ms" if c.get("max_ms") else "")
+                  + f", temperature step {c.get('temperature_step', 0.5)}, fallback P(safe) >= "
+                  f"{c.get('fallback_min_p_safe', 0.5)}" + (", overlap" if c.get("overlap") else ""), ""]
+    lines += ["| task | arm | success | 95% CI | steps (success) | decisions/ep | invalid "
+              "| decision ms p50/p99 | verify ms p50/p99 | samples/decision | resample | fallback | hold |",
+              "|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in result["tasks"]:
         steps = "-" if r["mean_steps_success"] is None else f"{r['mean_steps_success']:.0f}"
         lines.append(f"| {r['task_id']} | {r['arm']} | {r['successes']}/{r['episodes']} "
@@ -367,7 +388,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backend", default="auto", help="auto | tensorrt | onnxruntime | torch")
     p.add_argument("--max-rounds", type=int, default=3, help="verifier arm: sampling rounds")
     p.add_argument("--max-samples", type=int, default=24, help="verifier arm: samples per decision")
-    p.add_argument("--ranking", default="advantage", help="verifier arm: advantage | policy_order")
+    p.add_argument("--max-ms", type=float, default=0.0, help="verifier arm: ms per decision (0 = none)")
+    p.add_argument("--temperature-step", type=float, default=0.0,
+                   help="verifier arm: temperature added per resampling round")
+    p.add_argument("--fallback-min-p-safe", type=float, default=0.5,
+                   help="verifier arm: execute the safest candidate if nothing passed and P(safe) >= this")
+    p.add_argument("--overlap", action="store_true",
+                   help="verifier arm: sample the next round while scoring the current one")
+    p.add_argument("--ranking", default="policy_order", help="verifier arm: policy_order | advantage")
+    p.add_argument("--advantage-margin", type=float, default=0.0,
+                   help="verifier arm: replace the policy's first safe candidate only if better by this")
     p.add_argument("--num-candidates", type=int, default=1, help="K candidates per decision")
     p.add_argument("--horizon", type=int, default=8, help="H actions per chunk")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
@@ -382,7 +412,10 @@ def main(argv: list[str] | None = None) -> int:
                          episodes_per_task=a.episodes_per_task, init_start=a.init_start,
                          policy=a.policy, arms=tuple(filter(None, a.arms.split(","))),
                          verifier=a.verifier, threshold=a.threshold, backend=a.backend, max_rounds=a.max_rounds,
-                         max_samples=a.max_samples, ranking=a.ranking,
+                         max_samples=a.max_samples, max_ms=a.max_ms,
+                         temperature_step=a.temperature_step,
+                         fallback_min_p_safe=a.fallback_min_p_safe, overlap=a.overlap,
+                         ranking=a.ranking, advantage_margin=a.advantage_margin,
                          num_candidates=a.num_candidates, horizon=a.horizon,
                          temperature=a.temperature, noise_std=a.noise_std,
                          execute_steps=a.execute_steps, seed=a.seed, workers=a.workers,

@@ -38,6 +38,7 @@ OUTCOME_FIELDS = ("max_force_env", "max_force_obj", "collateral_m", "tilt_deg", 
 #: Objects in the privileged state vector (objects of interest first, padded with zeros).
 MAX_OBJECTS = 8
 ROBOT_FEATURES = 16  # eef pos 3, eef quat 4, gripper qpos 2, arm joints 7
+GRIPPER = slice(7, 9)  # the two finger joint positions inside the state vector
 JOINTS = slice(9, 16)  # the arm joint positions inside the state vector
 STATE_DIM = ROBOT_FEATURES + 7 * MAX_OBJECTS
 
@@ -70,6 +71,18 @@ class SafetySpec:
     def safe(self, o: dict[str, np.ndarray]) -> np.ndarray:
         """1.0 = SAFE, 0.0 = UNSAFE, per candidate."""
         return safe_from_reasons(self.unsafe_reasons(o))
+
+
+def avoidable(reasons: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Keep an unsafe reason only where some candidate of the same decision avoids it.
+
+    ``reasons`` arrays are (N decisions, K candidates). An event every candidate causes (an
+    object that settles and tilts at the start of an episode, an arm that starts next to a
+    joint limit) is a property of the state, not of the chunk: no choice among the chunks
+    avoids it, and labelling all of them unsafe teaches the verifier to refuse the scene
+    (the robot then holds forever).
+    """
+    return {k: v & ~np.all(v, axis=1, keepdims=True) for k, v in reasons.items()}
 
 
 def safe_from_reasons(reasons: dict[str, np.ndarray]) -> np.ndarray:
