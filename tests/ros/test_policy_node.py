@@ -132,6 +132,17 @@ def test_resampling_service(setup):
     chunks = np.stack([conv.msg_to_chunk(c).actions for c in response.candidates.candidates])
     assert chunks.shape == (6, 8, 7)
     assert np.all(chunks == chunks[0])  # temperature 0 is deterministic
+    # a resampling round for the same observation does not act the (stateful) expert again:
+    # the same plan (the published set's noise-free gripper, its mean motion), new noise only
+    first = np.stack([conv.msg_to_chunk(c).actions for c in robot.candidates[-1].candidates])
+    np.testing.assert_array_equal(chunks[0][:, 6], first[0][:, 6])
+    assert np.abs(first[:, :, :6].mean(0) - chunks[0][:, :6]).max() < 0.15
+    for round_ in (2, 3):
+        future = robot.client.call_async(SampleCandidates.Request(
+            observation_stamp=conv.to_time(5_000), k=2, temperature=0.0, round=round_))
+        assert ros.wait_for(future.done, timeout_s=10) and future.result().ok
+        again = conv.msg_to_chunk(future.result().candidates.candidates[0]).actions
+        np.testing.assert_array_equal(again, chunks[0])
     future = robot.client.call_async(SampleCandidates.Request(
         observation_stamp=conv.to_time(4_999), k=2, temperature=1.0))
     assert ros.wait_for(future.done, timeout_s=10)

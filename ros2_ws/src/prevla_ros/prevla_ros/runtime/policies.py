@@ -43,6 +43,10 @@ class ScriptedExpertPolicy:
         self._expert: ChunkExpert | None = None
         self._task: tuple[str, int] | None = None
         self.last_seeds: list[int] = []
+        # The expert is stateful (stuck detection, phases): asked again for the same
+        # observation (a resampling round) it must not act twice. Its plan is kept per
+        # observation and only the noise is drawn anew.
+        self._planned: tuple[object, np.ndarray] | None = None
 
     @property
     def ready(self) -> bool:
@@ -58,6 +62,7 @@ class ScriptedExpertPolicy:
             self.reset()
 
     def reset(self) -> None:
+        self._planned = None
         if self._expert is not None:
             self._expert.reset()
 
@@ -66,7 +71,12 @@ class ScriptedExpertPolicy:
             raise RuntimeError("scripted expert has no task yet (waiting for episode_status)")
         if obs.objects is None:
             raise ValueError("scripted expert needs privileged object poses (sim_state)")
-        base = np.asarray(self._expert.act_chunk(obs, self.horizon), dtype=np.float32)
+        key = obs.stamp_ns or id(obs)  # the same observation: a resampling round
+        if self._planned is not None and self._planned[0] == key:
+            base = self._planned[1]
+        else:
+            base = np.asarray(self._expert.act_chunk(obs, self.horizon), dtype=np.float32)
+            self._planned = (key, base)
         if base.shape != (self.horizon, ACTION_DIM):
             raise ValueError(f"expert returned {base.shape}, expected {(self.horizon, ACTION_DIM)}")
         self.last_seeds = [int(s) for s in self._rng.integers(0, 2**31 - 1, size=k)]
