@@ -308,17 +308,15 @@ class VerifierNode(Node):
     def _add_round(self, p: _Pending, candidates: list[np.ndarray]) -> None:
         """Decide on a resampled round. With ``overlap`` the round after it is requested
         first (as :meth:`Scheduler.run` does), and dropped if this round decides."""
-        ahead: _Request | None = None
-        if self.config.overlap and p.resampling.rounds >= 1:
-            request = p.resampling.speculative_request()
-            if request is not None:  # its round: after the one about to be added
-                ahead = self._send(p, *request, p.resampling.rounds + 1)
+        request = p.resampling.speculative_request()  # None without overlap
+        # its round: after the one about to be added
+        ahead = self._send(p, *request, p.resampling.rounds + 1) if request is not None else None
         p.resampling.add(candidates)
         if ahead is None:
             self._resample(p)
         elif p.resampling.done:  # not needed: a late answer is never delivered
             self._sampler.remove_pending_request(ahead.future)
-            p.resampling.dropped_samples += ahead.k
+            p.resampling.drop(ahead.k)
             self._finish(p)
         else:
             self._await(p, ahead)

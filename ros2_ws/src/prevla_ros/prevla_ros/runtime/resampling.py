@@ -36,7 +36,7 @@ class Resampling:
         self._args = (stamp_ns, last_gripper, source, observation)
         self.k, self.temperature = k, temperature
         self.samples = self.rounds = 0
-        self.dropped_samples = 0  # sampled ahead (overlap) and not needed; the driver counts
+        self.dropped_samples = 0  # sampled ahead (overlap) and not needed: :meth:`drop`
         self.verify_ms = 0.0
         self.decision: Decision | None = None  # the latest round's
         self._history: list[Decision] = []  # every round's, in order
@@ -70,18 +70,27 @@ class Resampling:
 
     def speculative_request(self) -> tuple[int, float] | None:
         """``(k, temperature)`` of the round after the one about to be added (the round the
-        budget would allow if that one is rejected too), or None when there is none: what an
-        overlapping driver samples while the current round is scored."""
-        if self._done:
-            return None
+        budget would allow if that one is rejected too): what a driver samples while the
+        current round is scored. None without ``overlap``, before a first round was rejected
+        (speculation starts at the first rejection) or when the budget leaves no such round."""
         cfg = self._scheduler.config
+        if self._done or not cfg.overlap or self.rounds < 1:
+            return None
         k_now, _ = self.next_request()
         samples, rounds = self.samples + k_now, self.rounds + 1
-        if (rounds >= cfg.max_rounds or samples >= cfg.max_samples
-                or (cfg.max_ms > 0 and self.elapsed_ms() >= cfg.max_ms)):
+        if self._budget_spent(rounds, samples):
             return None
         return (min(self.k, cfg.max_samples - samples),
                 self.temperature + rounds * cfg.temperature_step)
+
+    def drop(self, k: int) -> None:
+        """A speculative round of ``k`` candidates turned out unneeded (``dropped_samples``)."""
+        self.dropped_samples += k
+
+    def _budget_spent(self, rounds: int, samples: int) -> bool:
+        cfg = self._scheduler.config
+        return (rounds >= cfg.max_rounds or samples >= cfg.max_samples
+                or (cfg.max_ms > 0 and self.elapsed_ms() >= cfg.max_ms))
 
     def add(self, candidates: list[np.ndarray]) -> None:
         """Decide on one round's candidates; the decision may end here (accepted, final, or
@@ -103,8 +112,7 @@ class Resampling:
         if self._best is None or decision.safety_probs[i] > self._best[0]:
             self._best = (float(decision.safety_probs[i]),
                           np.asarray(candidates[i], dtype=np.float32))
-        if (self.rounds >= cfg.max_rounds or self.samples >= cfg.max_samples
-                or (cfg.max_ms > 0 and self.elapsed_ms() >= cfg.max_ms)):
+        if self._budget_spent(self.rounds, self.samples):
             self._fall_back(f"budget spent ({self.rounds} rounds, {self.samples} samples)")
 
     def stop(self, why: str) -> None:

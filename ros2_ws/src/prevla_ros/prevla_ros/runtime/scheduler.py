@@ -269,12 +269,12 @@ class Scheduler:
         pending = submit(sample, *request) if request is not None else None
         while pending is not None:
             candidates = list(np.asarray(pending.result()))
-            ahead = resampling.speculative_request() if resampling.rounds >= 1 else None
+            ahead = resampling.speculative_request()
             pending = submit(sample, *ahead) if ahead is not None else None
             resampling.add(candidates)
             if resampling.done:
                 if pending is not None:  # not needed: left to finish, never waited for
-                    resampling.dropped_samples += ahead[0]
+                    resampling.drop(ahead[0])
                 break
             if pending is None and (request := resampling.next_request()) is not None:
                 pending = submit(sample, *request)
