@@ -110,3 +110,13 @@ def test_verifier_arm_runs_the_scheduler_with_the_zoo_verifier(tmp_path):
     assert 0 <= row["resample_rate"] <= 1 and 0 <= row["hold_rate"] <= 1
     assert out.with_suffix(".png").stat().st_size > 0
     assert "| **all** | verifier |" in out.with_suffix(".md").read_text()
+
+
+def test_cli_has_a_flag_per_config_field_and_config_errors_name_the_field(capsys):
+    from prevla_ros.sim.evaluate import main
+
+    for argv, field in ((["--policy", "vla", "--arms", "verifier", "--overlap", "--ranking", "vibes"], "ranking"),
+                        (["--tasks", "0-x"], "tasks"), (["--episodes-per-task", "0"], "episodes_per_task")):
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2 and field in capsys.readouterr().err

@@ -14,7 +14,7 @@ import math
 import multiprocessing as mp
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -375,51 +375,24 @@ def parse_tasks(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``prevla eval``: one ``--field-name`` per :class:`EvalConfig` field (its default and
+    help), ``--tasks`` and ``--arms`` as text."""
     p = argparse.ArgumentParser(prog="prevla eval", description=__doc__.splitlines()[0])
-    p.add_argument("--suite", default="libero_spatial", help="LIBERO suite")
     p.add_argument("--tasks", default="", help="'0-9' or '0,3' (default: all)")
-    p.add_argument("--episodes-per-task", type=int, default=10, help="episodes per task and arm")
-    p.add_argument("--init-start", type=int, default=0, help="first official init state")
-    p.add_argument("--policy", default="scripted_expert",
-                   help="scripted_expert | vla:<checkpoint> | remote:<ws url>")
     p.add_argument("--arms", default="policy", help="comma list of policy,random,verifier")
-    p.add_argument("--verifier", default="", help="verifier arm checkpoint ('' = zoo default)")
-    p.add_argument("--threshold", type=float, default=0.0, help="verifier tau (0 = calibrated)")
-    p.add_argument("--backend", default="auto", help="auto | tensorrt | onnxruntime | torch")
-    p.add_argument("--max-rounds", type=int, default=3, help="verifier arm: sampling rounds")
-    p.add_argument("--max-samples", type=int, default=24, help="verifier arm: samples per decision")
-    p.add_argument("--max-ms", type=float, default=0.0, help="verifier arm: ms per decision (0 = none)")
-    p.add_argument("--temperature-step", type=float, default=0.0,
-                   help="verifier arm: temperature added per resampling round")
-    p.add_argument("--fallback-min-p-safe", type=float, default=0.5,
-                   help="verifier arm: execute the safest candidate if nothing passed and P(safe) >= this")
-    p.add_argument("--overlap", action="store_true",
-                   help="verifier arm: sample the next round while scoring the current one")
-    p.add_argument("--ranking", default="policy_order", help="verifier arm: policy_order | advantage")
-    p.add_argument("--advantage-margin", type=float, default=0.0,
-                   help="verifier arm: replace the policy's first safe candidate only if better by this")
-    p.add_argument("--num-candidates", type=int, default=1, help="K candidates per decision")
-    p.add_argument("--horizon", type=int, default=8, help="H actions per chunk")
-    p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    p.add_argument("--noise-std", type=float, default=0.0, help="scripted-expert noise std")
-    p.add_argument("--execute-steps", type=int, default=0, help="actions per chunk; 0 = all")
-    p.add_argument("--workers", type=int, default=2, help="processes (0 = in-process)")
-    p.add_argument("--seed", type=int, default=0, help="seed")
-    p.add_argument("--out", default=None, help="JSON output path (.md table next to it)")
-    a = p.parse_args(argv)
+    for f in fields(EvalConfig):
+        if f.name in ("task_ids", "arms"):
+            continue
+        opt, text = "--" + f.name.replace("_", "-"), f.metadata.get("help")
+        if isinstance(f.default, bool):
+            p.add_argument(opt, dest=f.name, action="store_true", help=text)
+        else:
+            p.add_argument(opt, dest=f.name, default=f.default, help=text,
+                           type=str if f.default is None else type(f.default))
+    a = vars(p.parse_args(argv))
     try:
-        cfg = EvalConfig(suite=a.suite, task_ids=parse_tasks(a.tasks),
-                         episodes_per_task=a.episodes_per_task, init_start=a.init_start,
-                         policy=a.policy, arms=tuple(filter(None, a.arms.split(","))),
-                         verifier=a.verifier, threshold=a.threshold, backend=a.backend, max_rounds=a.max_rounds,
-                         max_samples=a.max_samples, max_ms=a.max_ms,
-                         temperature_step=a.temperature_step,
-                         fallback_min_p_safe=a.fallback_min_p_safe, overlap=a.overlap,
-                         ranking=a.ranking, advantage_margin=a.advantage_margin,
-                         num_candidates=a.num_candidates, horizon=a.horizon,
-                         temperature=a.temperature, noise_std=a.noise_std,
-                         execute_steps=a.execute_steps, seed=a.seed, workers=a.workers,
-                         out=a.out)
+        cfg = EvalConfig(task_ids=parse_tasks(a.pop("tasks")),
+                         arms=tuple(filter(None, a.pop("arms").split(","))), **a)
     except ValueError as exc:
         p.error(str(exc))
     evaluate(cfg)
