@@ -16,6 +16,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from prevla_models.kinds import KINDS, LEGACY_KIND, RUNNABLE
+
 PAD, UNK = "<pad>", "<unk>"
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -89,14 +91,19 @@ class ModelBase(nn.Module):
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
 
     def _store_stats(self, **values) -> None:
-        """Copy statistics into same-named buffers; ValueError on a wrong shape or a non-finite
-        value; ``*_std`` floored at 1e-3 so constant dimensions do not blow up."""
-        for name, v in values.items():
-            t = torch.as_tensor(v, dtype=torch.float32).reshape(-1)
-            buf = getattr(self, name)
-            if t.shape != buf.shape or not torch.isfinite(t).all():
-                raise ValueError(f"{name} must be {tuple(buf.shape)} finite values, got {tuple(t.shape)}")
-            buf.copy_(t.clamp_min(1e-3) if name.endswith("std") else t)
+        """:func:`store_stats` into this model's buffers."""
+        store_stats(self, **values)
+
+
+def store_stats(module: nn.Module, **values) -> None:
+    """Copy statistics into ``module``'s same-named buffers; ValueError on a wrong shape or a
+    non-finite value; ``*_std`` floored at 1e-3 so constant dimensions do not blow up."""
+    for name, v in values.items():
+        t = torch.as_tensor(v, dtype=torch.float32).reshape(-1)
+        buf = getattr(module, name)
+        if t.shape != buf.shape or not torch.isfinite(t).all():
+            raise ValueError(f"{name} must be {tuple(buf.shape)} finite values, got {tuple(t.shape)}")
+        buf.copy_(t.clamp_min(1e-3) if name.endswith("std") else t)
 
 
 def sha256_file(path: str) -> str:
@@ -117,12 +124,13 @@ def save_model(path: str, model: nn.Module, kind: str, extra: dict | None = None
     os.replace(tmp, path)
 
 
-def load_model(path: str, kind: str, config_cls: type, build: Callable, map_location="cpu",
-               legacy_kind: bool = False) -> tuple[nn.Module, dict]:
+def load_model(path: str, kind: str, config_cls: type, build: Callable, map_location="cpu") -> tuple[nn.Module, dict]:
     """Load a ``kind`` checkpoint: ``build(config_cls(**config))`` then its weights.
 
-    Args:
-        legacy_kind: also accept files without a ``kind`` key (written before it existed).
+    Files without a ``kind`` key (written before it existed) are read as
+    :data:`prevla_models.kinds.LEGACY_KIND`. Renamed weights of older files are the model's
+    business: its ``load_state_dict`` pre-hook maps them (e.g.
+    :func:`prevla_models.encoder.adopt_legacy_keys`).
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -141,7 +149,7 @@ def load_model(path: str, kind: str, config_cls: type, build: Callable, map_loca
     if not isinstance(blob, dict) or not {"config", "state_dict"} <= set(blob):
         keys = sorted(blob) if isinstance(blob, dict) else type(blob).__name__
         raise bad(f"expected keys 'config' and 'state_dict', got {keys}")
-    if blob.get("kind") != kind and not (legacy_kind and "kind" not in blob):
+    if blob.get("kind", LEGACY_KIND) != kind:  # a file from before 'kind' existed is a VLA
         raise bad(f"kind is {blob.get('kind')!r}, expected {kind!r}")
     if not isinstance(blob["config"], dict):
         raise bad("'config' is not a dict")
@@ -157,7 +165,8 @@ def load_model(path: str, kind: str, config_cls: type, build: Callable, map_loca
 
 
 def load_any(path: str, map_location="cpu") -> tuple[nn.Module, dict, str]:
-    """``(model, extra, kind)`` of a VLA or verifier checkpoint; the kind is read from the file.
+    """``(model, extra, kind)`` of a checkpoint of a runnable kind (:data:`prevla_models.kinds.RUNNABLE`:
+    VLA or verifier); the kind is read from the file.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
@@ -169,12 +178,8 @@ def load_any(path: str, map_location="cpu") -> tuple[nn.Module, dict, str]:
         blob = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, random bytes, disallowed pickle globals ...
         raise ValueError(f"{path} is not a prevla checkpoint: {type(e).__name__}: {e}") from e
-    kind = blob.get("kind", "vla") if isinstance(blob, dict) else None  # files before 'kind' were VLAs
-    if kind == "verifier":
-        from prevla_models.verifier import load_checkpoint
-    elif kind == "vla":
-        from prevla_models.vla import load_checkpoint
-    else:
+    kind = blob.get("kind", LEGACY_KIND) if isinstance(blob, dict) else None
+    if kind not in RUNNABLE:
         raise ValueError(f"{path} is not a prevla VLA or verifier checkpoint (kind {kind!r})")
-    model, extra = load_checkpoint(path, map_location)
+    model, extra = KINDS[kind].load_checkpoint(path, map_location)
     return model, extra, kind

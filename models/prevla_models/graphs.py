@@ -10,6 +10,8 @@ The robot runs two graphs, each on plain arrays (no strings, no Python control f
 
 B and K are dynamic axes. :class:`VerifierGraph` / :class:`PolicyGraph` are the torch modules
 the ONNX export traces and the torch backend runs, so every backend computes the same function.
+Which kind runs which graph, with which named inputs and outputs, is the kind table's
+(:mod:`prevla_models.kinds`).
 A *runner* is any callable ``runner(feeds: dict[str, ndarray]) -> dict[str, ndarray]`` with a
 ``meta`` dict (:func:`model_meta`) and a ``backend`` name; :class:`TorchRunner` is the torch one,
 ``prevla_ros.runtime.engines`` adds ONNX Runtime and TensorRT.
@@ -22,11 +24,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from prevla_models import kinds
 from prevla_models.checkpoints import token_ids, word_ids
+from prevla_models.encoder import observation_tensors
 
-INPUTS = {"verifier": ("images", "proprio", "tokens", "actions"),
-          "vla": ("images", "proprio", "tokens", "noise")}
-OUTPUTS = {"verifier": ("safety_logit", "advantage"), "vla": ("chunks",)}
 #: ONNX dynamic axes per input/output name (batch B and candidates K).
 DYNAMIC_AXES = {"images": {0: "B"}, "proprio": {0: "B"}, "tokens": {0: "B"},
                 "actions": {0: "B", 1: "K"}, "noise": {0: "B", 1: "K"},
@@ -58,7 +59,9 @@ class PolicyGraph(nn.Module):
         return self.model.integrate(ctx, pad, noise)
 
 
-GRAPHS = {"verifier": VerifierGraph, "vla": PolicyGraph}
+def build_graph(model: nn.Module, kind: str) -> nn.Module:
+    """The inference graph of a loaded ``kind`` model, in eval mode (what runners and the export run)."""
+    return kinds.get(kind, runnable=True).graph_class()(model).eval()
 
 
 def model_meta(model: nn.Module, extra: dict, kind: str, image_side: int | None = None) -> dict:
@@ -68,11 +71,9 @@ def model_meta(model: nn.Module, extra: dict, kind: str, image_side: int | None 
         image_side: camera side S the graph was built for (an exported graph has a fixed S);
             None = any multiple of ``config.image_size`` (torch).
     """
-    if kind not in INPUTS:
-        raise ValueError(f"unknown model kind {kind!r}; expected one of {sorted(INPUTS)}")
-    id_key = "verifier_id" if kind == "verifier" else "policy_id"
-    meta = {"kind": kind, "model_id": str(extra.get(id_key) or kind), "config": asdict(model.cfg),
-            "inputs": list(INPUTS[kind]), "outputs": list(OUTPUTS[kind]), "image_side": image_side}
+    row = kinds.get(kind, runnable=True)
+    meta = {"kind": kind, "model_id": str(extra.get(row.id_key) or kind), "config": asdict(model.cfg),
+            "inputs": list(row.inputs), "outputs": list(row.outputs), "image_side": image_side}
     if kind == "verifier":
         meta["threshold"] = float(model.threshold)
         meta["adv_scale"] = float(extra.get("adv_scale", 1.0))
@@ -81,8 +82,6 @@ def model_meta(model: nn.Module, extra: dict, kind: str, image_side: int | None 
 
 def observation_feeds(obs, meta: dict) -> dict[str, np.ndarray]:
     """Duck-typed observation -> the ``images`` / ``proprio`` / ``tokens`` feeds of one row."""
-    from prevla_models.vla_policy import observation_tensors
-
     c = meta["config"]
     images, proprio = observation_tensors(obs, c["image_size"], c["cameras"], "cpu", c["proprio_dim"])
     side = meta.get("image_side")
@@ -112,7 +111,7 @@ class TorchRunner:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.meta = model_meta(model, extra or {}, kind)
-        graph = GRAPHS[kind](self.model).eval()
+        graph = build_graph(self.model, kind)
         self.graph = torch.compile(graph) if compile else graph
         self.precision = "fp32"
 

@@ -3,8 +3,8 @@
 Read top to bottom:
   1. ``VerifierConfig``  every knob, with help text and validation.
   2. loss functions      ``focal_loss``, ``advantage_loss``, ``soft_threshold_loss`` (standalone).
-  3. ``Verifier``        observation encoder (cameras, words, proprio; run ONCE per observation)
-                         + action-chunk encoder (run per candidate) -> modality-aware attention
+  3. ``Verifier``        observation encoder (the shared tokens of :mod:`prevla_models.encoder`
+                         + a transformer; run ONCE per observation) + action-chunk encoder (run per candidate) -> modality-aware attention
                          pooling -> fusion transformer -> dual head (safety logit, advantage).
   4. checkpoints         ``save_checkpoint`` / ``load_checkpoint`` (``sha256_file`` re-exported).
 
@@ -54,7 +54,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from prevla_models.checkpoints import (PAD, UNK, ModelBase, ObsActionConfig, build_vocab, load_model,  # noqa: F401
-                                       save_model, sha256_file, split_words, token_ids, word_ids)
+                                       save_model, sha256_file, split_words)
+from prevla_models.encoder import ObservationEncoder, adopt_legacy_keys
 
 MODALITIES = ("image", "language", "proprio", "action")
 POOLINGS = ("attention", "mean")
@@ -214,18 +215,9 @@ class Verifier(ModelBase):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.word_to_id = word_ids(cfg.vocab)
-        # Observation tokens (as in vla.py): 4x4 patchify + two stride-2 convs -> (S/16)^2 per camera.
-        self.image_encoder = nn.Sequential(
-            nn.Conv2d(3, 32, 4, stride=4), nn.GroupNorm(8, 32), nn.GELU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GroupNorm(8, 64), nn.GELU(),
-            nn.Conv2d(64, d, 3, stride=2, padding=1),
-        )
-        self.patch_pos = nn.Parameter(torch.randn(1, (cfg.image_size // 16) ** 2, d) * 0.02)
-        self.camera_emb = nn.Parameter(torch.randn(cfg.cameras, 1, d) * 0.02)
-        self.word_emb = nn.Embedding(len(cfg.vocab) + 2, d, padding_idx=0)
-        self.word_pos = nn.Parameter(torch.randn(1, cfg.max_words, d) * 0.02)
-        self.proprio_mlp = nn.Sequential(nn.Linear(cfg.proprio_dim, d), nn.GELU(), nn.Linear(d, d))
+        # Camera patch, word and proprio tokens (+ proprio statistics), shared with the VLA.
+        self.observation = ObservationEncoder(cfg, d)
+        self.register_load_state_dict_pre_hook(adopt_legacy_keys)  # checkpoints from before it
         self.obs_encoder = _encoder(d, cfg, cfg.n_layers)
         # Action tokens: one per step of the chunk.
         self.action_in = nn.Sequential(nn.Linear(cfg.action_dim, d), nn.GELU(), nn.Linear(d, d))
@@ -241,13 +233,11 @@ class Verifier(ModelBase):
         self.advantage_head = nn.Sequential(nn.Linear(len(MODALITIES) * d, d), nn.GELU(), nn.Linear(d, 1))
         p = cfg.init_threshold
         self.threshold_logit = nn.Parameter(torch.tensor(math.log(p / (1 - p)), dtype=torch.float32))
-        self.register_buffer("proprio_mean", torch.zeros(cfg.proprio_dim))
-        self.register_buffer("proprio_std", torch.ones(cfg.proprio_dim))
 
     # ---------------------------------------------------------------- helpers
     def set_normalization(self, proprio_mean, proprio_std) -> None:
         """Store proprio statistics (actions are already in [-1, 1]); stds floored at 1e-3."""
-        self._store_stats(proprio_mean=proprio_mean, proprio_std=proprio_std)
+        self.observation.set_normalization(proprio_mean, proprio_std)
 
     @property
     def threshold(self) -> float:
@@ -266,23 +256,8 @@ class Verifier(ModelBase):
         return torch.as_tensor(safety_prob) >= torch.sigmoid(self.threshold_logit.detach())
 
     def tokenize(self, instructions) -> torch.Tensor:
-        """Instructions -> (B, max_words) word ids; unknown words -> <unk>, padding -> <pad>."""
-        return torch.from_numpy(token_ids(self.word_to_id, self.cfg.max_words, instructions)).to(self.proprio_mean.device)
-
-    def _check_obs(self, images: torch.Tensor, proprio: torch.Tensor) -> None:
-        c, s = self.cfg, self.cfg.image_size
-        if not torch.is_tensor(images) or images.dtype != torch.uint8:
-            raise ValueError(f"images must be a uint8 tensor, got {getattr(images, 'dtype', type(images))}")
-        side = images.shape[2] if images.dim() == 5 else 0
-        if (images.dim() != 5 or tuple(images.shape[1:]) != (c.cameras, side, side, 3)
-                or side < s or side % s):
-            raise ValueError(f"images must be (B, {c.cameras}, S, S, 3) with S a multiple of "
-                             f"image_size={s}, got {tuple(images.shape)}")
-        if not torch.is_tensor(proprio) or proprio.shape != (images.shape[0], c.proprio_dim):
-            raise ValueError(f"proprio must be (B={images.shape[0]}, {c.proprio_dim}), "
-                             f"got {tuple(getattr(proprio, 'shape', ()))}")
-        if not torch.isfinite(proprio).all():
-            raise ValueError("proprio contains NaN or inf")
+        """Instructions -> (B, max_words) word ids (:meth:`ObservationEncoder.tokenize`)."""
+        return self.observation.tokenize(instructions)
 
     def _check_actions(self, obs: torch.Tensor, actions: torch.Tensor) -> None:
         c, n = self.cfg, len(MODALITIES) - 1
@@ -318,25 +293,12 @@ class Verifier(ModelBase):
             proprio: (B, proprio_dim) float.
             instructions: list of B strings, or a (B, max_words) tensor of word ids.
         """
-        self._check_obs(images, proprio)
-        c, d = self.cfg, self.cfg.d_model
-        b, side = images.shape[0], images.shape[2]
-        x = images.reshape(b * c.cameras, side, side, 3).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-        if side != c.image_size:  # area downsampling, e.g. 128x128 camera -> 64x64
-            x = F.avg_pool2d(x, side // c.image_size)
-        img = self.image_encoder(x).flatten(2).transpose(1, 2) + self.patch_pos  # (B*cams, P, d)
-        img = (img.reshape(b, c.cameras, -1, d) + self.camera_emb).reshape(b, -1, d)
-        tokens = instructions if torch.is_tensor(instructions) else self.tokenize(instructions)
-        if tokens.shape != (b, c.max_words):
-            raise ValueError(f"expected {b} instructions / ({b}, {c.max_words}) ids, got {tuple(tokens.shape)}")
-        words = self.word_emb(tokens) + self.word_pos
-        prop = self.proprio_mlp((proprio.float() - self.proprio_mean) / self.proprio_std).unsqueeze(1)
-        n_img, word_pad = img.shape[1], tokens == 0
-        pad = torch.cat([torch.zeros(b, n_img, dtype=torch.bool, device=img.device), word_pad,
-                         torch.zeros(b, 1, dtype=torch.bool, device=img.device)], dim=1)
-        ctx = self.obs_encoder(torch.cat([img, words, prop], dim=1), src_key_padding_mask=pad)
+        tokens, pad = self.observation(images, proprio, instructions)
+        ctx = self.obs_encoder(tokens, src_key_padding_mask=pad)
+        n_img = ctx.shape[1] - self.cfg.max_words - 1  # [camera patches..., words..., proprio]
+        words = slice(n_img, n_img + self.cfg.max_words)
         return torch.stack([self.pools["image"](ctx[:, :n_img]),
-                            self.pools["language"](ctx[:, n_img: n_img + c.max_words], word_pad),
+                            self.pools["language"](ctx[:, words], pad[:, words]),
                             self.pools["proprio"](ctx[:, -1:])], dim=1)
 
     def score(self, obs: torch.Tensor, actions: torch.Tensor) -> dict[str, torch.Tensor]:

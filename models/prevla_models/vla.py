@@ -2,10 +2,10 @@
 
 Read top to bottom:
   1. ``VLAConfig``      every knob, with help text and validation.
-  2. ``tokenize``       a learned word-level vocabulary built from the training instructions.
-  3. ``VLA``            encoders (cameras, words, proprio) -> transformer trunk -> context tokens;
-                        a flow-matching action head that turns Gaussian noise into an (H, 7) chunk.
-  4. checkpoints        ``save_checkpoint`` / ``load_checkpoint`` / ``sha256_file``.
+  2. ``VLA``            the shared observation encoder (:mod:`prevla_models.encoder`: cameras,
+                        words, proprio) -> transformer trunk -> context tokens; a flow-matching
+                        action head that turns Gaussian noise into an (H, 7) chunk.
+  3. checkpoints        ``save_checkpoint`` / ``load_checkpoint`` / ``sha256_file``.
 
 Why a word-level tokenizer and no pretrained text encoder: LIBERO's instructions use a small,
 fixed vocabulary (a few dozen words per suite), and no pretrained text encoder can be installed
@@ -24,10 +24,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from prevla_models.checkpoints import (PAD, UNK, ModelBase, ObsActionConfig, build_vocab, load_model,  # noqa: F401
-                                       save_model, sha256_file, split_words, token_ids, word_ids)
+                                       save_model, sha256_file, split_words)
+from prevla_models.encoder import ObservationEncoder, adopt_legacy_keys
 
 CHECKPOINT_KIND = "vla"
 
@@ -62,19 +62,9 @@ class VLA(ModelBase):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
-        self.word_to_id = word_ids(cfg.vocab)
-        # Image encoder: patchify (4x4) then two stride-2 convs -> (S/16)^2 tokens per camera.
-        self.image_encoder = nn.Sequential(
-            nn.Conv2d(3, 32, 4, stride=4), nn.GroupNorm(8, 32), nn.GELU(),
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.GroupNorm(8, 64), nn.GELU(),
-            nn.Conv2d(64, d, 3, stride=2, padding=1),
-        )
-        n_patch = (cfg.image_size // 16) ** 2
-        self.patch_pos = nn.Parameter(torch.randn(1, n_patch, d) * 0.02)
-        self.camera_emb = nn.Parameter(torch.randn(cfg.cameras, 1, d) * 0.02)
-        self.word_emb = nn.Embedding(len(cfg.vocab) + 2, d, padding_idx=0)
-        self.word_pos = nn.Parameter(torch.randn(1, cfg.max_words, d) * 0.02)
-        self.proprio_mlp = nn.Sequential(nn.Linear(cfg.proprio_dim, d), nn.GELU(), nn.Linear(d, d))
+        # Camera patch, word and proprio tokens (+ proprio statistics), shared with the verifier.
+        self.observation = ObservationEncoder(cfg, d)
+        self.register_load_state_dict_pre_hook(adopt_legacy_keys)  # checkpoints from before it
         layer = nn.TransformerEncoderLayer(d, cfg.n_heads, 4 * d, cfg.dropout, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.trunk = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
@@ -90,32 +80,16 @@ class VLA(ModelBase):
         # Dataset statistics (set by training; identity until then). Gripper stays +-1 (mean 0, std 1).
         self.register_buffer("action_mean", torch.zeros(cfg.action_dim))
         self.register_buffer("action_std", torch.ones(cfg.action_dim))
-        self.register_buffer("proprio_mean", torch.zeros(cfg.proprio_dim))
-        self.register_buffer("proprio_std", torch.ones(cfg.proprio_dim))
 
     # ---------------------------------------------------------------- helpers
     def set_normalization(self, action_mean, action_std, proprio_mean, proprio_std) -> None:
         """Store dataset statistics; stds are floored so constant dimensions do not blow up."""
-        self._store_stats(action_mean=action_mean, action_std=action_std, proprio_mean=proprio_mean,
-                          proprio_std=proprio_std)
+        self._store_stats(action_mean=action_mean, action_std=action_std)
+        self.observation.set_normalization(proprio_mean, proprio_std)
 
     def tokenize(self, instructions) -> torch.Tensor:
-        """Instructions -> (B, max_words) word ids; unknown words -> <unk>, padding -> <pad>."""
-        return torch.from_numpy(token_ids(self.word_to_id, self.cfg.max_words, instructions)).to(self.action_mean.device)
-
-    def _check(self, images: torch.Tensor, proprio: torch.Tensor) -> None:
-        c, s = self.cfg, self.cfg.image_size
-        if images.dtype != torch.uint8:
-            raise ValueError(f"images must be uint8, got {images.dtype}")
-        side = images.shape[2] if images.dim() == 5 else 0
-        if (images.dim() != 5 or tuple(images.shape[1:]) != (c.cameras, side, side, 3)
-                or side < s or side % s):
-            raise ValueError(f"images must be (B, {c.cameras}, S, S, 3) with S a multiple of "
-                             f"image_size={s}, got {tuple(images.shape)}")
-        if proprio.dim() != 2 or proprio.shape != (images.shape[0], c.proprio_dim):
-            raise ValueError(f"proprio must be (B={images.shape[0]}, {c.proprio_dim}), got {tuple(proprio.shape)}")
-        if not torch.isfinite(proprio).all():
-            raise ValueError("proprio contains NaN or inf")
+        """Instructions -> (B, max_words) word ids (:meth:`ObservationEncoder.tokenize`)."""
+        return self.observation.tokenize(instructions)
 
     # ---------------------------------------------------------------- model
     def encode(self, images: torch.Tensor, proprio: torch.Tensor, instructions) -> tuple[torch.Tensor, torch.Tensor]:
@@ -130,22 +104,7 @@ class VLA(ModelBase):
         Returns:
             context (B, N, d_model) and its key-padding mask (B, N), True = padding.
         """
-        self._check(images, proprio)
-        b, cams, side = images.shape[0], self.cfg.cameras, images.shape[2]
-        x = images.reshape(b * cams, side, side, 3).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
-        if side != self.cfg.image_size:  # area downsampling, e.g. 128x128 camera -> 64x64
-            x = F.avg_pool2d(x, side // self.cfg.image_size)
-        img = self.image_encoder(x).flatten(2).transpose(1, 2) + self.patch_pos  # (B*cams, P, d)
-        img = (img.reshape(b, cams, -1, self.cfg.d_model) + self.camera_emb).reshape(b, -1, self.cfg.d_model)
-        tokens = instructions if torch.is_tensor(instructions) else self.tokenize(instructions)
-        if tokens.shape != (b, self.cfg.max_words):
-            raise ValueError(f"expected {b} instructions / ({b}, {self.cfg.max_words}) ids, got {tuple(tokens.shape)}")
-        words = self.word_emb(tokens) + self.word_pos
-        prop = (proprio.float() - self.proprio_mean) / self.proprio_std
-        prop = self.proprio_mlp(prop).unsqueeze(1)
-        ctx = torch.cat([img, words, prop], dim=1)
-        pad = torch.zeros(ctx.shape[:2], dtype=torch.bool, device=ctx.device)
-        pad[:, img.shape[1]: img.shape[1] + self.cfg.max_words] = tokens == 0
+        ctx, pad = self.observation(images, proprio, instructions)
         return self.trunk_norm(self.trunk(ctx, src_key_padding_mask=pad)), pad
 
     def velocity(self, x_t: torch.Tensor, t: torch.Tensor, ctx: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
@@ -251,4 +210,4 @@ def load_checkpoint(path: str, map_location="cpu") -> tuple[VLA, dict]:
         FileNotFoundError: ``path`` does not exist.
         ValueError: the file is truncated, corrupted or not a prevla VLA checkpoint.
     """
-    return load_model(path, CHECKPOINT_KIND, VLAConfig, VLA, map_location, legacy_kind=True)
+    return load_model(path, CHECKPOINT_KIND, VLAConfig, VLA, map_location)

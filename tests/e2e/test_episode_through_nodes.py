@@ -63,5 +63,7 @@ def test_prevla_demo_command(tmp_path, mode):
         assert summary["per_episode"][0]["policy_ids"] == ["vla_libero_spatial"]  # no holds
         # make demo's world model: imagined chunks compared with what the sim then showed
         episode = summary["per_episode"][0]
-        assert episode["imagined_mse_mean"] >= 0 and episode["copy_mse_mean"] > 0
+        # one chunk ahead, imagination beats "nothing moves" ~3x on held-out data and in every
+        # one of the 40 bench episodes (models/zoo/world_model_libero_spatial_bench.md, chunk 1)
+        assert 0 <= episode["imagined_mse_mean"] < episode["copy_mse_mean"], episode
         assert (run_dir / "frames" / "ep001_imagined_d1.png").exists()

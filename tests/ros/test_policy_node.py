@@ -11,7 +11,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.common import LATCHED_QOS, STATUS_QOS, STREAM_QOS
+from prevla_ros.nodes.params import LATCHED_QOS, STATUS_QOS, STREAM_QOS
 from prevla_ros.nodes.policy_node import PolicyNode
 
 pytestmark = [pytest.mark.ros, pytest.mark.libero]

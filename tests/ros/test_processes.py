@@ -9,7 +9,7 @@ import pytest
 from prevla_interfaces.msg import ActionChunk, CandidateSet, Verdict
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.common import STREAM_QOS
+from prevla_ros.nodes.params import STREAM_QOS
 from prevla_ros.runtime.types import ActionChunk as Chunk
 from prevla_ros.runtime.types import CandidateSet as Candidates
 

@@ -18,7 +18,7 @@ from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.common import LATCHED_QOS, STREAM_QOS
+from prevla_ros.nodes.params import LATCHED_QOS, STREAM_QOS
 from prevla_ros.nodes.verifier_node import VerifierNode
 from prevla_ros.runtime.types import ActionChunk as Chunk
 from prevla_ros.runtime.types import CandidateSet as Candidates
@@ -315,7 +315,7 @@ def test_default_parameters_load_the_zoo_default_verifier_on_onnxruntime(ros):
     diag = []
     ros.node("diag_probe").create_subscription(DiagnosticArray, "/diagnostics", diag.append, 10)
     node = ros.add(VerifierNode(context=ros.context))
-    assert node.config.verifier == "model" and node.config.checkpoint == ""
+    assert node.config.scheduler.verifier == "model" and node.config.checkpoint == ""
     assert (node.config.backend, node.config.device) == ("auto", "auto")
     assert isinstance(node.scheduler.scorer, VerifierScorer), getattr(
         node.scheduler.scorer, "reason", node.scheduler.scorer)
@@ -476,5 +476,5 @@ def test_parameter_change_swaps_the_model_and_a_failed_one_is_reverted(zoo_graph
     result = node.set_parameters([Parameter("device", value="gpu")])[0]
     assert not result.successful and "device" in result.reason
     result = node.set_parameters([Parameter("mode", value="imagine")])[0]
-    assert not result.successful and "startup" in result.reason
+    assert not result.successful and "read-only" in result.reason  # startup-only: read_only
     assert not node.models.busy

@@ -13,7 +13,7 @@ from sensor_msgs.msg import Image, JointState
 from visualization_msgs.msg import Marker, MarkerArray
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.common import STREAM_QOS
+from prevla_ros.nodes.params import STREAM_QOS
 from prevla_ros.nodes.world_model_node import WorldModelNode
 from prevla_ros.runtime.imagination import Imaginer, RateGate, tile
 from prevla_ros.runtime.types import ActionChunk as Chunk

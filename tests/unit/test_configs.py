@@ -2,16 +2,16 @@
 from __future__ import annotations
 
 import math
-import typing
-from dataclasses import fields
 
 import pytest
 
 from prevla_ros.runtime.configs import (NODE_CONFIGS, POLICIES, SUITES, PolicyNodeConfig,
                                         SimNodeConfig, VerifierNodeConfig, WorldModelNodeConfig,
                                         config_help)
+from prevla_ros.runtime.settings import build, flatten, settings
 
-ALL_FIELDS = [(cls, f) for cls in NODE_CONFIGS.values() for f in fields(cls)]
+# Every setting of a node (composed sections flattened: the ROS parameters).
+ALL_FIELDS = [(cls, s) for cls in NODE_CONFIGS.values() for s in settings(cls).values()]
 
 BAD_VALUES = [
     (SimNodeConfig, "suite", "libero_100"),
@@ -80,24 +80,23 @@ BAD_VALUES = [
 @pytest.mark.parametrize("cls, f", ALL_FIELDS, ids=lambda x: getattr(x, "__name__",
                                                                         getattr(x, "name", x)))
 def test_every_field_has_help(cls, f):
-    assert isinstance(f.metadata.get("help"), str) and f.metadata["help"].strip()
+    assert isinstance(f.help, str) and f.help.strip()
 
 
 @pytest.mark.parametrize("cls", list(NODE_CONFIGS.values()), ids=list(NODE_CONFIGS))
 def test_defaults_are_valid_and_typed(cls):
-    config = cls()
-    hints = typing.get_type_hints(cls)
-    for f in fields(cls):
+    config = flatten(cls())
+    for f in settings(cls).values():
         # Exact type: a ROS parameter's type comes from its default (10 vs 10.0 matters).
-        assert type(getattr(config, f.name)) is hints[f.name], f.name
-    assert config_help(cls) == {f.name: (f.default, f.metadata["help"]) for f in fields(cls)}
+        assert type(config[f.name]) is f.type, f.name
+    assert config_help(cls) == {f.name: (config[f.name], f.help) for f in settings(cls).values()}
 
 
 @pytest.mark.parametrize("cls, name, value", BAD_VALUES,
                          ids=[f"{c.__name__}.{n}={v!r}" for c, n, v in BAD_VALUES])
 def test_bad_value_names_the_field(cls, name, value):
     with pytest.raises(ValueError) as err:
-        cls(**{name: value})
+        build(cls, {name: value})
     assert f"{cls.__name__}.{name}:" in str(err.value)
     assert repr(value) in str(err.value) or str(value) in str(err.value)
 
@@ -121,9 +120,9 @@ def test_the_learned_vla_from_the_zoo_is_the_default_policy():
 
 
 def test_the_learned_verifier_from_the_zoo_is_the_default_verifier():
-    cfg = VerifierNodeConfig()
-    assert (cfg.verifier, cfg.checkpoint, cfg.threshold) == ("model", "", 0.0)
-    assert VerifierNodeConfig(threshold=0.7).threshold == 0.7
+    cfg = flatten(VerifierNodeConfig())
+    assert (cfg["verifier"], cfg["checkpoint"], cfg["threshold"]) == ("model", "", 0.0)
+    assert build(VerifierNodeConfig, {"threshold": 0.7}).scheduler.threshold == 0.7
 
 
 @pytest.mark.parametrize("suite", SUITES)
@@ -137,7 +136,7 @@ def test_edge_values_are_accepted():
     SimNodeConfig(image_size=1024)
     PolicyNodeConfig(policy=POLICIES[0], num_candidates=256, horizon=1, noise_std=0.0,
                      temperature=0.0, image_size=0)
-    VerifierNodeConfig(mode="imagine", action_dim=1, hold_horizon=1)
+    build(VerifierNodeConfig, dict(mode="imagine", action_dim=1, hold_horizon=1))
 
 
 def test_node_configs_keys_are_node_names():

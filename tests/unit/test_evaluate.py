@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from prevla_ros.runtime.settings import build
 from prevla_ros.sim.evaluate import (EvalConfig, evaluate, parse_policy_spec, parse_tasks,
                                      wilson_interval)
 
@@ -81,7 +82,7 @@ def test_verifier_arm_needs_a_learned_policy():
                          ("fallback_min_p_safe", 1.5), ("max_ms", -1.0), ("advantage_margin", -1.0),
                          ("overlap", "yes")):  # fail at startup, not in a worker
         with pytest.raises(ValueError, match=field):
-            EvalConfig(arms=("verifier",), policy="vla", **{field: value})
+            build(EvalConfig, dict(arms=("verifier",), policy="vla", **{field: value}))
 
 
 def test_verifier_arm_knobs_reach_the_scheduler_and_the_defaults_are_the_nodes():
@@ -89,12 +90,12 @@ def test_verifier_arm_knobs_reach_the_scheduler_and_the_defaults_are_the_nodes()
 
     knobs = dict(max_ms=80.0, temperature_step=0.25, fallback_min_p_safe=0.3, overlap=True,
                  advantage_margin=0.5, ranking="advantage", max_rounds=2, max_samples=16)
-    sc = EvalConfig(arms=("verifier",), policy="vla", **knobs).scheduler_config()
+    sc = build(EvalConfig, dict(arms=("verifier",), policy="vla", **knobs)).scheduler_config()
     assert {k: getattr(sc, k) for k in knobs} == knobs and sc.verifier == "model"
     default, node = EvalConfig(arms=("verifier",), policy="vla").scheduler_config(), VerifierNodeConfig()
     for k in ("ranking", "temperature_step", "fallback_min_p_safe", "overlap", "advantage_margin",
               "max_rounds", "max_samples", "max_ms", "threshold"):
-        assert getattr(default, k) == getattr(node, k), k  # the README's table is the node's config
+        assert getattr(default, k) == getattr(node.scheduler, k), k  # one declaration, one default
 
 
 @pytest.mark.libero

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import ast
 import importlib
-import typing
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 from prevla_ros.runtime.configs import NODE_CONFIGS
+from prevla_ros.runtime.settings import build, settings
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = ROOT / "launch" / "prevla.launch.py"
@@ -185,8 +184,8 @@ def test_every_launch_configuration_is_declared_and_every_argument_used(tree, ar
 @pytest.mark.parametrize("node", sorted(NODE_CONFIGS))
 def test_overrides_name_real_parameters_with_matching_types(nodes, arguments, node):
     cls = NODE_CONFIGS[node]
-    hints = typing.get_type_hints(cls)
-    defaults = {f.name: f.default for f in fields(cls)}
+    hints = {s.name: s.type for s in settings(cls).values()}
+    defaults = {s.name: s.default for s in settings(cls).values()}
     overrides = _overrides(nodes[node])
     for param, (arg, value_type) in overrides.items():
         assert param in defaults, f"{node} has no parameter {param!r} (launch override)"
@@ -244,16 +243,16 @@ def test_params_file_has_one_section_per_node(params):
 @pytest.mark.parametrize("node", sorted(NODE_CONFIGS))
 def test_params_match_the_config_fields_types_and_defaults(params, node):
     cls = NODE_CONFIGS[node]
-    hints = typing.get_type_hints(cls)
+    hints = {s.name: s.type for s in settings(cls).values()}
     values = params[node]["ros__parameters"]
-    names = [f.name for f in fields(cls)]
+    names = list(settings(cls))
     assert set(values) - set(names) == set(), f"{node}: not parameters of {cls.__name__}"
     assert set(names) - set(values) == set(), f"{node}: missing from {PARAMS_FILE.name}"
-    for f in fields(cls):
+    for f in settings(cls).values():
         value = values[f.name]
         # Exact type (True is an int, 10 is not a float): ROS rejects a mismatched type.
         assert type(value) is hints[f.name], (
             f"{node}.{f.name}: {value!r} is {type(value).__name__}, expected "
             f"{hints[f.name].__name__}")
         assert value == f.default, f"{node}.{f.name}: {value!r} != default {f.default!r}"
-    cls(**values)  # and the whole section is a valid config
+    build(cls, values)  # and the whole section is a valid config

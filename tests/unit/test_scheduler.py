@@ -120,7 +120,10 @@ OBS = object()  # the scheduler hands the observation to the scorer untouched
 
 
 def _model(scorer=None, **config) -> Scheduler:
-    return Scheduler(SchedulerConfig(verifier="model", **config), scorer)
+    # These tests exercise advantage ranking and hotter resampled rounds unless they say
+    # otherwise (the library defaults are the gate and the same temperature: test_defaults_*).
+    return Scheduler(SchedulerConfig(**{"verifier": "model", "ranking": "advantage",
+                                        "temperature_step": 0.5, **config}), scorer)
 
 
 def test_model_accepts_highest_advantage_among_safe_candidates():
@@ -535,3 +538,10 @@ def test_advantage_margin_keeps_the_policy_choice_unless_clearly_better():
     assert d.accepted_index == 3  # 2.5 - 1.0 >= 1.0
     with pytest.raises(ValueError, match="advantage_margin"):
         SchedulerConfig(advantage_margin=-0.1)
+
+
+def test_defaults_are_the_ones_the_closed_loop_evidence_supports():
+    # The verifier as a gate in the policy's order, resampled rounds at the same temperature
+    # (docs/results.md: advantage ranking and hotter samples both lost closed-loop success).
+    c = SchedulerConfig()
+    assert (c.ranking, c.temperature_step, c.verifier) == ("policy_order", 0.0, "passthrough")

@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from prevla_models.kinds import RUNNABLE
+
 FORMATS = ("onnx", "tensorrt")
 PRECISIONS = ("fp32", "fp16", "int8")
 #: Largest allowed |artifact - torch| of any output, per precision (P(safe), advantage, chunk values).
@@ -65,8 +67,8 @@ class ExportConfig:
     def __post_init__(self) -> None:
         if self.to not in FORMATS:
             raise ValueError(f"ExportConfig.to must be one of {FORMATS}, got {self.to!r}")
-        if self.kind not in ("vla", "verifier"):
-            raise ValueError(f"ExportConfig.kind must be vla or verifier, got {self.kind!r}")
+        if self.kind not in RUNNABLE:
+            raise ValueError(f"ExportConfig.kind must be {' or '.join(RUNNABLE)}, got {self.kind!r}")
         self.precision = self.precision or ("fp32" if self.to == "onnx" else "fp16")
         if self.precision not in PRECISIONS or (self.to == "onnx" and self.precision != "fp32"):
             raise ValueError(f"ExportConfig.precision must be fp32 for onnx and one of {PRECISIONS} for "
@@ -224,14 +226,14 @@ def export_onnx(cfg: ExportConfig) -> tuple[str, dict]:
 
     from prevla_models import zoo
     from prevla_models.checkpoints import load_any
-    from prevla_models.graphs import DYNAMIC_AXES, GRAPHS, TorchRunner, model_meta
+    from prevla_models.graphs import DYNAMIC_AXES, TorchRunner, build_graph, model_meta
     from prevla_ros.runtime.engines.onnxruntime_runner import META_KEY, OrtRunner
 
     path, source, source_sha = _source(cfg)
     model, extra, kind = load_any(path)
     meta = {**model_meta(model, extra, kind, cfg.image_side), "precision": "fp32",
             "source": source, "source_sha256": source_sha}
-    graph = GRAPHS[kind](model).eval()
+    graph = build_graph(model, kind)
     example = recorded_feeds(meta, 8, cfg.inputs)[0]
     out_dir = Path(cfg.out_dir) if cfg.out_dir else zoo.zoo_dir()
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@
     prevla label-candidates ...               label verifier candidates by branching in LIBERO
     prevla train-verifier ...                 train the verifier (+ ablations table)
     prevla export MODEL --to onnx|tensorrt    export a model (parity-checked) into the zoo
+    prevla params [--write]                   check / regenerate the parameter docs and YAML
 
 The graph runs composed in one process (one rclpy executor, the default: lowest latency)
 or, with ``--processes``, as one OS process per node talking over Fast DDS.
@@ -180,6 +181,7 @@ DELEGATED = {
     "train-verifier": ("prevla_training.train_verifier", "train the verifier on labelled candidates"),
     "train-world-model": ("prevla_training.train_world_model", "train the world model on demos and policy rollouts"),
     "export": ("prevla_training.export", "export a model to ONNX / TensorRT, parity-checked, into the zoo"),
+    "params": ("prevla_ros.params_doc", "regenerate docs/parameters.md and the params YAML from the configs"),
 }
 
 

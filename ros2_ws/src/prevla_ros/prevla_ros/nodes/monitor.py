@@ -21,7 +21,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import Image
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.common import STATUS_QOS, STREAM_QOS
+from prevla_ros.nodes.params import STATUS_QOS, STREAM_QOS
 
 #: Imagined-vs-real comparison images saved per episode.
 IMAGINED_PNGS = 3

@@ -8,7 +8,7 @@ Serves: ``sample_candidates`` (prevla_interfaces/SampleCandidates) to resample t
 observation (more candidates, another temperature); ``~/swap_model``
 (prevla_interfaces/SwapModel) to hot-swap the VLA between two observations, as a change of
 the ``checkpoint``, ``backend`` or ``device`` parameter does
-(:class:`~prevla_ros.nodes.common.ModelSwapper`).
+(:class:`~prevla_ros.nodes.model_swap.ModelSwapper`).
 
 A malformed input (wrong image encoding or size, bad joint state, ...) is logged and answered
 with a one-candidate *hold* set for that observation, so the robot holds and re-observes.
@@ -24,8 +24,10 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.common import (ERROR, OK, WARN, LATCHED_QOS, STATUS_QOS, STREAM_QOS,
-                                     Diagnostics, ModelSwapper, declare_config, run_node)
+from prevla_ros.nodes.diagnostics import ERROR, OK, WARN, Diagnostics
+from prevla_ros.nodes.model_swap import ModelSwapper
+from prevla_ros.nodes.params import LATCHED_QOS, STATUS_QOS, STREAM_QOS, declare_config
+from prevla_ros.nodes.process import run_node
 from prevla_ros.runtime.chunks import HOLD_SOURCE, hold_chunk
 from prevla_ros.runtime.configs import PolicyNodeConfig
 from prevla_ros.runtime.engines import LoadedModel, ModelSlot

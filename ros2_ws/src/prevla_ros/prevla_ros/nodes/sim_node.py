@@ -22,15 +22,15 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.common import (OK, WARN, LATCHED_QOS, STATUS_QOS, STREAM_QOS,
-                                     Diagnostics, declare_config, on_config_change, run_node)
+from prevla_ros.nodes.diagnostics import OK, WARN, Diagnostics
+from prevla_ros.nodes.params import LATCHED_QOS, STATUS_QOS, STREAM_QOS, declare_config, on_config_change
+from prevla_ros.nodes.process import run_node
 from prevla_ros.runtime.chunks import ActionChunkBroker, chunk_problem, hold_chunk
 from prevla_ros.runtime.configs import SimNodeConfig
 from prevla_ros.runtime.types import ACTION_DIM
 from prevla_ros.sim.libero_env import LiberoEnv, LiberoEnvConfig, num_init_states
 
 TASK_FIELDS = ("suite", "task_id", "init_state", "image_size", "max_steps")
-RESTART_FIELDS = ("control_rate_hz", "start_delay_s", "execute_steps")  # timers/broker built once
 
 
 def env_config(config: SimNodeConfig) -> LiberoEnvConfig:
@@ -111,9 +111,6 @@ class SimNode(Node):
             self._finished = True
 
     def _on_new_config(self, old: SimNodeConfig, new: SimNodeConfig) -> str | None:
-        changed = [f for f in RESTART_FIELDS if getattr(old, f) != getattr(new, f)]
-        if changed:
-            return f"{', '.join(changed)} can only be set at startup (restart the node)"
         if any(getattr(old, f) != getattr(new, f) for f in TASK_FIELDS):
             try:
                 env_config(new)  # validates suite / task id / init state before accepting

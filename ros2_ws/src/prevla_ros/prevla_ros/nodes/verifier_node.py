@@ -17,7 +17,7 @@ says why; the node stays up.
 The model runs on ``backend`` / ``device`` (fallback chain tensorrt -> onnxruntime -> torch,
 :mod:`prevla_ros.runtime.engines`) and is hot-swapped, between two candidate sets, by the
 ``~/swap_model`` service (prevla_interfaces/SwapModel) or a change of ``checkpoint``,
-``backend`` or ``device`` (:class:`~prevla_ros.nodes.common.ModelSwapper`).
+``backend`` or ``device`` (:class:`~prevla_ros.nodes.model_swap.ModelSwapper`).
 
 Resampling (``verifier: model``, ``resample: true``): when no candidate of a set passes tau,
 the node asks policy_node's ``sample_candidates`` service (prevla_interfaces/SampleCandidates)
@@ -65,14 +65,16 @@ from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.common import (ERROR, OK, WARN, LATCHED_QOS, STREAM_QOS, Diagnostics,
-                                     ModelSwapper, declare_config, run_node)
+from prevla_ros.nodes.diagnostics import ERROR, OK, WARN, Diagnostics
+from prevla_ros.nodes.model_swap import ModelSwapper
+from prevla_ros.nodes.params import LATCHED_QOS, STREAM_QOS, declare_config
+from prevla_ros.nodes.process import run_node
 from prevla_ros.runtime.chunks import chunk_problem
 from prevla_ros.runtime.configs import VerifierNodeConfig
 from prevla_ros.runtime.engines import LoadedModel, ModelSlot
 from prevla_ros.runtime.observation import ObservationIntake
 from prevla_ros.runtime.scheduler import (OUTCOME_HOLD, Decision, Resampling, Scheduler,
-                                          SchedulerConfig, UnavailableScorer)
+                                          UnavailableScorer)
 from prevla_ros.runtime.types import CAMERAS, GRIPPER_OPEN, Observation, Scorer
 
 APPROVED_RGBA = (0.1, 0.9, 0.2, 1.0)
@@ -119,18 +121,11 @@ class VerifierNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("verifier_node", **kwargs)
         self.config = c = declare_config(self, VerifierNodeConfig)
-        self.scheduler = Scheduler(SchedulerConfig(
-            mode=c.mode, verifier=c.verifier, action_dim=c.action_dim,
-            max_abs_action=c.max_abs_action, hold_horizon=c.hold_horizon,
-            threshold=c.threshold, max_rounds=c.max_rounds, max_samples=c.max_samples,
-            max_ms=c.max_ms, temperature_step=c.temperature_step,
-            fallback_min_p_safe=c.fallback_min_p_safe, imagine_threshold=c.imagine_threshold,
-            imagine_max_candidates=c.imagine_max_candidates, overlap=c.overlap,
-            ranking=c.ranking, advantage_margin=c.advantage_margin))
+        self.scheduler = Scheduler(c.scheduler)
         self.models = ModelSwapper(self, ModelSlot("verifier", build_scorer), self._install,
-                                   None if c.verifier == "model" else
-                                   f"verifier is {c.verifier}: it runs no model")
-        if c.verifier == "model":
+                                   None if c.scheduler.verifier == "model" else
+                                   f"verifier is {c.scheduler.verifier}: it runs no model")
+        if c.scheduler.verifier == "model":
             self.scheduler.scorer = self.models.load(UnavailableScorer)
         self.intake = ObservationIntake(keep=KEEP_OBSERVATIONS)
         self._waiting: tuple[CandidateSetMsg, float] | None = None  # set, monotonic arrival
@@ -138,7 +133,7 @@ class VerifierNode(Node):
         self._last_gripper = GRIPPER_OPEN
         self._pending: _Pending | None = None  # at most one decision awaits the policy
         self._sampler = (self.create_client(SampleCandidates, "sample_candidates")
-                         if c.verifier == "model" and c.resample and c.mode == "execute"
+                         if c.scheduler.verifier == "model" and c.resample and c.scheduler.mode == "execute"
                          else None)  # imagine mode never resamples: it gates, nothing waits
         self._stats = {"decisions": 0, "holds": 0, "rejected_candidates": 0,
                        "resample_requests": 0, "forwarded_candidates": 0, "resample_failures": 0,
@@ -149,13 +144,13 @@ class VerifierNode(Node):
                        "last_p_safe_max": float("nan")}
         self._chunk_pub = self.create_publisher(ActionChunkMsg, "action_chunk", STREAM_QOS)
         self._imagine_pub = (self.create_publisher(CandidateSetMsg, "imagine_candidates",
-                                                   STREAM_QOS) if c.mode == "imagine" else None)
+                                                   STREAM_QOS) if c.scheduler.mode == "imagine" else None)
         self._verdict_pub = self.create_publisher(Verdict, "verdict", STREAM_QOS)
         self._marker_pub = self.create_publisher(MarkerArray, "approved_path", 5)
         self.create_subscription(CandidateSetMsg, "candidates", self._on_candidates, STREAM_QOS)
         self.create_subscription(PoseStamped, "eef_pose", lambda m: self._add(
             m.header.stamp, "eef", lambda: conv.msg_to_pose(m.pose)), STREAM_QOS)
-        if c.verifier == "model":  # the verifier sees what the policy saw
+        if c.scheduler.verifier == "model":  # the verifier sees what the policy saw
             for camera in CAMERAS:
                 self.create_subscription(Image, f"{camera}/image_raw", lambda m, cam=camera:
                                          self._add(m.header.stamp, cam,
@@ -165,8 +160,8 @@ class VerifierNode(Node):
             self.create_subscription(String, "instruction", self._on_instruction, LATCHED_QOS)
             self.create_timer(OBSERVATION_WAIT_S / 4, self._check_waiting)
         Diagnostics(self, self._diagnostics)
-        self.get_logger().info(f"verifier '{self.scheduler.verifier_id}' ({c.verifier}) in "
-                               f"{c.mode} mode, tau={self.scheduler.threshold:.3f}")
+        self.get_logger().info(f"verifier '{self.scheduler.verifier_id}' ({c.scheduler.verifier}) in "
+                               f"{c.scheduler.mode} mode, tau={self.scheduler.threshold:.3f}")
 
     def _install(self, scorer: Scorer) -> None:
         """A swapped-in verifier (called between two candidate sets)."""
@@ -178,7 +173,7 @@ class VerifierNode(Node):
     def _add(self, stamp, part: str, convert) -> None:
         stamp_ns = conv.from_time(stamp)
         try:
-            value, obs = self.intake.add(stamp_ns, part, convert, assemble=self.config.verifier == "model")
+            value, obs = self.intake.add(stamp_ns, part, convert, assemble=self.config.scheduler.verifier == "model")
         except ValueError as exc:
             self.get_logger().error(str(exc))
             if self._waiting is not None and self._waiting_stamp() == stamp_ns:
@@ -207,7 +202,7 @@ class VerifierNode(Node):
 
     def _observation_coming(self, stamp_ns: int) -> bool:
         """Parts of this stamp's observation are in, or none yet of a stamp this new."""
-        return (self.config.verifier == "model" and getattr(self.scheduler.scorer, "available", True)
+        return (self.config.scheduler.verifier == "model" and getattr(self.scheduler.scorer, "available", True)
                 and self.intake.coming(stamp_ns))
 
     def _waiting_stamp(self) -> int:
@@ -228,7 +223,7 @@ class VerifierNode(Node):
             self._stop_pending(f"superseded by the candidate set of stamp {stamp}")
         obs = self.intake.get(stamp)
         candidates = conv.msg_to_candidate_arrays(msg)
-        if self.config.mode == "imagine":
+        if self.config.scheduler.mode == "imagine":
             forwarded, decision = self.scheduler.gate(candidates, obs, stamp, self._last_gripper,
                                                       msg.policy_id)
             self._publish_gated(msg, forwarded, decision)
@@ -377,7 +372,7 @@ class VerifierNode(Node):
             temperatures=pick(msg.temperatures), seeds=pick(msg.seeds),
             policy_id=msg.policy_id, round=msg.round))
         self._verdict_pub.publish(conv.decision_to_verdict(
-            decision, stamp, self.config.mode, self.scheduler.verifier_id))
+            decision, stamp, self.config.scheduler.mode, self.scheduler.verifier_id))
         self._count(decision)
         self._stats["forwarded_candidates"] += len(forwarded)
 
@@ -394,7 +389,7 @@ class VerifierNode(Node):
         self._last_gripper = float(decision.chunk.actions[-1, -1])
         self._chunk_pub.publish(conv.chunk_to_msg(decision.chunk))
         self._verdict_pub.publish(conv.decision_to_verdict(
-            decision, stamp, self.config.mode, verifier_id))
+            decision, stamp, self.config.scheduler.mode, verifier_id))
         if self._eef is not None:
             rgba = HOLD_RGBA if decision.outcome == OUTCOME_HOLD else APPROVED_RGBA
             self._marker_pub.publish(conv.path_markers(

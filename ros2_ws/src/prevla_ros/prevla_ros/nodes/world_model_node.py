@@ -31,8 +31,9 @@ from sensor_msgs.msg import Image, JointState
 from visualization_msgs.msg import Marker, MarkerArray
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.common import (ERROR, OK, WARN, STREAM_QOS, Diagnostics, declare_config,
-                                     run_node)
+from prevla_ros.nodes.diagnostics import ERROR, OK, WARN, Diagnostics
+from prevla_ros.nodes.params import STREAM_QOS, declare_config
+from prevla_ros.nodes.process import run_node
 from prevla_ros.runtime.configs import WorldModelNodeConfig
 from prevla_ros.runtime.imagination import Imaginer, RateGate, tile
 from prevla_ros.runtime.observation import ObservationIntake

@@ -1,28 +1,27 @@
-"""One config dataclass per node (ROS-free). Every field is a declared ROS parameter of its
-node with the same name, default and description (``metadata["help"]``); ``__post_init__``
-rejects bad values with a ``ValueError`` naming the field, so a node fails at startup.
+"""One config dataclass per node (ROS-free). Every setting is a declared ROS parameter of its
+node with the same name, default and description (:mod:`prevla_ros.runtime.settings`: sections
+such as the verifier node's :class:`SchedulerConfig` are flattened; settings not marked
+``runtime`` are read-only parameters); ``__post_init__`` rejects bad values with a
+``ValueError`` naming the field, so a node fails at startup.
 """
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 
 from prevla_ros.runtime.engines.loader import BACKENDS, DEVICES
-from prevla_ros.runtime.scheduler import MODES, RANKINGS, VERIFIERS
+from prevla_ros.runtime.scheduler_config import SchedulerConfig
+from prevla_ros.runtime.settings import check as _check
+from prevla_ros.runtime.settings import section, setting, settings
 
 WM_SOURCES = ("approved", "candidates", "imagine_candidates")
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 POLICIES = ("scripted_expert", "vla", "remote")
 
 
-def _help(text: str, default):
-    return field(default=default, metadata={"help": text})
-
-
-def _check(ok: bool, cls: str, name: str, message: str) -> None:
-    if not ok:
-        raise ValueError(f"{cls}.{name}: {message}")
+def _help(text: str, default, runtime: bool = False):
+    return setting(text, default, runtime=runtime)
 
 
 def _model_help(kind: str, when: str, unusable: str) -> str:
@@ -49,26 +48,27 @@ def _check_engine(config, n: str) -> None:
 
 @dataclass
 class SimNodeConfig:
-    """Parameters of ``sim_node`` (LIBERO robot simulator)."""
+    """Parameters of ``sim_node`` (LIBERO robot simulator). Task settings changed at run time
+    apply from the next episode; the timers' settings are startup-only."""
 
-    suite: str = _help("LIBERO suite: " + ", ".join(SUITES), "libero_spatial")
-    task_id: int = _help("task index within the suite", 0)
-    init_state: int = _help("index of LIBERO's official init state for the first episode", 0)
+    suite: str = _help("LIBERO suite: " + ", ".join(SUITES), "libero_spatial", runtime=True)
+    task_id: int = _help("task index within the suite", 0, runtime=True)
+    init_state: int = _help("index of LIBERO's official init state for the first episode", 0, runtime=True)
     episodes: int = _help("episodes to run (init states init_state, init_state+1, ...); "
-                          "0 runs forever", 1)
-    image_size: int = _help("square camera resolution in pixels", 128)
-    max_steps: int = _help("control steps before an episode times out; 0 = suite default", 0)
+                          "0 runs forever", 1, runtime=True)
+    image_size: int = _help("square camera resolution in pixels", 128, runtime=True)
+    max_steps: int = _help("control steps before an episode times out; 0 = suite default", 0, runtime=True)
     control_rate_hz: float = _help("control steps per second; 0 runs as fast as possible", 20.0)
     execute_steps: int = _help("actions executed from each chunk before the next decision; "
                                "0 = the whole chunk", 0)
-    hold_steps: int = _help("zero-motion steps executed when an invalid chunk arrives", 1)
+    hold_steps: int = _help("zero-motion steps executed when an invalid chunk arrives", 1, runtime=True)
     max_abs_action: float = _help("chunks with any absolute action value above this are "
-                                  "invalid (the controller clips to 1; far more is a bug)", 10.0)
+                                  "invalid (the controller clips to 1; far more is a bug)", 10.0, runtime=True)
     chunk_timeout_s: float = _help("seconds without a chunk before the observation is "
                                    "re-published under a new stamp (lost message / dead peer)",
-                                   10.0)
+                                   10.0, runtime=True)
     publish_privileged: bool = _help("publish object poses on sim_state (needed by the "
-                                     "scripted expert; a real robot has none)", True)
+                                     "scripted expert; a real robot has none)", True, runtime=True)
     start_delay_s: float = _help("seconds to wait after startup before the first observation "
                                  "(lets subscribers connect)", 0.5)
 
@@ -102,9 +102,10 @@ class PolicyNodeConfig:
                         "scripted_expert (privileged scripted LIBERO expert + Gaussian noise) "
                         "or remote (a policy server at `remote_url`, openpi websocket protocol)",
                         "vla")
-    checkpoint: str = _help(_model_help("VLA", "policy vla", "answered with hold chunks"), "")
-    backend: str = _help(BACKEND_HELP + " (policy vla)", "auto")
-    device: str = _help(DEVICE_HELP + " (policy vla)", "auto")
+    checkpoint: str = _help(_model_help("VLA", "policy vla", "answered with hold chunks"), "",
+                            runtime=True)
+    backend: str = _help(BACKEND_HELP + " (policy vla)", "auto", runtime=True)
+    device: str = _help(DEVICE_HELP + " (policy vla)", "auto", runtime=True)
     remote_url: str = _help("policy server URL (policy remote); an unreachable server is "
                             "logged and answered with hold chunks", "ws://127.0.0.1:8000")
     remote_timeout_s: float = _help("longest wait for a policy server to connect or reply",
@@ -138,31 +139,14 @@ class PolicyNodeConfig:
 
 @dataclass
 class VerifierNodeConfig:
-    """Parameters of ``verifier_node`` (scores candidates, publishes the approved chunk)."""
+    """Parameters of ``verifier_node`` (scores candidates, publishes the approved chunk): its
+    own settings plus the decision settings (:class:`SchedulerConfig`, composed whole)."""
 
-    verifier: str = _help("verifier: " + ", ".join(VERIFIERS) + " (model = the learned "
-                          "Pre-VLA verifier in `checkpoint`: the safe candidate with the highest "
-                          "advantage; passthrough = accept the first valid candidate: the "
-                          "policy-alone baseline)", "model")
-    checkpoint: str = _help(_model_help("verifier", "verifier model", "every decision is a hold"), "")
-    backend: str = _help(BACKEND_HELP + " (verifier model)", "auto")
-    device: str = _help(DEVICE_HELP + " (verifier model)", "auto")
-    threshold: float = _help("accept threshold tau on P(safe) (verifier model); 0 = the "
-                             "checkpoint's calibrated threshold, else in (0, 1)", 0.0)
-    mode: str = _help("execute: gate before the robot moves; imagine: gate before the "
-                      "world model rolls a chunk out", "execute")
-    action_dim: int = _help("action dimension the robot accepts", 7)
-    max_abs_action: float = _help("reject candidates with any absolute action value above "
-                                  "this", 10.0)
-    hold_horizon: int = _help("length of the hold chunk published when no candidate is "
-                              "usable", 8)
+    checkpoint: str = _help(_model_help("verifier", "verifier model", "every decision is a hold"),
+                            "", runtime=True)
+    backend: str = _help(BACKEND_HELP + " (verifier model)", "auto", runtime=True)
+    device: str = _help(DEVICE_HELP + " (verifier model)", "auto", runtime=True)
     marker_frame: str = _help("frame of the approved-path markers", "world")
-    ranking: str = _help("verifier model: among the candidates that pass tau, advantage = the "
-                         "highest predicted advantage; policy_order = the policy's first (the "
-                         "verifier as a pure safety gate)", "policy_order")
-    advantage_margin: float = _help("ranking advantage: the best candidate replaces the "
-                                    "policy's first passing one only if its predicted advantage "
-                                    "is higher by at least this (0 = always the best)", 0.0)
     resample: bool = _help("verifier model: when no candidate of a set passes tau, ask "
                            "policy_node for more (its sample_candidates service) within "
                            "max_rounds, max_samples and max_ms, then fall back to the safest "
@@ -171,65 +155,20 @@ class VerifierNodeConfig:
     resample_timeout_s: float = _help("longest wait for one sample_candidates answer; a late, "
                                       "failed or missing answer ends the resampling with the "
                                       "fallback", 1.0)
-    max_rounds: int = _help("sampling rounds per decision, the policy's set included "
-                            "(1 = no resampling)", 3)
-    max_samples: int = _help("candidates per decision over all rounds", 24)
-    max_ms: float = _help("time budget of a decision in ms (0 = none); no round starts after "
-                          "it and no answer is awaited past it", 0.0)
-    temperature_step: float = _help("each resampling round asks for a temperature this much "
-                                    "higher than the set before", 0.0)
-    fallback_min_p_safe: float = _help("resample: when the budget is spent (or resampling "
-                                       "fails) and nothing passed tau, the safest candidate is executed "
-                                       "if its P(safe) is at least this, else the robot holds",
-                                       0.5)
-    overlap: bool = _help("resample: once a set has been rejected, request the next set "
-                          "before scoring the current one (preemptive; an unneeded set is "
-                          "dropped)", False)
-    imagine_threshold: float = _help("mode imagine: P(safe) a candidate needs to be forwarded "
-                                     "to the world model on imagine_candidates; 0 = tau (the "
-                                     "threshold in use), else in (0, 1)", 0.0)
-    imagine_max_candidates: int = _help("mode imagine: at most this many candidates forwarded "
-                                        "per observation, highest predicted advantage first "
-                                        "(passthrough: the first valid ones)", 2)
+    scheduler: SchedulerConfig = section(SchedulerConfig, "the decision settings",
+                                         verifier="model")
 
     def __post_init__(self) -> None:
         n = type(self).__name__
-        _check(self.verifier in VERIFIERS, n, "verifier",
-               f"must be one of {VERIFIERS}, got {self.verifier!r}")
         _check_engine(self, n)
-        _check(math.isfinite(self.threshold) and 0.0 <= self.threshold < 1.0, n, "threshold",
-               f"must be 0 (calibrated) or in (0, 1), got {self.threshold!r}")
-        _check(self.mode in MODES, n, "mode", f"must be one of {MODES}, got {self.mode!r}")
-        _check(self.action_dim >= 1, n, "action_dim", f"must be >= 1, got {self.action_dim}")
-        _check(self.max_abs_action > 0, n, "max_abs_action",
-               f"must be > 0, got {self.max_abs_action}")
-        _check(self.hold_horizon >= 1, n, "hold_horizon",
-               f"must be >= 1, got {self.hold_horizon}")
-        _check(self.ranking in RANKINGS, n, "ranking",
-               f"must be one of {RANKINGS}, got {self.ranking!r}")
-        _check(math.isfinite(self.advantage_margin) and self.advantage_margin >= 0, n,
-               "advantage_margin", f"must be >= 0, got {self.advantage_margin!r}")
         _check(self.resample_timeout_s > 0, n, "resample_timeout_s",
                f"must be > 0, got {self.resample_timeout_s}")
-        _check(self.max_rounds >= 1, n, "max_rounds", f"must be >= 1, got {self.max_rounds}")
-        _check(self.max_samples >= 1, n, "max_samples", f"must be >= 1, got {self.max_samples}")
-        _check(self.max_ms >= 0, n, "max_ms", f"must be >= 0 (0 = no budget), got {self.max_ms}")
-        _check(self.temperature_step >= 0, n, "temperature_step",
-               f"must be >= 0, got {self.temperature_step}")
-        _check(0 <= self.fallback_min_p_safe <= 1, n, "fallback_min_p_safe",
-               f"must be in [0, 1], got {self.fallback_min_p_safe}")
-        _check(isinstance(self.overlap, bool), n, "overlap",
-               f"must be true or false, got {self.overlap!r}")
-        _check(math.isfinite(self.imagine_threshold) and 0.0 <= self.imagine_threshold < 1.0,
-               n, "imagine_threshold",
-               f"must be 0 (tau) or in (0, 1), got {self.imagine_threshold!r}")
-        _check(self.imagine_max_candidates >= 1, n, "imagine_max_candidates",
-               f"must be >= 1, got {self.imagine_max_candidates}")
 
 
 @dataclass
 class WorldModelNodeConfig:
-    """Parameters of ``world_model_node`` (imagines the frames chunks would produce)."""
+    """Parameters of ``world_model_node`` (imagines the frames chunks would produce; started by
+    ``ros2 launch ... use_world_model:=true`` or ``prevla up --world-model``)."""
 
     checkpoint: str = _help("world model: a .pt file, zoo:NAME from models/zoo/manifest.yaml, "
                             "or empty for the zoo's default world model; a missing or corrupt "
@@ -270,4 +209,4 @@ NODE_CONFIGS = {"sim_node": SimNodeConfig, "policy_node": PolicyNodeConfig,
 
 def config_help(cls) -> dict[str, tuple[object, str]]:
     """name -> (default, description) for every parameter of a node config."""
-    return {f.name: (f.default, f.metadata.get("help", "")) for f in fields(cls)}
+    return {s.name: (s.default, s.help) for s in settings(cls).values()}

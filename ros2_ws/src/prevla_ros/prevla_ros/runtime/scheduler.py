@@ -31,97 +31,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from prevla_ros.runtime.chunks import chunk_problem, hold_chunk
+from prevla_ros.runtime.scheduler_config import MODES, RANKINGS, VERIFIERS, SchedulerConfig  # noqa: F401 (re-exported)
 from prevla_ros.runtime.types import ACTION_DIM, GRIPPER_OPEN, ActionChunk, Observation, Scorer
 
-MODES = ("execute", "imagine")
-VERIFIERS = ("passthrough", "model")
-RANKINGS = ("advantage", "policy_order")
 OUTCOME_ACCEPTED = "accepted"
 OUTCOME_FALLBACK = "fallback_best"
 OUTCOME_HOLD = "hold"
-
-
-@dataclass
-class SchedulerConfig:
-    """Configuration of the decision step.
-
-    Attributes:
-        mode: "execute" gates chunks before the robot moves; "imagine" before world-model rollout.
-        verifier: which verifier scores candidates (see module docstring).
-        action_dim: action dimension the robot accepts; other candidates are rejected.
-        max_abs_action: candidates with any |value| above this are rejected (broken policy).
-        hold_horizon: length of the hold chunk published when nothing is usable.
-        threshold: accept threshold tau on P(safe) of the model verifier; 0 uses the
-            scorer's calibrated threshold.
-        max_rounds: sampling rounds per decision in :meth:`Scheduler.run` (1 = no resampling).
-        max_samples: candidates per decision over all rounds (the sample budget).
-        max_ms: wall-clock budget of a decision in ms (0 = none); no new round starts after it.
-        temperature_step: each resampling round samples at a temperature this much higher.
-        fallback_min_p_safe: when the budget is spent and nothing passed tau, the scored
-            candidate with the highest P(safe) is executed if its P(safe) is at least this
-            (outcome ``fallback_best``); otherwise the robot holds.
-        ranking: among the candidates that pass tau, "advantage" takes the highest predicted
-            advantage, "policy_order" the first in the policy's order (the verifier as a
-            pure safety gate).
-        advantage_margin: ranking "advantage": the best-ranked candidate replaces the first
-            passing one in the policy's order only if its predicted advantage is higher by at
-            least this (0 = always the best; large = the policy's order, a pure gate).
-        imagine_threshold: imagine mode (:meth:`Scheduler.gate`): the P(safe) a candidate needs
-            to be rolled out by the world model; 0 uses tau (``threshold``, or calibrated).
-        imagine_max_candidates: imagine mode: at most this many candidates forwarded per
-            observation (the imagination budget).
-        overlap: preemptive resampling: once a round has been rejected, the next round is
-            sampled while the current one is scored, so a further rejection does not wait for
-            the policy; a speculative round that turns out unneeded is dropped.
-    """
-
-    mode: str = "execute"
-    verifier: str = "passthrough"
-    action_dim: int = ACTION_DIM
-    max_abs_action: float = 10.0
-    hold_horizon: int = 8
-    threshold: float = 0.0
-    max_rounds: int = 3
-    max_samples: int = 24
-    max_ms: float = 0.0
-    temperature_step: float = 0.5
-    fallback_min_p_safe: float = 0.5
-    ranking: str = "advantage"
-    advantage_margin: float = 0.0
-    imagine_threshold: float = 0.0
-    imagine_max_candidates: int = 2
-    overlap: bool = False
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"SchedulerConfig.mode must be one of {MODES}, got {self.mode!r}")
-        if self.verifier not in VERIFIERS:
-            raise ValueError(
-                f"SchedulerConfig.verifier must be one of {VERIFIERS}, got {self.verifier!r}")
-        if self.action_dim < 1:
-            raise ValueError(f"SchedulerConfig.action_dim must be >= 1, got {self.action_dim}")
-        if not self.max_abs_action > 0:
-            raise ValueError(
-                f"SchedulerConfig.max_abs_action must be > 0, got {self.max_abs_action}")
-        if self.hold_horizon < 1:
-            raise ValueError(f"SchedulerConfig.hold_horizon must be >= 1, got {self.hold_horizon}")
-        for name, zero in (("threshold", "the scorer's calibrated threshold"), ("imagine_threshold", "tau")):
-            t = getattr(self, name)
-            if (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)
-                    or not 0.0 <= t < 1.0):
-                raise ValueError(f"SchedulerConfig.{name} must be 0 ({zero}) or in (0, 1), got {t!r}")
-        for name, ok, text in (("ranking", self.ranking in RANKINGS, f"one of {RANKINGS}"),
-                               ("max_rounds", self.max_rounds >= 1, ">= 1"),
-                               ("max_samples", self.max_samples >= 1, ">= 1"),
-                               ("max_ms", self.max_ms >= 0, ">= 0 (0 = no time budget)"),
-                               ("temperature_step", self.temperature_step >= 0, ">= 0"),
-                               ("advantage_margin", self.advantage_margin >= 0, ">= 0"),
-                               ("fallback_min_p_safe", 0 <= self.fallback_min_p_safe <= 1, "in [0, 1]"),
-                               ("imagine_max_candidates", self.imagine_max_candidates >= 1,
-                                ">= 1"),
-                               ("overlap", isinstance(self.overlap, bool), "true or false")):
-            if not ok:
-                raise ValueError(f"SchedulerConfig.{name} must be {text}, got {getattr(self, name)!r}")
 
 
 @dataclass

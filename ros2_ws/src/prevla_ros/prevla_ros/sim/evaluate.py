@@ -14,10 +14,13 @@ import math
 import multiprocessing as mp
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+
+from prevla_ros.runtime.scheduler_config import SchedulerConfig
+from prevla_ros.runtime.settings import build, flatten, section, settings
 
 ARMS = ("policy", "random", "verifier")
 
@@ -37,22 +40,8 @@ class EvalConfig:
                 "verifier = the scheduler with the learned verifier (resampling, fallback)"})
     verifier: str = field(default="", metadata={
         "help": "verifier checkpoint of the verifier arm: '' = zoo default, zoo:NAME or a file"})
-    threshold: float = field(default=0.0, metadata={"help": "verifier tau; 0 = calibrated"})
     backend: str = field(default="auto", metadata={
         "help": "VLA and verifier backend: auto | tensorrt | onnxruntime | torch (fallback chain)"})
-    max_rounds: int = field(default=3, metadata={"help": "verifier arm: sampling rounds per decision"})
-    max_samples: int = field(default=24, metadata={"help": "verifier arm: candidates per decision"})
-    max_ms: float = field(default=0.0, metadata={"help": "verifier arm: time budget of a decision (ms, 0 = none)"})
-    temperature_step: float = field(default=0.0, metadata={
-        "help": "verifier arm: temperature added per resampling round"})
-    fallback_min_p_safe: float = field(default=0.5, metadata={
-        "help": "verifier arm: budget spent, nothing passed tau: execute the safest if P(safe) >= this, else hold"})
-    overlap: bool = field(default=False, metadata={
-        "help": "verifier arm: preemptive resampling (sample the next round while scoring)"})
-    ranking: str = field(default="policy_order", metadata={
-        "help": "verifier arm: advantage (best predicted advantage among safe) | policy_order (gate only)"})
-    advantage_margin: float = field(default=0.0, metadata={
-        "help": "verifier arm: ranking advantage replaces the policy's first safe candidate only if better by this"})
     num_candidates: int = field(default=1, metadata={"help": "K candidates per decision"})
     horizon: int = field(default=8, metadata={"help": "H actions per chunk"})
     temperature: float = field(default=1.0, metadata={"help": "sampling temperature"})
@@ -62,6 +51,10 @@ class EvalConfig:
     workers: int = field(default=2, metadata={"help": "processes; 0 = in-process"})
     render: str = field(default="auto", metadata={"help": "auto | on | off (auto: not for expert)"})
     out: str | None = field(default=None, metadata={"help": "JSON path (a .md table next to it)"})
+    scheduler: SchedulerConfig = section(
+        SchedulerConfig, "the verifier arm's decision settings (verifier_node's, same defaults)",
+        fixed={"verifier": "model", "mode": "execute"},
+        hidden=("hold_horizon", "imagine_threshold", "imagine_max_candidates"))
 
     def __post_init__(self) -> None:
         self.arms = tuple(self.arms)
@@ -85,20 +78,10 @@ class EvalConfig:
         if "verifier" in self.arms and not self.policy.startswith(("vla", "remote")):
             raise ValueError("arms: the verifier arm scores learned-policy candidates; "
                              f"use --policy vla (got {self.policy!r})")
-        if "verifier" in self.arms:
-            self.scheduler_config()  # its knobs fail here, naming the field, not in a worker
 
-
-    def scheduler_config(self):
-        """The verifier arm's ``SchedulerConfig`` (validated there)."""
-        from prevla_ros.runtime.scheduler import SchedulerConfig
-
-        return SchedulerConfig(verifier="model", threshold=self.threshold, max_rounds=self.max_rounds,
-                               max_samples=self.max_samples, max_ms=self.max_ms,
-                               temperature_step=self.temperature_step,
-                               fallback_min_p_safe=self.fallback_min_p_safe, overlap=self.overlap,
-                               hold_horizon=self.horizon, ranking=self.ranking,
-                               advantage_margin=self.advantage_margin)
+    def scheduler_config(self) -> SchedulerConfig:
+        """The verifier arm's decision settings; a hold lasts one chunk of the policy's."""
+        return replace(self.scheduler, hold_horizon=self.horizon)
 
 
 def parse_policy_spec(spec: str) -> tuple[str, str]:
@@ -153,7 +136,7 @@ def run_task_arm(cfg_dict: dict, suite: str, task_id: int, arm: str) -> list[dic
     from prevla_ros.runtime.chunks import chunk_problem, hold_chunk
     from prevla_ros.sim.libero_env import LiberoEnv, LiberoEnvConfig, num_init_states
 
-    cfg = EvalConfig(**cfg_dict)
+    cfg = build(EvalConfig, cfg_dict)
     if cfg.workers > 0 and cfg.policy.startswith("vla"):  # share the cores, do not oversubscribe
         import torch
 
@@ -222,7 +205,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     task_ids = cfg.task_ids or list(range(suite_num_tasks(cfg.suite)))
     instructions = suite_instructions(cfg.suite)
-    jobs = [(asdict(cfg), cfg.suite, t, arm) for t in task_ids for arm in cfg.arms]
+    jobs = [(flatten(cfg), cfg.suite, t, arm) for t in task_ids for arm in cfg.arms]
     t_start = time.perf_counter()
     episodes: list[dict] = []
     with tqdm(total=len(jobs) * cfg.episodes_per_task, desc=f"eval {cfg.suite}",
@@ -257,7 +240,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                 **_scheduler_stats(eps)))
     suite_avg = {arm: float(np.mean([r["success_rate"] for r in tasks if r["arm"] == arm]))
                  for arm in cfg.arms}
-    result = dict(config=asdict(cfg), suite=cfg.suite, policy=cfg.policy,
+    result = dict(config=flatten(cfg), suite=cfg.suite, policy=cfg.policy,
                   success_rate=suite_avg, wall_time_s=round(wall, 1), tasks=tasks,
                   episodes=episodes)
     table = format_table(result)
@@ -380,19 +363,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="prevla eval", description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default="", help="'0-9' or '0,3' (default: all)")
     p.add_argument("--arms", default="policy", help="comma list of policy,random,verifier")
-    for f in fields(EvalConfig):
-        if f.name in ("task_ids", "arms"):
+    for s in settings(EvalConfig).values():  # the verifier arm's decision settings included
+        if s.name in ("task_ids", "arms"):
             continue
-        opt, text = "--" + f.name.replace("_", "-"), f.metadata.get("help")
-        if isinstance(f.default, bool):
-            p.add_argument(opt, dest=f.name, action="store_true", help=text)
+        opt = "--" + s.name.replace("_", "-")
+        if isinstance(s.default, bool):
+            p.add_argument(opt, dest=s.name, action="store_true", help=s.help)
         else:
-            p.add_argument(opt, dest=f.name, default=f.default, help=text,
-                           type=str if f.default is None else type(f.default))
+            p.add_argument(opt, dest=s.name, default=s.default, help=s.help,
+                           type=str if s.default is None else type(s.default))
     a = vars(p.parse_args(argv))
     try:
-        cfg = EvalConfig(task_ids=parse_tasks(a.pop("tasks")),
-                         arms=tuple(filter(None, a.pop("arms").split(","))), **a)
+        cfg = build(EvalConfig, dict(task_ids=parse_tasks(a.pop("tasks")),
+                                     arms=tuple(filter(None, a.pop("arms").split(","))), **a))
     except ValueError as exc:
         p.error(str(exc))
     evaluate(cfg)

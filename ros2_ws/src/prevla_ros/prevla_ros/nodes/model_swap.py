@@ -1,99 +1,22 @@
-"""rclpy glue shared by the nodes: parameters from config dataclasses, QoS, diagnostics,
-hot-swapping a node's model."""
+"""Hot-swapping a node's model behind ROS: the ``~/swap_model`` service and the
+``checkpoint`` / ``backend`` / ``device`` parameters (:class:`ModelSwapper`)."""
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
-from dataclasses import dataclass, field, fields, replace
-from typing import Callable, TypeVar
+from dataclasses import dataclass, field, replace
+from typing import Callable
 
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from prevla_interfaces.srv import SwapModel
-from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import ReentrantCallbackGroup
-from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.task import Future
 
-from prevla_ros.conversions import diagnostic_status
+from prevla_ros.nodes.params import on_config_change
 from prevla_ros.runtime.engines import BACKENDS, ModelSlot
 from prevla_ros.runtime.engines.slot import Staged
-
-C = TypeVar("C")
-
-#: Observation and chunk topics: reliable (a lost observation stalls a decision), shallow.
-STREAM_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5,
-                        reliability=ReliabilityPolicy.RELIABLE,
-                        durability=DurabilityPolicy.VOLATILE)
-#: Latched topics (instruction): late joiners get the last message.
-LATCHED_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
-                         reliability=ReliabilityPolicy.RELIABLE,
-                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
-#: Episode status: latched too, but deep enough that an episode's final status survives the
-#: next episode's first one published right after it (depth 1 would overwrite it).
-STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=20,
-                        reliability=ReliabilityPolicy.RELIABLE,
-                        durability=DurabilityPolicy.TRANSIENT_LOCAL)
-
-OK, WARN, ERROR = DiagnosticStatus.OK, DiagnosticStatus.WARN, DiagnosticStatus.ERROR
-
-
-def declare_config(node: Node, cls: type[C]) -> C:
-    """Declare one ROS parameter per dataclass field (name, default, description) and
-    build the config from their values; the dataclass validates (ValueError names the field)."""
-    values = {}
-    for f in fields(cls):
-        descriptor = ParameterDescriptor(description=f.metadata.get("help", ""))
-        values[f.name] = node.declare_parameter(f.name, f.default, descriptor).value
-    return cls(**values)
-
-
-def on_config_change(node: Node, current: Callable[[], C],
-                     apply: Callable[[C, C], str | None]) -> None:
-    """Validate run-time parameter changes through the config dataclass.
-
-    ``apply(old, new)`` returns ``None`` to accept or a reason to reject; a rejected change
-    leaves the node running with its current config and logs why.
-    """
-    def callback(params) -> SetParametersResult:
-        old = current()
-        try:
-            new = replace(old, **{p.name: p.value for p in params})
-        except (TypeError, ValueError) as exc:
-            node.get_logger().error(f"rejected parameter change: {exc}")
-            return SetParametersResult(successful=False, reason=str(exc))
-        reason = apply(old, new)
-        if reason is not None:
-            node.get_logger().error(f"rejected parameter change: {reason}")
-            return SetParametersResult(successful=False, reason=reason)
-        return SetParametersResult(successful=True)
-
-    node.add_on_set_parameters_callback(callback)
-
-
-class Diagnostics:
-    """Publishes one DiagnosticStatus for the node on /diagnostics once a second."""
-
-    def __init__(self, node: Node, values: Callable[[], tuple[bytes, str, dict[str, object]]]):
-        self._node = node
-        self._values = values
-        self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        node.create_timer(1.0, self.publish)
-
-    def publish(self) -> None:
-        level, message, values = self._values()
-        msg = DiagnosticArray()
-        msg.header.stamp = self._node.get_clock().now().to_msg()
-        msg.status = [diagnostic_status(f"prevla: {self._node.get_name()}",
-                                        self._node.get_fully_qualified_name(), level, message,
-                                        values)]
-        self._pub.publish(msg)
-
+from prevla_ros.runtime.settings import flatten
 
 #: Parameters whose change hot-swaps the model; a node's other parameters are startup-only.
 MODEL_FIELDS = ("checkpoint", "backend", "device")
@@ -227,9 +150,10 @@ class ModelSwapper:
         return response
 
     def _on_parameters(self, old, new) -> str | None:
-        changed = [f.name for f in fields(old) if getattr(old, f.name) != getattr(new, f.name)]
-        startup_only = [f for f in changed if f not in MODEL_FIELDS]
-        if startup_only:
+        before, after = flatten(old), flatten(new)
+        changed = [name for name in before if before[name] != after[name]]
+        startup_only = [name for name in changed if name not in MODEL_FIELDS]
+        if startup_only:  # read-only parameters: only a config built by hand gets here
             return f"{', '.join(startup_only)} can only be set at startup (restart the node)"
         if not changed or self._quiet:
             return None
@@ -277,27 +201,3 @@ class ModelSwapper:
         self.node.get_logger().info(
             f"{self.slot.kind} model {verb} {m.name} on {m.backend} ({m.device}), sha256 "
             f"{m.sha256}, warm-up {staged.warmup_ms:.1f} ms{skipped}")
-
-
-def run_node(factory: Callable[[], Node], args: list[str] | None = None) -> int:
-    """``main()`` body shared by every node: init, spin, clean shutdown; config errors exit 2."""
-    os.environ.setdefault("ROS_LOG_DIR", os.path.join(os.path.expanduser("~"), ".ros", "log"))
-    try:
-        with rclpy.init(args=args):
-            try:
-                node = factory()
-            except ValueError as exc:
-                print(f"configuration error: {exc}", file=sys.stderr)
-                return 2
-            try:
-                rclpy.spin(node)
-            except RuntimeError:
-                # A signal can shut the context down while spin() builds its wait set;
-                # rclpy then raises RCLError (a RuntimeError) instead of the usual exception.
-                if rclpy.ok():
-                    raise
-            finally:
-                node.destroy_node()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    return 0
