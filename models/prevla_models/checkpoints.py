@@ -2,7 +2,8 @@
 vocabulary, and checkpoint files.
 
 A checkpoint is ``{"kind", "config", "state_dict", "extra"}`` written with ``torch.save``
-(atomically, via a temp file) and read with ``weights_only=True`` (no code runs on load).
+(atomically, via a temp file) and read with ``weights_only=True`` (no code runs on load);
+its ``kind`` is a row of the kind table, :mod:`prevla_models.kinds`.
 """
 from __future__ import annotations
 

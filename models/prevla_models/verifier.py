@@ -287,11 +287,8 @@ class Verifier(ModelBase):
     def encode_observation(self, images: torch.Tensor, proprio: torch.Tensor, instructions) -> torch.Tensor:
         """Pooled observation features (B, 3, d_model): [image, language, proprio] vectors.
 
-        Args:
-            images: (B, cameras, S, S, 3) uint8, upright RGB, channel-last; S a multiple of
-                ``cfg.image_size`` (area-downsampled to it).
-            proprio: (B, proprio_dim) float.
-            instructions: list of B strings, or a (B, max_words) tensor of word ids.
+        ``images`` (B, cameras, S, S, 3) uint8, ``proprio`` (B, proprio_dim) and ``instructions``
+        (B strings or word ids) as :meth:`prevla_models.encoder.ObservationEncoder.forward`.
         """
         tokens, pad = self.observation(images, proprio, instructions)
         ctx = self.obs_encoder(tokens, src_key_padding_mask=pad)

@@ -95,11 +95,8 @@ class VLA(ModelBase):
     def encode(self, images: torch.Tensor, proprio: torch.Tensor, instructions) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode an observation batch into context tokens.
 
-        Args:
-            images: (B, cameras, S, S, 3) uint8, upright RGB, channel-last; S a multiple of
-                ``cfg.image_size`` (area-downsampled to it).
-            proprio: (B, proprio_dim) float.
-            instructions: list of B strings, or a (B, max_words) tensor of word ids.
+        ``images`` (B, cameras, S, S, 3) uint8, ``proprio`` (B, proprio_dim) and ``instructions``
+        (B strings or word ids) as :meth:`prevla_models.encoder.ObservationEncoder.forward`.
 
         Returns:
             context (B, N, d_model) and its key-padding mask (B, N), True = padding.

@@ -4,7 +4,7 @@
 
     models:
       vla_libero_spatial:
-        kind: vla                  # which loader reads it
+        kind: vla                  # which loader reads it (prevla_models.kinds)
         file: vla_libero_spatial.pt
         sha256: <hex>              # checked before every load
         bytes: 5170000
@@ -31,6 +31,7 @@ from pathlib import Path
 import yaml
 
 from prevla_models.checkpoints import sha256_file
+from prevla_models.kinds import KINDS
 
 ZOO_PREFIX = "zoo:"
 
@@ -81,6 +82,17 @@ def resolve(spec: str, kind: str, root: Path | None = None) -> str:
     if spec and not spec.startswith(ZOO_PREFIX):
         return spec
     models = load_manifest(root)
+    name = entry_name(spec, kind, models, root)
+    return str(entry_path(name, models[name], root))
+
+
+def entry_name(spec: str, kind: str, models: dict, root: Path | None = None) -> str:
+    """Manifest entry named by a zoo spec (``zoo:NAME``, ``zoo:default`` or ``""``) of ``models``.
+
+    Raises:
+        FileNotFoundError: no such entry, or no default ``kind`` entry.
+        ValueError: the entry is not a ``kind`` model.
+    """
     name = spec[len(ZOO_PREFIX):] if spec else "default"
     if name == "default":
         names = [n for n, e in models.items() if e.get("kind") == kind and e.get("default")]
@@ -92,59 +104,7 @@ def resolve(spec: str, kind: str, root: Path | None = None) -> str:
         raise FileNotFoundError(f"zoo model {name!r} not in the manifest (has {sorted(models)})")
     if models[name].get("kind") != kind:
         raise ValueError(f"zoo model {name!r} is a {models[name].get('kind')!r}, not a {kind!r}")
-    return str(entry_path(name, models[name], root))
-
-
-def _observation_inputs(c, note: str = "") -> dict:
-    """The observation part of a model's input signature (VLA and verifier share it)."""
-    proprio = "eef_pos, eef axis-angle, gripper qpos" + (", 7 arm joint positions" if c.proprio_dim == 15 else "")
-    return {"images": f"(B, {c.cameras}, S, S, 3) uint8 upright [agentview, wrist], S a multiple of {c.image_size}{note}",
-            "proprio": f"(B, {c.proprio_dim}) float32 {proprio}",
-            "instruction": f"str ({len(c.vocab)}-word vocabulary)"}
-
-
-def _summary(model) -> dict:
-    return {"params": model.num_parameters(), "config": {k: v for k, v in vars(model.cfg).items() if k != "vocab"}}
-
-
-def _vla_signature(path: str) -> dict:
-    from prevla_models.vla import load_checkpoint
-
-    model, _ = load_checkpoint(path)
-    c = model.cfg
-    return {"inputs": _observation_inputs(c),
-            "outputs": {"chunks": f"(B, k, {c.horizon}, {c.action_dim}) float32 in [-1, 1], "
-                                  "LIBERO OSC_POSE deltas + gripper"}, **_summary(model)}
-
-
-def _verifier_signature(path: str) -> dict:
-    from prevla_models.verifier import load_checkpoint
-
-    model, extra = load_checkpoint(path)
-    c = model.cfg
-    return {"inputs": {**_observation_inputs(c, " (encoded once per observation)"),
-                       "actions": f"(B, K, {c.horizon}, {c.action_dim}) float32 candidate chunks"},
-            "outputs": {"safety_logit": "(B, K) float32, P(safe) = sigmoid(logit)",
-                        "advantage": f"(B, K) float32, critic advantage / {extra.get('adv_scale', 1.0):.4g}"},
-            "threshold": round(model.threshold, 6), **_summary(model)}
-
-
-def _world_model_signature(path: str) -> dict:
-    from prevla_models.world_model import load_checkpoint
-
-    model, _ = load_checkpoint(path)
-    c = model.cfg
-    return {"inputs": {"frames": f"(B, S, S, 3) uint8 upright agent-view frame, S a multiple of {c.frame_size}",
-                       "proprio": f"(B, {c.proprio_dim}) float32 eef_pos, eef axis-angle, gripper qpos",
-                       "chunks": f"(B, N, {c.horizon}, {c.action_dim}) float32 action chunks, executed in order"},
-            "outputs": {"frames": f"(B, N*{c.horizon} / every, {c.frame_size}, {c.frame_size}, 3) uint8 imagined frames"},
-            "params": model.num_parameters(), "config": vars(c)}
-
-
-#: kind -> (module with load_checkpoint/save_checkpoint, signature function, id key in extra)
-_KINDS = {"vla": ("prevla_models.vla", _vla_signature, "policy_id"),
-          "verifier": ("prevla_models.verifier", _verifier_signature, "verifier_id"),
-          "world_model": ("prevla_models.world_model", _world_model_signature, "world_model_id")}
+    return name
 
 
 def register(name: str, kind: str, checkpoint: str, training: dict, metrics: dict | None = None,
@@ -153,16 +113,13 @@ def register(name: str, kind: str, checkpoint: str, training: dict, metrics: dic
     root = root or zoo_dir()
     root.mkdir(parents=True, exist_ok=True)
     target = root / f"{name}.pt"
-    if kind not in _KINDS:
-        raise ValueError(f"register: unsupported kind {kind!r}; expected one of {sorted(_KINDS)}")
-    import importlib
-
-    module_name, signature, id_key = _KINDS[kind]
-    module = importlib.import_module(module_name)
-    model, extra = module.load_checkpoint(checkpoint)
+    if kind not in KINDS:
+        raise ValueError(f"register: unsupported kind {kind!r}; expected one of {sorted(KINDS)}")
+    row = KINDS[kind]
+    model, extra = row.load_checkpoint(checkpoint)
     keep = {k: v for k, v in extra.items() if k != "train_state"}  # no optimizer state in the zoo
-    keep[id_key] = name  # candidate sets and verdicts name the model they came from
-    module.save_checkpoint(str(target), model, keep)
+    keep[row.id_key] = name  # candidate sets and verdicts name the model they came from
+    row.save_checkpoint(str(target), model, keep)
     models = load_manifest(root)
     if default:
         for e in models.values():
@@ -171,7 +128,7 @@ def register(name: str, kind: str, checkpoint: str, training: dict, metrics: dic
     old = models.get(name, {})
     models[name] = {"kind": kind, "file": target.name, "sha256": sha256_file(str(target)),
                     "bytes": target.stat().st_size, "default": bool(default or old.get("default")),
-                    "signature": signature(str(target)), "training": training,
+                    "signature": row.signature(*row.load_checkpoint(str(target))), "training": training,
                     "metrics": metrics if metrics is not None else old.get("metrics", {})}
     save_manifest(models, root)
     return models[name]

@@ -188,7 +188,7 @@ def test_observation_is_encoded_once_for_k_candidates():
     m = tiny_model()
     images, proprio, instr = obs_batch(2)
     calls = {"image_encoder": [], "obs_encoder": [], **{f"pool_{n}": [] for n in MODALITIES}}
-    hooks = [m.image_encoder.register_forward_hook(lambda mod, i, o: calls["image_encoder"].append(i[0].shape[0])),
+    hooks = [m.observation.image_encoder.register_forward_hook(lambda mod, i, o: calls["image_encoder"].append(i[0].shape[0])),
              m.obs_encoder.register_forward_hook(lambda mod, i, o: calls["obs_encoder"].append(i[0].shape[0]))]
     for n in MODALITIES:
         hooks.append(m.pools[n].register_forward_hook(lambda mod, i, o, n=n: calls[f"pool_{n}"].append(i[0].shape[0])))

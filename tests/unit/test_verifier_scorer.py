@@ -9,7 +9,7 @@ import torch
 
 from prevla_models.verifier import Verifier, VerifierConfig, save_checkpoint
 from prevla_models.verifier_scorer import VerifierScorer
-from prevla_models.vla_policy import observation_tensors
+from prevla_models.encoder import observation_tensors
 
 S, H = 32, 4
 WORDS = ["put", "the", "bowl", "on", "plate", "pick", "up", "cup"]

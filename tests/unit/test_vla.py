@@ -90,7 +90,7 @@ def test_samples_differ_at_temperature_one_and_are_deterministic_at_zero():
 def test_sample_encodes_observation_once_and_batches_k():
     m = tiny_model()
     calls = []
-    m.image_encoder.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
+    m.observation.image_encoder.register_forward_hook(lambda mod, inp, out: calls.append(inp[0].shape[0]))
     heads = []
     m.head.register_forward_hook(lambda mod, inp, out: heads.append(inp[0].shape[0]))
     images, proprio, instr = obs_batch(1)
@@ -102,7 +102,7 @@ def test_sample_encodes_observation_once_and_batches_k():
 def test_unknown_words_map_to_unk_and_padding():
     m = tiny_model()
     ids = m.tokenize(["Put the ZEBRA, please"])[0]
-    assert ids[:4].tolist() == [m.word_to_id["put"], m.word_to_id["the"], 1, 1]
+    assert ids[:4].tolist() == [m.observation.word_to_id["put"], m.observation.word_to_id["the"], 1, 1]
     assert ids[4:].eq(0).all()
     assert build_vocab(["Put the bowl.", "put a cup"]) == ["a", "bowl", "cup", "put", "the"]
 

@@ -150,19 +150,25 @@ def _rollout_file(path, task: int, init: int, n: int = 6, side: int = 32) -> Non
         f.create_dataset("step", data=np.arange(n, dtype=np.int32) * 8)
 
 
+def _training_kwargs(tmp_path, out: str = "out") -> dict:
+    """Demo and rollout files in ``tmp_path`` and a tiny TrainWorldModelConfig writing to ``out``."""
+    if not (tmp_path / "demos").is_dir():
+        (tmp_path / "demos").mkdir()
+        for name in ("a", "b"):
+            _demo_file(tmp_path / "demos" / f"{name}_demo.hdf5")
+        for task, init in ((0, 10), (0, 11), (1, 10), (1, 11)):
+            _rollout_file(tmp_path / "rollouts" / f"task{task:02d}" / f"init{init}.hdf5", task, init)
+    return dict(demos=str(tmp_path / "demos"), rollouts=str(tmp_path / "rollouts"), out=str(tmp_path / out),
+                frame_size=16, steps=6, batch_size=4, eval_interval=3, log_interval=1, warmup_steps=1,
+                demos_per_task=3, holdout_demos=1, holdout_inits=1, num_threads=1)
+
+
 def test_training_runs_evaluates_checkpoints_and_resumes(tmp_path):
     import json
 
     from prevla_training.train_world_model import TrainWorldModelConfig, train_world_model
 
-    (tmp_path / "demos").mkdir()
-    for name in ("a", "b"):
-        _demo_file(tmp_path / "demos" / f"{name}_demo.hdf5")
-    for task, init in ((0, 10), (0, 11), (1, 10), (1, 11)):
-        _rollout_file(tmp_path / "rollouts" / f"task{task:02d}" / f"init{init}.hdf5", task, init)
-    kw = dict(demos=str(tmp_path / "demos"), rollouts=str(tmp_path / "rollouts"), out=str(tmp_path / "out"),
-              frame_size=16, steps=6, batch_size=4, eval_interval=3, log_interval=1, warmup_steps=1,
-              demos_per_task=3, holdout_demos=1, holdout_inits=1, num_threads=1)
+    kw = _training_kwargs(tmp_path)
     train_world_model(TrainWorldModelConfig(**kw, stop_at=3))
     assert load_checkpoint(str(tmp_path / "out" / "last.pt"))[1]["train_state"]["step"] == 3
     final = train_world_model(TrainWorldModelConfig(**kw, resume=True))
@@ -173,3 +179,18 @@ def test_training_runs_evaluates_checkpoints_and_resumes(tmp_path):
         assert (tmp_path / "out" / name).is_file()
     with pytest.raises(ValueError, match="give demos and/or rollouts"):
         TrainWorldModelConfig(demos="", rollouts="")
+
+
+def test_training_resumes_exactly(tmp_path):
+    """6 steps straight == 3 + resume + 3, bit for bit: the batch sampler's stream is checkpointed."""
+    from prevla_training.train_world_model import TrainWorldModelConfig, train_world_model
+
+    train_world_model(TrainWorldModelConfig(**_training_kwargs(tmp_path, "straight")))
+    split = _training_kwargs(tmp_path, "split")
+    train_world_model(TrainWorldModelConfig(**split, stop_at=3))
+    train_world_model(TrainWorldModelConfig(**split, resume=True))
+    a, _ = load_checkpoint(str(tmp_path / "straight" / "last.pt"))
+    b, extra = load_checkpoint(str(tmp_path / "split" / "last.pt"))
+    assert extra["train_state"]["step"] == 6
+    for (name, pa), pb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(pa, pb), name

@@ -136,7 +136,7 @@ def recorded_feeds(meta: dict, k: int, path: str = "", seed: int = 0) -> list[di
     for i in range(len(images)):
         row = {"images": images[i:i + 1, : c["cameras"]], "proprio": data["proprio"][i:i + 1, : c["proprio_dim"]],
                "tokens": token_ids(word_ids(c["vocab"]), c["max_words"], [str(data["instructions"][i])])}
-        if meta["kind"] == "verifier":
+        if "actions" in meta["inputs"]:  # verifier: score recorded candidates
             acts = data["actions"][i]
             row["actions"] = np.resize(acts, (k, *acts.shape[1:]))[None].astype(np.float32)
         else:
@@ -379,7 +379,7 @@ def _calibrator(trt, meta: dict, cfg: ExportConfig):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="prevla export", description=__doc__.split("\n\n")[0])
     p.add_argument("model", nargs="?", default="", help="zoo:NAME or a .pt checkpoint ('' = the zoo default of --kind)")
-    p.add_argument("--kind", default="verifier", help="vla | verifier (for the zoo default)")
+    p.add_argument("--kind", default="verifier", help=f"{' | '.join(RUNNABLE)} (for the zoo default)")
     p.add_argument("--to", default="onnx", help="onnx | tensorrt")
     p.add_argument("--precision", default="", help="fp32 (onnx) | fp16 (tensorrt default) | int8 | fp32")
     p.add_argument("--k-max", type=int, default=16, help="largest K of the parity check / TensorRT profile")

@@ -169,13 +169,15 @@ class Learner:
         return float(norm)
 
     def state_dict(self) -> dict:
-        """The train state stored in a checkpoint's ``extra["train_state"]``."""
+        """The train state stored in a checkpoint's ``extra["train_state"]`` (it holds the live
+        optimiser tensors: serialise it at once)."""
         return {"step": self.step_count, "optimizer": self.opt.state_dict(),
                 "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else {},
                 **global_rng_state(), **{name: _generator_state(g) for name, g in self.generators.items()}}
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue from a train state (also the older ones without RNG or scaler entries)."""
+        """Continue from a train state (also the older ones without RNG or scaler entries). The
+        optimiser adopts ``state``'s tensors, so pass a freshly loaded one, never one reused."""
         self.opt.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

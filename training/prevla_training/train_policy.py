@@ -5,7 +5,8 @@
 
 Works against the DemoDataset interface (``__len__``, ``sample(i, horizon)``, ``instructions``),
 so any object with it can be passed to :func:`train_policy`. Batches for step ``s`` are drawn
-with a generator seeded by ``(seed, s)``, which makes resuming from ``last.pt`` exact.
+with a generator seeded by ``(seed, s)`` and the flow-matching noise stream is checkpointed, which
+makes resuming from ``last.pt`` exact (the loop is ``prevla_training.loop.fit``).
 """
 from __future__ import annotations
 
@@ -19,10 +20,11 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from tqdm import tqdm
 
 from prevla_models.vla import VLA, VLAConfig, build_vocab, load_checkpoint, save_checkpoint
-from prevla_training.loop import TrainLoopConfig, resume_from
+from prevla_training.cli_args import add_config_args, build_config
+from prevla_training.learner import Learner
+from prevla_training.loop import Panel, TrainLoopConfig, fit, resume_from
 
 GRIPPER_DIM = 6  # LIBERO gripper command is already +-1: never normalised
 
@@ -116,18 +118,6 @@ def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generato
     return out.permute(0, 2, 3, 1).to(images.dtype).reshape(images.shape)
 
 
-def _plot(metrics_path: str, png_path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in open(metrics_path)]
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot([r["step"] for r in rows], [r["loss"] for r in rows])
-    ax.set_xlabel("step"), ax.set_ylabel("flow-matching loss"), ax.set_yscale("log"), ax.grid(alpha=0.3)
-    fig.tight_layout(), fig.savefig(png_path, dpi=100), plt.close(fig)
-
-
 def open_demos(pattern: str):
     """Open the demo files matching ``pattern`` with the project's DemoDataset reader."""
     from prevla_training.demos import DemoDataset  # imported lazily: written alongside this module
@@ -138,21 +128,37 @@ def open_demos(pattern: str):
     return DemoDataset(paths)
 
 
+def step_batches(data: ChunkDataset, cfg: TrainPolicyConfig, start: int, device: torch.device):
+    """The batches of steps start..end (augmented, on ``device``).
+
+    The DataLoader is opened here, eagerly: opening one draws a number from torch's global
+    generator, and that draw must come before a resumed run restores its saved streams.
+    """
+    loader = iter(DataLoader(data, batch_sampler=StepBatchSampler(len(data), cfg.batch_size, cfg.seed, start, cfg.end),
+                             num_workers=cfg.num_workers, pin_memory=device.type == "cuda"))
+
+    def batches():
+        for step, batch in enumerate(loader, start):
+            aug = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 17)  # exact on resume
+            batch["images"] = random_shift(batch["images"], cfg.aug_shift, aug)
+            yield {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+    return batches()
+
+
 def train_policy(cfg: TrainPolicyConfig, demos=None) -> dict:
     """Train (or resume) a VLA; returns the final metrics. ``demos`` overrides ``cfg.data``."""
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if cfg.device == "auto" else cfg.device))
     if device.type == "cpu":
-        torch.set_num_threads(cfg.num_threads or min(os.cpu_count() or 1, 8))
+        cfg.use_cpu_threads()
     demos = open_demos(cfg.data) if demos is None else demos
     if cfg.cache_data and hasattr(demos, "cache_in_memory"):
         t_cache = time.perf_counter()
         size = demos.cache_in_memory()
         print(f"cached {getattr(demos, 'num_demos', '?')} demos ({size / 2**30:.2f} GiB) in RAM "
               f"in {time.perf_counter() - t_cache:.0f} s")
-    os.makedirs(cfg.out_dir, exist_ok=True)
     last_path = os.path.join(cfg.out_dir, "last.pt")
-    metrics_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     torch.manual_seed(cfg.seed)
 
     model, state, start = resume_from(last_path, cfg.resume, load_checkpoint)
@@ -167,96 +173,39 @@ def train_policy(cfg: TrainPolicyConfig, demos=None) -> dict:
                          f"whose side is a multiple of image_size={s}; set --image-size / VLAConfig.image_size")
     if state is None:
         model.set_normalization(**normalization_stats(data, cfg.stats_samples, cfg.seed))
-        open(metrics_path, "w").close()
     model.to(device).train()
-
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "emb" not in n and "pos" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "emb" not in n and "pos" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
-    amp_dtype = None
-    if device.type == "cuda":
-        amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
-    noise = torch.Generator(device=device).manual_seed(cfg.seed)
+    batches = step_batches(data, cfg, start, device)
+    noise = torch.Generator(device=device).manual_seed(cfg.seed)  # flow-matching noise and times
+    learner = Learner(cfg, model, generators={"noise_rng": noise})
     if state is not None:
-        opt.load_state_dict(state["optimizer"]), sched.load_state_dict(state["scheduler"])
-        noise.set_state(state["noise_rng"].cpu()), torch.set_rng_state(state["torch_rng"].cpu())
-        if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+        learner.load_state_dict(state)
 
-    def checkpoint(step: int) -> None:
-        train_state = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                       "noise_rng": noise.get_state(), "torch_rng": torch.get_rng_state(),
-                       "scaler": scaler.state_dict() if scaler.is_enabled() else {}}
+    def loss_fn(batch: dict) -> tuple[torch.Tensor, dict]:
+        loss = model.loss(batch, generator=noise)
+        return loss, {"loss": loss.item()}
+
+    def save(step: int, train_state: dict) -> None:
         save_checkpoint(os.path.join(cfg.out_dir, f"step_{step:07d}.pt"), model, {"step": step, "policy_id": "vla"})
         save_checkpoint(last_path, model, {"step": step, "policy_id": "vla", "train_state": train_state})
 
-    end = min(cfg.stop_at or cfg.steps, cfg.steps)
-    loader = DataLoader(data, batch_sampler=StepBatchSampler(len(data), cfg.batch_size, cfg.seed, start, end),
-                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda")
-    metrics, step, t0, window = {"step": start}, start, time.perf_counter(), []
-    with open(metrics_path, "a") as log, tqdm(total=cfg.steps, initial=start, desc="train_policy") as bar:
-        for batch in loader:
-            aug = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step + 17)  # exact on resume
-            batch["images"] = random_shift(batch["images"], cfg.aug_shift, aug)
-            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = model.loss(batch, generator=noise)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            scaler.step(opt), scaler.update(), sched.step()
-            step += 1
-            window.append(loss.item())
-            bar.update(1), bar.set_postfix(loss=f"{window[-1]:.4f}")
-            if step % cfg.log_interval == 0 or step == end:
-                dt = time.perf_counter() - t0
-                metrics = {"step": step, "loss": float(np.mean(window)), "grad_norm": float(gnorm),
-                           "lr": sched.get_last_lr()[0], "steps_per_s": len(window) / dt}
-                log.write(json.dumps(metrics) + "\n"), log.flush()
-                window, t0 = [], time.perf_counter()
-            if step % cfg.ckpt_interval == 0 or step == end:
-                checkpoint(step)
-    if os.path.getsize(metrics_path):
-        _plot(metrics_path, os.path.join(cfg.out_dir, "loss.png"))
-    metrics.update(params=model.num_parameters(), out_dir=cfg.out_dir)
-    return metrics
+    out = fit(learner, batches, loss_fn, save, cfg.out_dir, ckpt_interval=cfg.ckpt_interval, desc="train_policy",
+              png="loss.png", panels=[Panel("flow-matching loss", ("loss",), log=True)])
+    return {**out["train"], "params": model.num_parameters(), "out_dir": cfg.out_dir}
 
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    d = TrainPolicyConfig()
-    p.add_argument("--data", default=d.data, help="glob of demo HDF5 files")
-    p.add_argument("--out", default=d.out_dir, help="output directory")
-    p.add_argument("--steps", type=int, default=d.steps)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--lr", type=float, default=d.lr)
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay)
-    p.add_argument("--warmup-steps", type=int, default=d.warmup_steps)
-    p.add_argument("--ckpt-interval", type=int, default=d.ckpt_interval)
-    p.add_argument("--log-interval", type=int, default=d.log_interval)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--device", default=d.device)
-    p.add_argument("--num-workers", type=int, default=d.num_workers)
-    p.add_argument("--num-threads", type=int, default=d.num_threads)
-    p.add_argument("--image-size", type=int, default=d.model.image_size, help="camera image side of the demos")
-    p.add_argument("--horizon", type=int, default=d.model.horizon, help="actions per chunk")
-    p.add_argument("--d-model", type=int, default=d.model.d_model)
-    p.add_argument("--n-layers", type=int, default=d.model.n_layers)
+    add_config_args(p, TrainPolicyConfig, skip=("cache_data",), rename={"out_dir": "out"})
+    m = VLAConfig()
+    p.add_argument("--image-size", type=int, default=m.image_size, help="camera image side of the demos")
+    p.add_argument("--horizon", type=int, default=m.horizon, help="actions per chunk")
+    p.add_argument("--d-model", type=int, default=m.d_model)
+    p.add_argument("--n-layers", type=int, default=m.n_layers)
     p.add_argument("--no-cache-data", action="store_true", help="read demos from disk per sample")
-    p.add_argument("--aug-shift", type=int, default=d.aug_shift, help="random-shift augmentation in pixels")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--stop-at", type=int, default=0, help="stop (and checkpoint) at this step; 0 = --steps")
-    a = p.parse_args(argv)
-    cfg = TrainPolicyConfig(data=a.data, out_dir=a.out, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                            weight_decay=a.weight_decay, warmup_steps=a.warmup_steps, ckpt_interval=a.ckpt_interval,
-                            log_interval=a.log_interval, seed=a.seed, device=a.device, num_workers=a.num_workers,
-                            num_threads=a.num_threads, resume=a.resume, stop_at=a.stop_at, aug_shift=a.aug_shift, cache_data=not a.no_cache_data,
-                            model=VLAConfig(image_size=a.image_size, horizon=a.horizon, d_model=a.d_model,
-                                            n_layers=a.n_layers))
+    args = vars(p.parse_args(argv))
+    model = VLAConfig(**{k: args.pop(k) for k in ("image_size", "horizon", "d_model", "n_layers")})
+    cache_data = not args.pop("no_cache_data")
+    cfg = build_config(p, TrainPolicyConfig, {**args, "cache_data": cache_data, "model": model})
     metrics = train_policy(cfg)
     print(json.dumps(metrics))
     return metrics

@@ -8,8 +8,9 @@ Episodes are split into train / held-out per task (``val_fraction``, seeded), ne
 of one episode on both sides. Labels: safety from ``SafetySpec`` over the recorded outcomes,
 advantages from the cross-fitted critic (``prevla_training.critic``), divided by their train
 standard deviation (stored as ``adv_scale``). Batches for step s are drawn with a generator
-seeded by (seed, s), so ``--resume`` from ``last.pt`` continues exactly. Outputs in ``--out``:
-``metrics.jsonl`` (train losses, periodic held-out metrics), ``curves.png``, ``last.pt``,
+seeded by (seed, s), so ``--resume`` from ``last.pt`` continues exactly (the optimisation loop is
+``prevla_training.loop.fit``). Outputs in ``--out``: ``metrics.jsonl`` (train losses; the
+periodic held-out metrics as ``val_*`` in the rows of their steps), ``curves.png``, ``last.pt``,
 ``verifier.pt`` (final weights + metrics) and ``metrics.json`` (data, class balance, critic
 quality, held-out metrics, time).
 """
@@ -29,7 +30,8 @@ from prevla_ros.sim.outcomes import SafetySpec, avoidable, safe_from_reasons
 from prevla_training.cli_args import add_config_args, build_config
 from prevla_training.critic import (CandidateData, cross_fitted_advantages, load_candidates, split_episodes,
                                     with_gamma)
-from prevla_training.loop import TrainLoopConfig, resume_from
+from prevla_training.learner import Learner, param_groups
+from prevla_training.loop import Panel, TrainLoopConfig, fit, resume_from
 from prevla_training.train_policy import random_shift
 from prevla_training.verifier_metrics import all_metrics
 
@@ -137,39 +139,23 @@ def evaluate(model: Verifier, data: CandidateData, labels: dict, rows: np.ndarra
     return all_metrics(p, a, model.threshold, labels["safe"][rows], labels["advantage"][rows])
 
 
-def _plot(metrics_path: str, png_path: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in open(metrics_path)]
-    tr, ev = [r for r in rows if r["split"] == "train"], [r for r in rows if r["split"] == "val"]
-    fig, ax = plt.subplots(1, 3, figsize=(13, 3.5))
-    for key in ("focal", "advantage", "calib"):
-        ax[0].plot([r["step"] for r in tr], [r[key] for r in tr], label=key)
-    ax[0].set_yscale("log"), ax[0].set_title("training losses"), ax[0].legend()
-    ax[1].plot([r["step"] for r in tr], [r["threshold"] for r in tr])
-    ax[1].set_title("threshold tau (P(safe))")
-    for key in ("auroc_unsafe", "auprc_unsafe", "spearman_advantage", "win_rate"):
-        ax[2].plot([r["step"] for r in ev], [r[key] if r[key] is not None else np.nan for r in ev], "o-", label=key)
-    ax[2].set_title("held-out"), ax[2].legend(fontsize=7)
-    for a in ax:
-        a.set_xlabel("step"), a.grid(alpha=0.3)
-    fig.tight_layout(), fig.savefig(png_path, dpi=100), plt.close(fig)
+#: The curves PNG: training losses, the threshold, held-out metrics.
+PANELS = (Panel("training losses", ("focal", "advantage", "calib"), log=True),
+          Panel("threshold tau (P(safe))", ("threshold",)),
+          Panel("held-out", ("val_auroc_unsafe", "val_auprc_unsafe", "val_spearman_advantage", "val_win_rate")))
 
 
 def train_verifier(cfg: TrainVerifierConfig, data: CandidateData | None = None) -> dict:
     """Train (or resume) one verifier variant; returns the metrics.json content."""
     t_all = time.perf_counter()
-    torch.set_num_threads(cfg.num_threads or min(os.cpu_count() or 1, 8))
+    cfg.use_cpu_threads()
     data = load_candidates(cfg.data) if data is None else data
     train_eps, val_eps = split_episodes(data, cfg.val_fraction, cfg.seed)
     t_lab = time.perf_counter()
     labels = make_labels(cfg, data, train_eps)
     label_s = time.perf_counter() - t_lab
     train_rows, val_rows = np.where(np.isin(data.episode, train_eps))[0], np.where(np.isin(data.episode, val_eps))[0]
-    os.makedirs(cfg.out_dir, exist_ok=True)
-    last_path, metrics_path = os.path.join(cfg.out_dir, "last.pt"), os.path.join(cfg.out_dir, "metrics.jsonl")
+    last_path = os.path.join(cfg.out_dir, "last.pt")
     torch.manual_seed(cfg.seed)
     model, state, start = resume_from(last_path, cfg.resume, load_checkpoint)
     if model is None:
@@ -179,57 +165,30 @@ def train_verifier(cfg: TrainVerifierConfig, data: CandidateData | None = None) 
         model = Verifier(mcfg)
         p = verifier_proprio(data, train_rows)
         model.set_normalization(p.mean(0), p.std(0))
-        open(metrics_path, "w").close()
-    model.train()
-    no_decay = lambda n, p: p.dim() < 2 or "emb" in n or "pos" in n or "query" in n  # noqa: E731
-    params = [(n, p) for n, p in model.named_parameters() if n != "threshold_logit"]
     # The threshold is one calibration scalar: its own lr (threshold_lr), so it can travel
     # several logits in a short run; never decayed (decay would pull tau towards 0.5).
-    opt = torch.optim.AdamW([{"params": [p for n, p in params if not no_decay(n, p)], "weight_decay": cfg.weight_decay},
-                             {"params": [p for n, p in params if no_decay(n, p)], "weight_decay": 0.0},
-                             {"params": [model.threshold_logit], "weight_decay": 0.0, "lr": cfg.threshold_lr}],
-                            lr=cfg.lr, betas=(0.9, 0.95))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, cfg.lr_factor)
+    own = {"threshold_logit": {"weight_decay": 0.0, "lr": cfg.threshold_lr}}
+    learner = Learner(cfg, model, param_groups(model, cfg.weight_decay, own=own))
     if state is not None:
-        opt.load_state_dict(state["optimizer"]), sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"].cpu())
+        learner.load_state_dict(state)
     extra_base = {"verifier_id": f"verifier_{cfg.variant}", "adv_scale": labels["adv_scale"],
                   "safety_spec": asdict(cfg.safety), "variant": cfg.variant}
 
-    def checkpoint(step: int) -> None:
-        ts = {"step": step, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state()}
-        save_checkpoint(last_path, model, {**extra_base, "step": step, "train_state": ts})
-
-    from tqdm import tqdm
-
-    end, window, t0, t_train = min(cfg.stop_at or cfg.steps, cfg.steps), [], time.perf_counter(), time.perf_counter()
-    val = None
-    with open(metrics_path, "a") as log, tqdm(total=cfg.steps, initial=start, desc=f"verifier {cfg.variant}") as bar:
-        for step in range(start, end):
+    def batches():
+        for step in range(start, cfg.end):  # step s: generators seeded by (seed, s), exact on resume
             g = np.random.default_rng([cfg.seed, step])
             batch = make_batch(data, labels, g.choice(train_rows, cfg.batch_size, replace=len(train_rows) < cfg.batch_size))
             batch["images"] = random_shift(batch["images"], cfg.aug_shift, torch.Generator().manual_seed(cfg.seed * 7919 + step))
-            model.train()
-            loss, parts = model.loss(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-            opt.step(), sched.step()
-            window.append(parts)
-            bar.update(1), bar.set_postfix(loss=f"{parts['total']:.4f}", tau=f"{parts['threshold']:.3f}")
-            done = step + 1
-            if done % cfg.log_interval == 0 or done == end:
-                row = {k: float(np.mean([w[k] for w in window])) for k in window[0]}
-                row.update(step=done, split="train", steps_per_s=len(window) / (time.perf_counter() - t0))
-                log.write(json.dumps(row) + "\n"), log.flush()
-                window, t0 = [], time.perf_counter()
-            if done % cfg.eval_interval == 0 or done == end:
-                val = evaluate(model, data, labels, val_rows)
-                log.write(json.dumps({"step": done, "split": "val", **val}) + "\n")
-                log.flush()
-                checkpoint(done)
+            yield batch
+
+    def save(step: int, train_state: dict) -> None:
+        save_checkpoint(last_path, model, {**extra_base, "step": step, "train_state": train_state})
+
+    t_train = time.perf_counter()
+    val = fit(learner, batches(), model.loss, save, cfg.out_dir, panels=PANELS,
+              evaluate=lambda step: evaluate(model, data, labels, val_rows), eval_interval=cfg.eval_interval,
+              desc=f"verifier {cfg.variant}")["val"]
     train_s = time.perf_counter() - t_train
-    _plot(metrics_path, os.path.join(cfg.out_dir, "curves.png"))
     if val is None:  # resumed at the end: no step ran, so nothing was evaluated yet
         val = evaluate(model, data, labels, val_rows)
     train_m = evaluate(model, data, labels, train_rows[:: max(1, len(train_rows) // 1000)])
@@ -239,9 +198,9 @@ def train_verifier(cfg: TrainVerifierConfig, data: CandidateData | None = None) 
                             candidates_per_decision=int(data.actions.shape[1]),
                             episode_success_rate=float(np.mean([e["success"] for e in data.episodes]))),
                   class_balance=labels["balance"], critic=labels["critic"], adv_scale=labels["adv_scale"],
-                  val=val, train_subset=train_m, steps=end, label_s=round(label_s, 1), train_s=round(train_s, 1),
+                  val=val, train_subset=train_m, steps=cfg.end, label_s=round(label_s, 1), train_s=round(train_s, 1),
                   wall_s=round(time.perf_counter() - t_all, 1))
-    save_checkpoint(os.path.join(cfg.out_dir, "verifier.pt"), model, {**extra_base, "step": end, "metrics": val})
+    save_checkpoint(os.path.join(cfg.out_dir, "verifier.pt"), model, {**extra_base, "step": cfg.end, "metrics": val})
     with open(os.path.join(cfg.out_dir, "metrics.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(ablation_table([result]))

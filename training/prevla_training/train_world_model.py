@@ -15,14 +15,15 @@ Data (read once into RAM at the model's frame size, agent-view camera only):
 Held out: the last ``holdout_demos`` demonstrations of each task and the rollouts from the
 highest ``holdout_inits`` init states. The held-out metric is the frame MSE at the end of
 chunk 1 and chunk 2 against the *copy-the-current-frame* baseline (a world model that does not
-beat it has learned nothing about actions). Progress, metrics.jsonl, curves.png, last.pt with
-exact resume; ``metrics.json`` holds the final held-out numbers.
+beat it has learned nothing about actions). Progress, metrics.jsonl (held-out numbers as
+``val_*``), curves.png, last.pt with exact resume (the batch sampler's stream included; the loop
+is ``prevla_training.loop.fit``); ``metrics.json`` holds the final held-out numbers.
 """
 from __future__ import annotations
 
 import glob
+import itertools
 import json
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,7 +33,8 @@ import torch
 
 from prevla_models.geometry import area_downsample
 
-from prevla_training.loop import TrainLoopConfig, resume_from
+from prevla_training.learner import Learner
+from prevla_training.loop import Panel, TrainLoopConfig, fit, resume_from
 
 
 @dataclass
@@ -181,11 +183,16 @@ def evaluate(model, seqs: Sequences, n: int = 64, seed: int = 123) -> dict:
     return out
 
 
+#: The curves PNG: the training loss; held-out frame MSE, imagined vs copying the current frame.
+PANELS = (Panel("training loss (L1 + MSE)", ("total",), log=True),
+          Panel("held-out frame MSE", ("val_mse_chunk1", "val_copy_mse_chunk1", "val_mse_chunk2", "val_copy_mse_chunk2")))
+
+
 def train_world_model(cfg: TrainWorldModelConfig) -> dict:
     """Train, evaluate on the held-out split, write checkpoints and curves; returns final metrics."""
     from prevla_models.world_model import WorldModel, WorldModelConfig, load_checkpoint, save_checkpoint
 
-    torch.set_num_threads(cfg.num_threads or min(8, os.cpu_count() or 1))
+    cfg.use_cpu_threads()
     torch.manual_seed(cfg.seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -202,65 +209,37 @@ def train_world_model(cfg: TrainWorldModelConfig) -> dict:
     resumed, state, start = resume_from(str(out / "last.pt"), cfg.resume, load_checkpoint)
     if resumed is not None:
         model = resumed
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    if state:
-        opt.load_state_dict(state["optimizer"])
+    # One stream draws every batch; its state travels in the checkpoint (a train state written
+    # before it did is resumed as it always was: reseeded with seed + start).
     rng = np.random.default_rng(cfg.seed + start)
-    metrics_path = out / "metrics.jsonl"
+    # Every parameter decayed and AdamW's default betas: how this job has always trained
+    # (the zoo world model included); the shared no-decay rule would change its results.
+    learner = Learner(cfg, model, [{"params": list(model.parameters()), "weight_decay": cfg.weight_decay}],
+                      betas=(0.9, 0.999), generators={"sampler_rng": rng})
+    if state:
+        learner.load_state_dict(state)
     t0 = time.perf_counter()
 
-    def checkpoint(step: int) -> dict:
-        extra = {"train_state": {"step": step, "optimizer": opt.state_dict()},
-                 "training": {"config": asdict(cfg), "wall_s": round(time.perf_counter() - t0, 1),
-                              "demos": [len(d_tr), len(d_te)], "rollouts": [len(r_tr), len(r_te)]}}
-        save_checkpoint(str(out / "last.pt"), model, extra)
-        return extra
+    def save(step: int, train_state: dict) -> None:
+        save_checkpoint(str(out / "last.pt"), model, {
+            "train_state": train_state,
+            "training": {"config": asdict(cfg), "wall_s": round(time.perf_counter() - t0, 1),
+                         "demos": [len(d_tr), len(d_te)], "rollouts": [len(r_tr), len(r_te)]}})
 
-    model.train()
-    last = {}
-    for step in range(start, cfg.stop_at or cfg.steps):
-        for g in opt.param_groups:
-            g["lr"] = cfg.lr * cfg.lr_factor(step)
-        loss, parts = model.loss(train.batch(rng, cfg.batch_size))
-        opt.zero_grad()
-        loss.backward()
-        if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        row = {"step": step + 1, **parts}
-        if (step + 1) % cfg.eval_interval == 0 or step + 1 == cfg.steps:
-            last = evaluate(model, held)
-            row.update(last)
-            print(f"step {step + 1}/{cfg.steps} loss {parts['total']:.4f} held-out {json.dumps(last)} "
-                  f"({time.perf_counter() - t0:.0f} s)", flush=True)
-            checkpoint(step + 1)
-        if (step + 1) % cfg.log_interval == 0 or "mse_chunk1" in row:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(row) + "\n")
-    extra = checkpoint(cfg.stop_at or cfg.steps)
-    final = {**last, "params": model.num_parameters(), "wall_s": extra["training"]["wall_s"]}
+    def held_out(step: int) -> dict:
+        result = evaluate(model, held)
+        print(f"step {step}/{cfg.steps} held-out {json.dumps(result)} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        return result
+
+    batches = (train.batch(rng, cfg.batch_size) for _ in itertools.count())  # drawn lazily, one per step
+    last = fit(learner, batches, model.loss, save, cfg.out, panels=PANELS, evaluate=held_out,
+               eval_interval=cfg.eval_interval, desc="world model")["val"]
+    if last is None:  # resumed at the end: no step ran, so nothing was evaluated yet
+        last = evaluate(model, held)
+    final = {**last, "params": model.num_parameters(), "wall_s": round(time.perf_counter() - t0, 1)}
     (out / "metrics.json").write_text(json.dumps(final, indent=1))
     write_heldout(held, out / "heldout.npz")
-    _plot(metrics_path, out / "curves.png")
     return final
-
-
-def _plot(metrics_path: Path, png: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = [json.loads(line) for line in open(metrics_path)]
-    ev = [r for r in rows if "mse_chunk1" in r]
-    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
-    ax[0].plot([r["step"] for r in rows], [r["total"] for r in rows])
-    ax[0].set_yscale("log"), ax[0].set_xlabel("step"), ax[0].set_title("training loss (L1 + MSE)")
-    for k in (1, 2):
-        if ev and f"mse_chunk{k}" in ev[0]:
-            ax[1].plot([r["step"] for r in ev], [r[f"mse_chunk{k}"] for r in ev], label=f"imagined, chunk {k}")
-            ax[1].axhline(ev[-1][f"copy_mse_chunk{k}"], ls="--", color=f"C{k}", label=f"copy current, chunk {k}")
-    ax[1].set_xlabel("step"), ax[1].set_title("held-out frame MSE"), ax[1].legend(fontsize=7)
-    fig.tight_layout(), fig.savefig(png, dpi=100), plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -28,18 +28,18 @@ from pathlib import Path
 NODES = ("sim_node", "policy_node", "verifier_node")
 
 
+#: The node parameters ``prevla up`` / ``prevla demo`` also take as ``--flags`` (their help
+#: and type come from the node's config; unset flags keep the params file's value).
+GRAPH_FLAGS = {"sim_node": ("suite", "task_id", "init_state", "episodes", "control_rate_hz"),
+               "policy_node": ("policy", "checkpoint", "num_candidates", "noise_std"),
+               "verifier_node": ("verifier",), "world_model_node": ()}
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, object]]:
     """Command-line options as per-node parameter overrides (None = keep the default)."""
-    per_node = {
-        "sim_node": {"suite": args.suite, "task_id": args.task_id, "init_state": args.init_state,
-                     "episodes": args.episodes, "control_rate_hz": args.control_rate_hz},
-        "policy_node": {"policy": args.policy, "checkpoint": args.checkpoint,
-                        "num_candidates": args.num_candidates, "noise_std": args.noise_std},
-        "verifier_node": {"verifier": args.verifier},
-        "world_model_node": {},
-    }
-    return {node: {k: v for k, v in values.items() if v is not None}
-            for node, values in per_node.items()}
+    values = vars(args)
+    return {node: {k: values[k] for k in names if values.get(k) is not None}
+            for node, names in GRAPH_FLAGS.items()}
 
 
 def _ros_args(args: argparse.Namespace) -> list[str]:
@@ -196,19 +196,16 @@ def run_delegated(verb: str, argv: list[str]) -> int:
 def _graph_options(p: argparse.ArgumentParser, default_episodes: int | None) -> None:
     p.add_argument("--params-file", type=Path, default=None,
                    help="ROS 2 params YAML (e.g. launch/prevla.params.yaml)")
-    p.add_argument("--suite", default=None, help="LIBERO suite (default libero_spatial)")
-    p.add_argument("--task-id", type=int, default=None, help="task index in the suite")
-    p.add_argument("--init-state", type=int, default=None, help="first official init state")
-    p.add_argument("--episodes", type=int, default=default_episodes,
-                   help="episodes to run (0 = forever)")
-    p.add_argument("--control-rate-hz", type=float, default=None,
-                   help="control rate of the sim (0 = as fast as possible)")
-    p.add_argument("--policy", default=None,
-                   help="vla (default: the zoo's trained VLA) | scripted_expert | remote")
-    p.add_argument("--checkpoint", default=None, help="VLA checkpoint: file or zoo:NAME")
-    p.add_argument("--num-candidates", type=int, default=None, help="K candidates per decision")
-    p.add_argument("--noise-std", type=float, default=None, help="expert candidate noise std")
-    p.add_argument("--verifier", default=None, help="verifier: model (default, the zoo verifier) | passthrough")
+    from prevla_ros.runtime.configs import NODE_CONFIGS
+    from prevla_ros.runtime.settings import settings
+
+    for node, names in GRAPH_FLAGS.items():
+        known = settings(NODE_CONFIGS[node])
+        for name in names:
+            s = known[name]
+            default = default_episodes if name == "episodes" else None
+            p.add_argument("--" + name.replace("_", "-"), type=s.type, default=default,
+                           help=f"{node}: {s.help} (default {default if default is not None else s.default!r})")
     p.add_argument("--world-model", action="store_true",
                    help="also run world_model_node (imagined frames for rviz; its parameters "
                         "come from --params-file)")

@@ -64,16 +64,7 @@ def _options(kind: str, spec: str, root: Path | None) -> tuple[list[tuple[str, s
     from prevla_models import zoo
 
     models = zoo.load_manifest(root)
-    name = spec[len("zoo:"):] if spec else "default"
-    if name == "default":
-        names = [n for n, e in models.items() if e.get("kind") == kind and e.get("default")]
-        if not names:
-            raise FileNotFoundError(f"the model zoo has no default {kind!r} model")
-        name = names[0]
-    if name not in models:
-        raise FileNotFoundError(f"zoo model {name!r} not in the manifest (has {sorted(models)})")
-    if models[name].get("kind") != kind:
-        raise ValueError(f"zoo model {name!r} is a {models[name].get('kind')!r}, not a {kind!r}")
+    name = zoo.entry_name(spec, kind, models, root)
     family = models[name].get("source", name)
     members = [n for n, e in models.items() if n == family or e.get("source") == family]
     named = FORMAT_BACKEND[models[name].get("format", "pt")] if "source" in models[name] else None
@@ -98,16 +89,18 @@ def _runner(backend: str, path: str, device: str, threads: int):
 
 def load_model(kind: str, spec: str = "", backend: str = "auto", device: str = "cpu", threads: int = 0,
                root: Path | None = None) -> LoadedModel:
-    """Load ``spec`` as a ``kind`` ("vla" | "verifier") runner on the first backend that works.
+    """Load ``spec`` as a ``kind`` runner (a kind with an inference graph, ``prevla_models.kinds.RUNNABLE``:
+    "vla" | "verifier") on the first backend that works.
 
     Raises:
-        ValueError: bad backend / device / spec syntax (configuration errors).
+        ValueError: bad kind / backend / device / spec syntax (configuration errors).
         FileNotFoundError: the spec names no model.
         EngineError: every backend of the chain failed; the message says why each did.
     """
+    from prevla_models import kinds, zoo
     from prevla_models.checkpoints import sha256_file
-    from prevla_models import zoo
 
+    kinds.get(kind, runnable=True)
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     device = resolve_device(device)
