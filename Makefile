@@ -98,8 +98,8 @@ bench-verifier: install
 	$(PY) -m prevla_training.bench_verifier --out outputs/bench/verifier_latency.json
 
 expert-eval: install
-	$(PY) -m prevla_ros.sim.expert_eval --suite libero_spatial --episodes-per-task 10 --workers 2 --out outputs/expert_libero_spatial.json
-	$(PY) -m prevla_ros.sim.expert_eval --suite libero_object --episodes-per-task 10 --workers 2 --out outputs/expert_libero_object.json
+	$(PY) -m prevla_training.expert_eval --suite libero_spatial --episodes-per-task 10 --workers 2 --out outputs/expert_libero_spatial.json
+	$(PY) -m prevla_training.expert_eval --suite libero_object --episodes-per-task 10 --workers 2 --out outputs/expert_libero_object.json
 
 clean:
 	rm -rf build outputs

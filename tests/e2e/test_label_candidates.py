@@ -13,8 +13,8 @@ pytest.importorskip("libero.libero")
 
 from prevla_models import zoo  # noqa: E402
 from prevla_models.vla_policy import VLAPolicy  # noqa: E402
-from prevla_ros.sim.libero_env import LiberoEnv, LiberoEnvConfig  # noqa: E402
-from prevla_ros.sim.outcomes import OUTCOME_FIELDS, STATE_DIM, WorldProbe, execute_and_measure  # noqa: E402
+from prevla_sim.libero_env import LiberoEnv, LiberoEnvConfig  # noqa: E402
+from prevla_sim.outcomes import OUTCOME_FIELDS, STATE_DIM, WorldProbe, execute_and_measure  # noqa: E402
 from prevla_training.candidates import LabelConfig, label_episode, write_episode  # noqa: E402
 from prevla_training.critic import load_candidates  # noqa: E402
 

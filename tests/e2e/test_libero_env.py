@@ -9,8 +9,8 @@ import pytest
 pytest.importorskip("libero.libero")
 
 from prevla_ros.runtime.types import CAMERAS  # noqa: E402
-from prevla_ros.sim.expert import expert_for_env  # noqa: E402
-from prevla_ros.sim.libero_env import (  # noqa: E402
+from prevla_sim.expert import expert_for_env  # noqa: E402
+from prevla_sim.libero_env import (  # noqa: E402
     LiberoEnv, LiberoEnvConfig, suite_instructions, suite_num_tasks)
 
 pytestmark = pytest.mark.libero

@@ -7,60 +7,43 @@ import pytest
 from prevla_interfaces.msg import CandidateSet, EpisodeStatus
 from prevla_interfaces.srv import SampleCandidates, SwapModel
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import String
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.params import LATCHED_QOS, STATUS_QOS, STREAM_QOS
+from prevla_ros.nodes.params import STATUS_QOS, STREAM_QOS
 from prevla_ros.nodes.policy_node import PolicyNode
+from tests.ros.fake_robot import FakeRobot
 
 pytestmark = [pytest.mark.ros, pytest.mark.libero]
 
 
 @pytest.fixture(scope="module")
 def real_obs():
-    from prevla_ros.sim.libero_env import LiberoEnv, LiberoEnvConfig
+    from prevla_sim.libero_env import LiberoEnv, LiberoEnvConfig
 
     with LiberoEnv(LiberoEnvConfig(suite="libero_spatial", task_id=0)) as env:
         return env.observe(stamp_ns=0), env.instruction
 
 
-class Robot:
-    """Publishes observation parts the way sim_node does."""
+class Robot(FakeRobot):
+    """The fake robot of one real LIBERO observation (under any stamp), with the task."""
 
     def __init__(self, ros, obs, instruction):
-        node = ros.node("fake_robot_publisher")
-        self.ros, self.obs = ros, obs
-        self.images = {c: node.create_publisher(Image, f"{c}/image_raw", STREAM_QOS)
-                       for c in ("agentview", "wrist")}
-        from geometry_msgs.msg import PoseStamped
-        from prevla_interfaces.msg import SimState
-
-        self.joints = node.create_publisher(JointState, "joint_states", STREAM_QOS)
-        self.eef = node.create_publisher(PoseStamped, "eef_pose", STREAM_QOS)
-        self.state = node.create_publisher(SimState, "sim_state", STREAM_QOS)
-        status = node.create_publisher(EpisodeStatus, "episode_status", STATUS_QOS)
-        instr = node.create_publisher(String, "instruction", LATCHED_QOS)
+        super().__init__(ros, "fake_robot_publisher", instruction, sim_state=True)
+        self.obs = obs
+        status = self.node.create_publisher(EpisodeStatus, "episode_status", STATUS_QOS)
         status.publish(EpisodeStatus(suite="libero_spatial", task_id=0, episode=1,
                                      state="running", instruction=instruction))
-        instr.publish(String(data=instruction))
         self.candidates = []
-        node.create_subscription(CandidateSet, "candidates", self.candidates.append, STREAM_QOS)
-        self.client = node.create_client(SampleCandidates, "sample_candidates")
-        self.swap_client = node.create_client(SwapModel, "/policy_node/swap_model")
+        self.node.create_subscription(CandidateSet, "candidates", self.candidates.append,
+                                      STREAM_QOS)
+        self.client = self.node.create_client(SampleCandidates, "sample_candidates")
+        self.swap_client = self.node.create_client(SwapModel, "/policy_node/swap_model")
         assert ros.wait_for(lambda: self.joints.get_subscription_count() > 0
                             and self.state.get_subscription_count() > 0)
         ros.spin_for(0.3)
 
     def publish(self, stamp, agentview=None, joints=None):
-        obs = self.obs
-        self.images["agentview"].publish(
-            agentview or conv.image_to_msg(obs.images["agentview"], stamp, "agentview_camera"))
-        self.images["wrist"].publish(conv.image_to_msg(obs.images["wrist"], stamp, "wrist"))
-        self.joints.publish(joints or conv.joint_state_to_msg(obs.joint_positions,
-                                                              obs.gripper_qpos, stamp))
-        self.eef.publish(conv.eef_to_msg(obs.eef_pos, obs.eef_quat_xyzw, stamp))
-        self.state.publish(conv.sim_state_to_msg(obs.objects, stamp))
+        self.observe(self.obs, stamp, agentview, joints)
 
 
 @pytest.fixture

@@ -13,25 +13,15 @@ from geometry_msgs.msg import PoseStamped
 from prevla_interfaces.msg import ActionChunk, CandidateSet, Verdict
 from prevla_interfaces.srv import SwapModel
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.params import LATCHED_QOS, STREAM_QOS
+from prevla_ros.nodes.params import STREAM_QOS
 from prevla_ros.nodes.verifier_node import VerifierNode
-from prevla_ros.runtime.types import ActionChunk as Chunk
-from prevla_ros.runtime.types import CandidateSet as Candidates
 from prevla_ros.runtime.types import Observation
+from tests.ros.fake_robot import FakeRobot, candidate_set
 
 pytestmark = pytest.mark.ros
-
-
-def _candidate_set(arrays, stamp_ns=1_000, gripper_first=None):
-    return conv.candidates_to_msg(Candidates(
-        chunks=[Chunk(np.asarray(a, np.float32), "test_policy", stamp_ns) for a in arrays],
-        temperatures=[1.0] * len(arrays), seeds=list(range(len(arrays))),
-        policy_id="test_policy", stamp_ns=stamp_ns))
 
 
 @pytest.fixture
@@ -56,7 +46,7 @@ def test_approves_first_valid_candidate_and_publishes_markers(graph):
     eef.publish(conv.eef_to_msg(np.array([0.1, 0.0, 1.0]), np.array([0, 0, 0, 1.0]), 5))
     ros.spin_for(0.3)
     good = np.full((8, 7), 0.5, np.float32)
-    pub.publish(_candidate_set([good, -good], stamp_ns=42))
+    pub.publish(candidate_set([good, -good], stamp_ns=42))
     assert ros.wait_for(lambda: got["chunks"] and got["verdicts"] and got["markers"])
     chunk = conv.msg_to_chunk(got["chunks"][0], expected_dim=7)
     np.testing.assert_allclose(chunk.actions, good)
@@ -76,13 +66,13 @@ def test_invalid_candidates_are_skipped_and_all_invalid_gives_hold(graph):
     wrong_dim = np.zeros((8, 6), np.float32)
     good = np.zeros((8, 7), np.float32)
     good[:, 6] = 1.0  # gripper closed
-    pub.publish(_candidate_set([nan, wrong_dim, good], stamp_ns=7))
+    pub.publish(candidate_set([nan, wrong_dim, good], stamp_ns=7))
     assert ros.wait_for(lambda: len(got["verdicts"]) == 1)
     v = got["verdicts"][0]
     assert v.accepted_index == 2 and v.outcome == "accepted"
     assert v.safety_probs[0] == 0.0 and v.safety_probs[1] == 0.0
     # Everything invalid: a hold chunk that keeps the gripper closed, and the node lives on.
-    pub.publish(_candidate_set([nan, wrong_dim], stamp_ns=8))
+    pub.publish(candidate_set([nan, wrong_dim], stamp_ns=8))
     assert ros.wait_for(lambda: len(got["verdicts"]) == 2)
     v = got["verdicts"][1]
     assert v.accepted_index == -1 and v.outcome == "hold"
@@ -91,12 +81,12 @@ def test_invalid_candidates_are_skipped_and_all_invalid_gives_hold(graph):
     assert hold.source == "hold" and np.all(hold.actions[:, :6] == 0)
     assert np.all(hold.actions[:, 6] == 1.0)
     # A malformed message (data length does not fit the declared shape) is survived too.
-    bad = _candidate_set([good], stamp_ns=9)
+    bad = candidate_set([good], stamp_ns=9)
     bad.candidates[0].data = bad.candidates[0].data[:-3]
     pub.publish(bad)
     assert ros.wait_for(lambda: len(got["verdicts"]) == 3)
     assert got["verdicts"][2].outcome == "hold"
-    pub.publish(_candidate_set([good], stamp_ns=10))
+    pub.publish(candidate_set([good], stamp_ns=10))
     assert ros.wait_for(lambda: len(got["verdicts"]) == 4)
     assert got["verdicts"][3].outcome == "accepted"
 
@@ -129,7 +119,7 @@ def test_imagine_mode_forwards_a_gated_set_and_executes_nothing(ros):
     pub = probe.create_publisher(CandidateSet, "candidates", STREAM_QOS)
     assert ros.wait_for(lambda: pub.get_subscription_count() > 0)
     good = np.full((8, 7), 0.1, np.float32)
-    pub.publish(_candidate_set([np.full((8, 7), np.nan, np.float32), good, 2 * good, 3 * good],
+    pub.publish(candidate_set([np.full((8, 7), np.nan, np.float32), good, 2 * good, 3 * good],
                                stamp_ns=77))
     assert ros.wait_for(lambda: got["gated"] and got["verdicts"])
     gated, verdict = got["gated"][0], got["verdicts"][0]
@@ -177,36 +167,22 @@ def _observation(stamp_ns: int, side: int = 2 * S) -> Observation:
         instruction=INSTRUCTION, stamp_ns=stamp_ns)
 
 
-class Robot:
-    """Publishes observation parts the way sim_node does, and the policy's candidate sets."""
+class Robot(FakeRobot):
+    """The fake robot, plus the policy's candidate sets and what the verifier answers."""
 
     def __init__(self, ros, node):
-        probe = ros.node("robot")
-        self.ros, self.node = ros, probe
-        self.images = {c: probe.create_publisher(Image, f"{c}/image_raw", STREAM_QOS)
-                       for c in ("agentview", "wrist")}
-        self.joints = probe.create_publisher(JointState, "joint_states", STREAM_QOS)
-        self.eef = probe.create_publisher(PoseStamped, "eef_pose", STREAM_QOS)
-        self.candidates = probe.create_publisher(CandidateSet, "candidates", STREAM_QOS)
+        super().__init__(ros, instruction=INSTRUCTION)
+        self.candidates = self.node.create_publisher(CandidateSet, "candidates", STREAM_QOS)
         self.verdicts, self.chunks = [], []
-        probe.create_subscription(Verdict, "verdict", self.verdicts.append, STREAM_QOS)
-        probe.create_subscription(ActionChunk, "action_chunk", self.chunks.append, STREAM_QOS)
-        instruction = probe.create_publisher(String, "instruction", LATCHED_QOS)
-        instruction.publish(String(data=INSTRUCTION))
+        self.node.create_subscription(Verdict, "verdict", self.verdicts.append, STREAM_QOS)
+        self.node.create_subscription(ActionChunk, "action_chunk", self.chunks.append,
+                                      STREAM_QOS)
         assert ros.wait_for(lambda: self.joints.get_subscription_count() > 0
                             and self.candidates.get_subscription_count() > 0
                             and node.intake.assembler.instruction == INSTRUCTION)
 
-    def observe(self, obs: Observation, agentview: Image | None = None) -> None:
-        self.images["agentview"].publish(
-            agentview or conv.image_to_msg(obs.images["agentview"], obs.stamp_ns, "agentview"))
-        self.images["wrist"].publish(conv.image_to_msg(obs.images["wrist"], obs.stamp_ns, "wrist"))
-        self.joints.publish(conv.joint_state_to_msg(obs.joint_positions, obs.gripper_qpos,
-                                                    obs.stamp_ns))
-        self.eef.publish(conv.eef_to_msg(obs.eef_pos, obs.eef_quat_xyzw, obs.stamp_ns))
-
     def propose(self, arrays, stamp_ns: int, n_verdicts: int) -> Verdict:
-        self.candidates.publish(_candidate_set(arrays, stamp_ns=stamp_ns))
+        self.candidates.publish(candidate_set(arrays, stamp_ns=stamp_ns))
         assert self.ros.wait_for(lambda: len(self.verdicts) >= n_verdicts
                                  and len(self.chunks) >= n_verdicts, timeout_s=15)
         return self.verdicts[n_verdicts - 1]
@@ -248,7 +224,7 @@ def test_model_verifier_scores_candidates_against_their_observation(ros, verifie
     assert v.outcome == "hold" and "no observation for stamp 999" in v.reason
     # A set that arrives before its observation waits for it: before any part of it ...
     early = _observation(2_500)
-    robot.candidates.publish(_candidate_set(chunks, stamp_ns=2_500))
+    robot.candidates.publish(candidate_set(chunks, stamp_ns=2_500))
     ros.spin_for(0.2)
     assert len(robot.verdicts) == 2
     robot.observe(early)
@@ -258,7 +234,7 @@ def test_model_verifier_scores_candidates_against_their_observation(ros, verifie
     later = _observation(3_000)
     robot.images["wrist"].publish(conv.image_to_msg(later.images["wrist"], 3_000, "wrist"))
     assert ros.wait_for(lambda: node.intake.assembler.is_pending(3_000))
-    robot.candidates.publish(_candidate_set(chunks, stamp_ns=3_000))
+    robot.candidates.publish(candidate_set(chunks, stamp_ns=3_000))
     ros.spin_for(0.2)
     assert len(robot.verdicts) == 3  # still waiting
     robot.observe(later)
@@ -267,7 +243,7 @@ def test_model_verifier_scores_candidates_against_their_observation(ros, verifie
     assert np.all(np.isfinite(robot.verdicts[3].advantages))
     # A set whose observation never completes is answered with a hold after a while.
     robot.images["wrist"].publish(conv.image_to_msg(later.images["wrist"], 3_500, "wrist"))
-    robot.candidates.publish(_candidate_set(chunks, stamp_ns=3_500))
+    robot.candidates.publish(candidate_set(chunks, stamp_ns=3_500))
     assert ros.wait_for(lambda: len(robot.verdicts) == 5, timeout_s=5)
     assert robot.verdicts[4].outcome == "hold" and "stamp 3500" in robot.verdicts[4].reason
 
@@ -383,7 +359,7 @@ def test_no_candidate_set_is_dropped_while_the_model_swaps(zoo_graph, verifier_f
         i, stamp = len(stamps), 1_000_000_000 + len(stamps) * 50_000_000
         stamps.append(stamp)
         robot.observe(_observation(stamp, SIDE))
-        robot.candidates.publish(_candidate_set(chunks, stamp_ns=stamp))
+        robot.candidates.publish(candidate_set(chunks, stamp_ns=stamp))
         if i == 10:
             future = client.call_async(SwapModel.Request(checkpoint=str(verifier_file)))
         # Paced at 20 Hz; never more than a few sets ahead of the verdicts, so a slow CI

@@ -18,7 +18,8 @@ from prevla_ros.nodes.policy_node import PolicyNode
 from prevla_ros.nodes.verifier_node import VerifierNode
 from prevla_ros.runtime.types import ActionChunk as Chunk
 from prevla_ros.runtime.types import CandidateSet as Candidates
-from tests.ros.test_verifier_node import H, SIDE, Robot, _candidate_set, _observation
+from tests.ros.fake_robot import candidate_set
+from tests.ros.test_verifier_node import H, SIDE, Robot, _observation
 
 pytestmark = pytest.mark.ros
 
@@ -104,7 +105,7 @@ def test_a_failing_policy_ends_resampling_with_the_fallback_and_the_node_goes_on
         robot.observe(_observation(stamp, SIDE))
         assert ros.wait_for(lambda: node.intake.get(stamp) is not None)
         start, asked = time.monotonic(), len(fake.requests)
-        robot.candidates.publish(_candidate_set(_chunks(2, seed=n), stamp_ns=stamp))
+        robot.candidates.publish(candidate_set(_chunks(2, seed=n), stamp_ns=stamp))
         if behaviour == "hang":  # observations are still taken in while the node waits
             assert ros.wait_for(lambda: len(fake.requests) > asked)
             robot.observe(_observation(stamp + 1, SIDE))

@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import PoseStamped
 from prevla_interfaces.msg import ActionChunk, CandidateSet, Verdict
 from rclpy.parameter import Parameter
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import Image
 from visualization_msgs.msg import Marker, MarkerArray
 
 from prevla_ros import conversions as conv
@@ -17,8 +16,8 @@ from prevla_ros.nodes.params import STREAM_QOS
 from prevla_ros.nodes.world_model_node import WorldModelNode
 from prevla_ros.runtime.imagination import Imaginer, RateGate, tile
 from prevla_ros.runtime.types import ActionChunk as Chunk
-from prevla_ros.runtime.types import CandidateSet as Candidates
 from prevla_ros.runtime.types import Observation
+from tests.ros.fake_robot import FakeRobot, candidate_set
 
 pytestmark = pytest.mark.ros
 
@@ -53,23 +52,12 @@ def _chunk(value: float) -> np.ndarray:
     return actions
 
 
-def _set(arrays, stamp_ns: int) -> CandidateSet:
-    return conv.candidates_to_msg(Candidates(
-        chunks=[Chunk(np.asarray(a, np.float32), "test_policy", stamp_ns) for a in arrays],
-        temperatures=[1.0] * len(arrays), seeds=list(range(len(arrays))),
-        policy_id="test_policy", stamp_ns=stamp_ns))
-
-
-class Robot:
-    """Publishes observations and chunks; records what the world model (and verifier) say."""
+class Robot(FakeRobot):
+    """The fake robot, plus chunks; records what the world model (and verifier) say."""
 
     def __init__(self, ros):
-        self.ros = ros
-        self.node = n = ros.node("robot")
-        self.pubs = {cam: n.create_publisher(Image, f"{cam}/image_raw", STREAM_QOS)
-                     for cam in ("agentview", "wrist")}
-        self.joints = n.create_publisher(JointState, "joint_states", STREAM_QOS)
-        self.eef = n.create_publisher(PoseStamped, "eef_pose", STREAM_QOS)
+        super().__init__(ros)
+        n = self.node
         self.chunk = n.create_publisher(ActionChunk, "action_chunk", STREAM_QOS)
         self.candidates = n.create_publisher(CandidateSet, "candidates", STREAM_QOS)
         self.got = {"images": [], "markers": [], "diag": [], "gated": [], "verdicts": [],
@@ -81,17 +69,6 @@ class Robot:
                               STREAM_QOS)
         n.create_subscription(Verdict, "verdict", self.got["verdicts"].append, STREAM_QOS)
         n.create_subscription(ActionChunk, "action_chunk", self.got["chunks"].append, STREAM_QOS)
-
-    def connected(self, *pubs) -> None:
-        assert self.ros.wait_for(lambda: all(p.get_subscription_count() > 0 for p in pubs))
-
-    def publish(self, obs: Observation, image: Image | None = None) -> None:
-        t = obs.stamp_ns
-        for cam, pub in self.pubs.items():
-            pub.publish(image if image is not None and cam == "agentview"
-                        else conv.image_to_msg(obs.images[cam], t, f"{cam}_camera"))
-        self.joints.publish(conv.joint_state_to_msg(obs.joint_positions, obs.gripper_qpos, t))
-        self.eef.publish(conv.eef_to_msg(obs.eef_pos, obs.eef_quat_xyzw, t))
 
     def diag(self, name: str = "world_model_node") -> dict[str, str]:
         for msg in reversed(self.got["diag"]):
@@ -117,13 +94,13 @@ def _expected(wm_file, obs, chunks, frames_per_chunk=4) -> np.ndarray:
 def test_candidates_are_imagined_as_one_grid_per_observation_with_markers(ros, wm_file):
     node = _wm_node(ros, wm_file, source="candidates", max_candidates=3)
     robot = Robot(ros)
-    robot.connected(robot.candidates, robot.eef, robot.pubs["agentview"])
+    robot.connected(robot.candidates, robot.eef, robot.images["agentview"])
     obs = _observation(1_000)
-    robot.publish(obs)
+    robot.observe(obs)
     assert ros.wait_for(lambda: len(node.intake.observations) == 1)
     chunks = [_chunk(0.1), np.full((H, 7), np.nan, np.float32), _chunk(-0.2), _chunk(0.3),
               _chunk(0.4)]
-    robot.candidates.publish(_set(chunks, 1_000))
+    robot.candidates.publish(candidate_set(chunks, 1_000))
     assert ros.wait_for(lambda: robot.got["images"] and robot.got["markers"])
     img = robot.got["images"][0]
     # The NaN candidate is skipped (and counted); the first 3 valid ones make 3 rows of
@@ -145,12 +122,12 @@ def test_candidates_are_imagined_as_one_grid_per_observation_with_markers(ros, w
 def test_approved_chunks_bad_input_and_rate_limit(ros, wm_file):
     node = _wm_node(ros, wm_file, frames_per_chunk=2)
     robot = Robot(ros)
-    robot.connected(robot.chunk, robot.eef, robot.pubs["agentview"])
+    robot.connected(robot.chunk, robot.eef, robot.images["agentview"])
     # A chunk that arrives before its observation waits for it.
     robot.chunk.publish(conv.chunk_to_msg(Chunk(_chunk(0.5), "vla", 10)))
     ros.spin_for(0.2)
     obs = _observation(10)
-    robot.publish(obs)
+    robot.observe(obs)
     assert ros.wait_for(lambda: robot.got["images"])
     img = robot.got["images"][0]
     assert (img.height, img.width) == (F, 2 * F) and conv.from_time(img.header.stamp) == 10
@@ -161,7 +138,7 @@ def test_approved_chunks_bad_input_and_rate_limit(ros, wm_file):
     robot.chunk.publish(conv.chunk_to_msg(Chunk(np.full((H, 7), np.nan, np.float32), "vla", 10)))
     robot.chunk.publish(conv.chunk_to_msg(Chunk(np.zeros((5, 7), np.float32), "vla", 10)))
     bad = _observation(20, side=100)
-    robot.publish(bad, conv.image_to_msg(bad.images["agentview"], 20, "agentview_camera"))
+    robot.observe(bad, agentview=conv.image_to_msg(bad.images["agentview"], 20, "agentview"))
     ros.spin_for(0.2)
     robot.chunk.publish(conv.chunk_to_msg(Chunk(_chunk(0.1), "vla", 20)))
     robot.chunk.publish(conv.chunk_to_msg(Chunk(_chunk(0.1), "vla", 5)))  # older than any
@@ -173,7 +150,7 @@ def test_approved_chunks_bad_input_and_rate_limit(ros, wm_file):
     # Still imagining; above max_rate_hz, work is dropped and counted.
     node.rate = RateGate(0.2)  # one per 5 s: the second observation is always too soon
     for stamp in (30, 40):
-        robot.publish(_observation(stamp))
+        robot.observe(_observation(stamp))
         ros.spin_for(0.1)
         robot.chunk.publish(conv.chunk_to_msg(Chunk(_chunk(0.2), "vla", stamp)))
         ros.spin_for(0.2)
@@ -187,8 +164,8 @@ def test_missing_checkpoint_is_reported_and_the_node_stays_up(ros, tmp_path):
     robot = Robot(ros)
     robot.connected(robot.candidates, robot.eef)
     assert node.imaginer is None and "missing.pt" in node.unavailable
-    robot.publish(_observation(7))
-    robot.candidates.publish(_set([_chunk(0.1)], 7))
+    robot.observe(_observation(7))
+    robot.candidates.publish(candidate_set([_chunk(0.1)], 7))
     ros.spin_for(1.2)
     assert robot.got["images"] == [] and robot.got["markers"] == []
     d = robot.diag()
@@ -220,12 +197,12 @@ def test_verifier_in_imagine_mode_gates_what_the_world_model_imagines(ros, wm_fi
     verifier.scheduler.scorer = ScriptedScorer()
     node = _wm_node(ros, wm_file, source="imagine_candidates")
     robot = Robot(ros)
-    robot.connected(robot.candidates, robot.eef, robot.pubs["wrist"])
+    robot.connected(robot.candidates, robot.eef, robot.images["wrist"])
     obs = _observation(500)
-    robot.publish(obs)
+    robot.observe(obs)
     assert ros.wait_for(lambda: len(node.intake.observations) == 1 and len(verifier.intake.observations) == 1)
     chunks = [_chunk(v) for v in (0.1, 0.2, 0.3, 0.4, 0.5)]
-    robot.candidates.publish(_set(chunks, 500))
+    robot.candidates.publish(candidate_set(chunks, 500))
     assert ros.wait_for(lambda: robot.got["images"] and robot.got["verdicts"])
     # P(safe) >= 0.6: 0.1 (adv 0.1), 0.3 (1.0), 0.4 (2.0), 0.5 (0.5); the best two by
     # advantage: 0.4 then 0.3. 0.2 (P(safe) 0.3, best advantage) is never imagined.

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from prevla_ros.runtime.settings import build
-from prevla_ros.sim.evaluate import (EvalConfig, evaluate, parse_policy_spec, parse_tasks,
+from prevla_training.evaluate import (EvalConfig, evaluate, parse_policy_spec, parse_tasks,
                                      wilson_interval)
 
 
@@ -60,7 +60,7 @@ def test_scripted_expert_in_process(tmp_path):
 
 @pytest.mark.libero
 def test_expert_eval_keeps_its_json_fields(tmp_path):
-    from prevla_ros.sim import expert_eval
+    from prevla_training import expert_eval
 
     out = tmp_path / "expert.json"
     assert expert_eval.main(["--task-ids", "0", "--episodes-per-task", "1", "--workers", "0",
@@ -114,7 +114,7 @@ def test_verifier_arm_runs_the_scheduler_with_the_zoo_verifier(tmp_path):
 
 
 def test_cli_has_a_flag_per_config_field_and_config_errors_name_the_field(capsys):
-    from prevla_ros.sim.evaluate import main
+    from prevla_training.evaluate import main
 
     for argv, field in ((["--policy", "vla", "--arms", "verifier", "--overlap", "--ranking", "vibes"], "ranking"),
                         (["--tasks", "0-x"], "tasks"), (["--episodes-per-task", "0"], "episodes_per_task")):

@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("libero.libero")
 
 from prevla_ros.runtime.types import ACTION_DIM, ObjectPose, Observation  # noqa: E402
-from prevla_ros.sim import expert as ex  # noqa: E402
-from prevla_ros.sim.libero_env import task_bddl_path  # noqa: E402
+from prevla_sim import expert as ex  # noqa: E402
+from prevla_sim.libero_env import task_bddl_path  # noqa: E402
 
 # Poses seen in LIBERO-Spatial task 0, init state 0, after settling (world frame, xyzw).
 _UPRIGHT = np.array([0.0, 0.0, 0.7071, 0.7071])
@@ -116,7 +116,7 @@ def test_missing_privileged_state_is_rejected():
 
 @pytest.mark.libero
 def test_expert_on_real_observation_of_every_object_task_zero():
-    from prevla_ros.sim.libero_env import LiberoEnv, LiberoEnvConfig
+    from prevla_sim.libero_env import LiberoEnv, LiberoEnvConfig
 
     env = LiberoEnv(LiberoEnvConfig(suite="libero_object", task_id=0, render=False))
     try:

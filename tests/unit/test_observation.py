@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prevla_ros.runtime.observation import PART_NAMES, ObservationAssembler, RecentObservations
+from prevla_ros.runtime.observation import (PART_NAMES, ObservationAssembler, ObservationIntake,
+                                             ObservationWait, RecentObservations)
 from prevla_ros.runtime.types import ObjectPose
 
 
@@ -152,3 +153,75 @@ def test_recent_observations_keep_the_newest_by_stamp():
     assert recent.get(4).stamp_ns == 4 and recent.get(4).images["agentview"][0, 0, 0] == 4
     with pytest.raises(ValueError, match="capacity"):
         RecentObservations(0)
+
+
+# --- messages that wait for the observation they answer -------------------------------------
+class Waiting:
+    """An ObservationWait over an intake, releasing into a list, on a fake clock."""
+
+    def __init__(self, in_order: bool = False) -> None:
+        self.now, self.released, self.errors = 0.0, [], []
+        self.wait = ObservationWait(
+            ObservationIntake(keep=4), lambda stamp, msg: self.released.append(
+                (msg, self.wait.intake.get(stamp) is not None)),
+            self.errors.append, wait_s=1.0, in_order=in_order, clock=lambda: self.now)
+
+    def observe(self, stamp: int, names=("agentview", "wrist", "joints", "eef")) -> None:
+        parts = _parts(stamp)
+        for name in names:
+            self.wait.add(stamp, name, lambda v=parts[name]: v)
+
+
+def test_a_message_waits_for_its_observation_before_or_between_its_parts():
+    w = Waiting()
+    w.observe(1)
+    w.wait.offer(1, "set 1")  # its observation is in: released at once, with it
+    w.wait.offer(2, "set 2")  # no part of stamp 2 yet, and it is newer: waits
+    w.observe(3, ("wrist",))
+    w.wait.offer(3, "set 3")  # some parts in: waits
+    assert w.released == [("set 1", True)] and len(w.wait) == 2
+    w.observe(2)
+    assert w.released[1:] == [("set 2", True)] and w.wait.observations == 2
+    w.observe(3, ("agentview", "joints", "eef"))
+    assert w.released[2:] == [("set 3", True)] and len(w.wait) == 0
+
+
+def _malformed():
+    raise ValueError("bad encoding")
+
+
+def test_a_message_whose_observation_cannot_come_is_released_without_it():
+    w = Waiting()
+    w.observe(5)
+    w.wait.offer(4, "older")  # older than every part received: never coming
+    w.wait.offer(6, "lost")
+    w.wait.offer(8, "newer observation")
+    w.observe(7)  # a newer observation completed: stamp 6 never will
+    assert w.released == [("older", False), ("lost", False)] and len(w.wait) == 1
+    w.wait.add(8, "wrist", _malformed)
+    assert w.released[2:] == [("newer observation", False)]
+    assert w.errors == ["observation 8: malformed wrist: bad encoding (not stored)"]
+    w.wait.offer(8, "after the malformed part")  # never coming: at once
+    assert w.released[3:] == [("after the malformed part", False)]
+
+
+def test_a_held_message_is_released_after_wait_s():
+    w = Waiting()
+    w.wait.offer(10, "a")
+    w.now = 0.6
+    w.wait.offer(11, "b")
+    w.now = 1.1
+    w.wait.expire()
+    assert w.released == [("a", False)]
+    w.now = 1.7
+    w.wait.expire()
+    assert w.released == [("a", False), ("b", False)]
+
+
+def test_in_order_a_newer_message_releases_the_held_one_first_and_wait_false_never_holds():
+    w = Waiting(in_order=True)
+    w.wait.offer(10, "a")
+    w.wait.offer(11, "b")
+    assert w.released == [("a", False)] and len(w.wait) == 1
+    w.wait.offer(12, "c", wait=False)
+    assert w.released == [("a", False), ("b", False), ("c", False)] and len(w.wait) == 0

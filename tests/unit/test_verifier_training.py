@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from prevla_models.verifier import VerifierConfig, load_checkpoint
-from prevla_ros.sim.outcomes import OUTCOME_FIELDS, STATE_DIM, SafetySpec
+from prevla_sim.outcomes import OUTCOME_FIELDS, STATE_DIM, SafetySpec
 from prevla_training import verifier_metrics as vm
 from prevla_training.candidates import LabelConfig, make_candidates, missing_episodes
 from prevla_training.critic import (CandidateData, Critic, chunk_advantages, cross_fitted_advantages, mc_returns,
@@ -197,7 +197,7 @@ def test_with_gamma_rediscounts_rewards_and_returns():
 
 
 def test_unavoidable_unsafe_events_are_no_label():
-    from prevla_ros.sim.outcomes import avoidable
+    from prevla_sim.outcomes import avoidable
 
     tilt = np.array([[True, True, True], [True, False, False], [False, False, False]])
     joint = np.array([[False, False, False], [True, True, True], [False, True, False]])

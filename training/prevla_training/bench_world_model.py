@@ -64,7 +64,7 @@ def run_task(task_id: int, inits: list[int], chunks: int, k: int, seed: int, thr
     from prevla_models.vla_policy import VLAPolicy
     from prevla_models.world_model import load_checkpoint
     from prevla_ros.runtime.engines import load_model
-    from prevla_ros.sim.libero_env import LiberoEnv, LiberoEnvConfig
+    from prevla_sim.libero_env import LiberoEnv, LiberoEnvConfig
 
     torch.set_num_threads(threads)
     policy = VLAPolicy(load_model("vla", "").runner, seed=seed)

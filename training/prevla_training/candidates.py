@@ -7,7 +7,7 @@ Along closed-loop rollouts of the learned VLA, at every decision point (one per 
    perturbed ones: sample 1 with Gaussian noise (std ``noise_std``) on the 6 motion dims, and
    sample 2 with its gripper command flipped (let go / grab at the wrong time);
 3. for every candidate but the first: ``snapshot()`` -> execute it while measuring
-   (``prevla_ros.sim.outcomes``: contact forces, collateral displacement, tilt, fall, joint
+   (``prevla_sim.outcomes``: contact forces, collateral displacement, tilt, fall, joint
    margin, success, sparse reward) and record the privileged state s' it leads to ->
    ``restore()`` (bit-exact, proven by the e2e branching test);
 4. execute candidate 0 (the policy's own first sample) for real, measured the same way: the
@@ -102,7 +102,7 @@ def make_candidates(samples: np.ndarray, perturbed: int, noise_std: float,
 def label_episode(env, probe, policy, init_state: int, cfg: LabelConfig, rng: np.random.Generator) -> dict:
     """One labelled rollout from ``init_state`` (module docstring); returns arrays + attrs."""
     from prevla_models.geometry import proprio_from_state
-    from prevla_ros.sim.outcomes import OUTCOME_FIELDS, STATE_DIM, execute_and_measure
+    from prevla_sim.outcomes import OUTCOME_FIELDS, STATE_DIM, execute_and_measure
 
     env.reset(init_state)
     policy.reset()
@@ -178,8 +178,8 @@ def label_task(job: dict) -> dict:
     from prevla_models import zoo
     from prevla_models.checkpoints import sha256_file
     from prevla_models.vla_policy import VLAPolicy
-    from prevla_ros.sim.libero_env import LiberoEnv, LiberoEnvConfig, num_init_states
-    from prevla_ros.sim.outcomes import WorldProbe
+    from prevla_sim.libero_env import LiberoEnv, LiberoEnvConfig, num_init_states
+    from prevla_sim.outcomes import WorldProbe
 
     cfg = LabelConfig(**job["cfg"])
     t_id = job["task_id"]
@@ -222,7 +222,7 @@ def label_candidates(cfg: LabelConfig) -> dict:
     """Label every task of ``cfg`` (parallel over tasks); writes ``<out>/summary.json``."""
     from tqdm import tqdm
 
-    from prevla_ros.sim.libero_env import suite_num_tasks
+    from prevla_sim.libero_env import suite_num_tasks
 
     task_ids = parse_tasks(cfg.tasks or None, suite_num_tasks(cfg.suite))
     threads = max(1, (os.cpu_count() or 1) // max(1, cfg.workers))

@@ -63,7 +63,7 @@ def load_candidates(root: str | Path) -> CandidateData:
     """Load ``<root>/task*/init*.hdf5``; ValueError naming the file for a bad one."""
     import h5py
 
-    from prevla_ros.sim.libero_env import SUITE_MAX_STEPS
+    from prevla_sim.libero_env import SUITE_MAX_STEPS
 
     paths = sorted(glob.glob(os.path.join(str(root), "task*", "init*.hdf5")))
     if not paths:
@@ -139,7 +139,7 @@ def mc_returns(data: CandidateData) -> np.ndarray:
 def progress_features(state: torch.Tensor) -> torch.Tensor:
     """Relative geometry the return depends on: eef - object 0, object 0 - object 1 (the task's
     objects of interest come first in the state) and their lengths: (N, 8)."""
-    from prevla_ros.sim.outcomes import ROBOT_FEATURES
+    from prevla_sim.outcomes import ROBOT_FEATURES
 
     eef, o0, o1 = state[:, :3], state[:, ROBOT_FEATURES:ROBOT_FEATURES + 3], state[:, ROBOT_FEATURES + 7:ROBOT_FEATURES + 10]
     d0, d1 = eef - o0, o0 - o1
@@ -171,7 +171,7 @@ class Critic(nn.Module):
         if features not in CRITIC_FEATURES:
             raise ValueError(f"critic features must be one of {CRITIC_FEATURES}, got {features!r}")
         self.n_tasks, self.kind = n_tasks, features
-        from prevla_ros.sim.outcomes import ROBOT_FEATURES
+        from prevla_sim.outcomes import ROBOT_FEATURES
 
         width = {"progress": 8, "progress_grip": 10, "progress_state": ROBOT_FEATURES + 14 + 8, "full": state_dim + 8}[features]
         n_in = width + 1 + (n_tasks if features == "full" else 0)
@@ -183,7 +183,7 @@ class Critic(nn.Module):
 
     def features(self, state: torch.Tensor) -> torch.Tensor:
         """The selected raw inputs (before normalisation)."""
-        from prevla_ros.sim.outcomes import GRIPPER, ROBOT_FEATURES
+        from prevla_sim.outcomes import GRIPPER, ROBOT_FEATURES
 
         prog = progress_features(state)
         if self.kind == "progress":

@@ -51,7 +51,7 @@ def parse_tasks(spec: str | None, n_tasks: int) -> list[int]:
 # ---------------------------------------------------------------- seams (patched in tests)
 def _task_info(suite: str, task_id: int) -> dict:
     """Name, BDDL path, instruction and number of official init states of a task."""
-    from prevla_ros.sim.libero_env import num_init_states, suite_instructions, task_bddl_path
+    from prevla_sim.libero_env import num_init_states, suite_instructions, task_bddl_path
 
     bddl = task_bddl_path(suite, task_id)
     return dict(task_name=Path(bddl).stem, bddl_path=bddl, n_init=num_init_states(suite, task_id),
@@ -59,13 +59,13 @@ def _task_info(suite: str, task_id: int) -> dict:
 
 
 def _make_env(suite: str, task_id: int, image_size: int):
-    from prevla_ros.sim.libero_env import LiberoEnv, LiberoEnvConfig
+    from prevla_sim.libero_env import LiberoEnv, LiberoEnvConfig
 
     return LiberoEnv(LiberoEnvConfig(suite=suite, task_id=task_id, image_size=image_size))
 
 
 def _make_expert(env):
-    from prevla_ros.sim.expert import expert_for_env
+    from prevla_sim.expert import expert_for_env
 
     return expert_for_env(env)
 
@@ -288,7 +288,7 @@ def record_demos(suite: str, task_ids: list[int] | None, demos_per_task: int, ou
     if max_attempts_factor < 1:
         raise ValueError(f"max_attempts_factor must be >= 1, got {max_attempts_factor}")
     if task_ids is None:
-        from prevla_ros.sim.libero_env import suite_num_tasks
+        from prevla_sim.libero_env import suite_num_tasks
 
         task_ids = list(range(suite_num_tasks(suite)))
     out = Path(out_dir)
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--first-init-state", type=int, default=10,
                    help="first official init state to record from (0-9 are left for evaluation)")
     a = p.parse_args(argv)
-    from prevla_ros.sim.libero_env import suite_num_tasks
+    from prevla_sim.libero_env import suite_num_tasks
 
     record_demos(a.suite, parse_tasks(a.tasks, suite_num_tasks(a.suite)), a.demos_per_task,
                  a.out, a.workers, horizon=a.horizon, noise_std=a.noise_std,

@@ -92,7 +92,7 @@ def record_inputs(data_dir: str, out: str, tasks: int = 8) -> dict:
     import h5py
 
     from prevla_models.geometry import with_joints
-    from prevla_ros.sim.outcomes import JOINTS
+    from prevla_sim.outcomes import JOINTS
 
     rows = {k: [] for k in ("images", "proprio", "instructions", "actions", "source")}
     for t in range(tasks):

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from prevla_models.verifier import Verifier, VerifierConfig, build_vocab, load_checkpoint, save_checkpoint
-from prevla_ros.sim.outcomes import SafetySpec, avoidable, safe_from_reasons
+from prevla_sim.outcomes import SafetySpec, avoidable, safe_from_reasons
 from prevla_training.cli_args import add_config_args, build_config
 from prevla_training.critic import (CandidateData, cross_fitted_advantages, load_candidates, split_episodes,
                                     with_gamma)
@@ -103,7 +103,7 @@ def make_labels(cfg: TrainVerifierConfig, data: CandidateData, train_eps: np.nda
 def verifier_proprio(data: CandidateData, rows: np.ndarray) -> np.ndarray:
     """(len(rows), 15): the policy's 8-D proprio + the 7 arm joint positions (from the state)."""
     from prevla_models.geometry import with_joints
-    from prevla_ros.sim.outcomes import JOINTS
+    from prevla_sim.outcomes import JOINTS
 
     return with_joints(data.proprio[rows], data.state[rows][:, JOINTS])
 

@@ -173,10 +173,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 #: Verbs handled by their own module's ``main(argv)`` and argparse (ROS-free jobs).
 DELEGATED = {
-    "expert-eval": ("prevla_ros.sim.expert_eval", "scripted-expert success rates"),
+    "expert-eval": ("prevla_training.expert_eval", "scripted-expert success rates"),
     "record-demos": ("prevla_training.demos", "record expert demonstrations"),
     "train-policy": ("prevla_training.train_policy", "train the VLA on demonstrations"),
-    "eval": ("prevla_ros.sim.evaluate", "closed-loop policy success rates"),
+    "eval": ("prevla_training.evaluate", "closed-loop policy success rates"),
     "label-candidates": ("prevla_training.candidates", "label verifier candidates by branching in LIBERO"),
     "train-verifier": ("prevla_training.train_verifier", "train the verifier on labelled candidates"),
     "train-world-model": ("prevla_training.train_world_model", "train the world model on demos and policy rollouts"),

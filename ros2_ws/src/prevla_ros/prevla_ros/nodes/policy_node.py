@@ -15,27 +15,27 @@ with a one-candidate *hold* set for that observation, so the robot holds and re-
 """
 from __future__ import annotations
 
-from geometry_msgs.msg import PoseStamped
+from functools import partial
+
 from prevla_interfaces.msg import CandidateSet as CandidateSetMsg
-from prevla_interfaces.msg import EpisodeStatus, SimState
+from prevla_interfaces.msg import EpisodeStatus
 from prevla_interfaces.srv import SampleCandidates
 from rclpy.node import Node
-from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import String
 
 from prevla_ros import conversions as conv
 from prevla_ros.nodes.diagnostics import ERROR, OK, WARN, Diagnostics
 from prevla_ros.nodes.model_swap import ModelSwapper
-from prevla_ros.nodes.params import LATCHED_QOS, STATUS_QOS, STREAM_QOS, declare_config
+from prevla_ros.nodes.observation_topics import subscribe_parts
+from prevla_ros.nodes.params import STATUS_QOS, STREAM_QOS, declare_config
 from prevla_ros.nodes.process import run_node
 from prevla_ros.runtime.chunks import HOLD_SOURCE, hold_chunk
 from prevla_ros.runtime.configs import PolicyNodeConfig
 from prevla_ros.runtime.engines import LoadedModel, ModelSlot
-from prevla_ros.runtime.observation import ObservationAssembler
-from prevla_ros.runtime.policies import (ScriptedExpertPolicy, UnavailablePolicy,
-                                         build_policy)
+from prevla_ros.runtime.observation import PART_NAMES, ObservationAssembler
+from prevla_ros.runtime.policies import UnavailablePolicy
 from prevla_ros.runtime.types import (GRIPPER_OPEN, ActionChunk, CandidateSet, Observation,
                                       Policy)
+from prevla_sim.expert_policy import ScriptedExpertPolicy, build_policy
 
 
 def make_policy(config: PolicyNodeConfig, log,
@@ -72,15 +72,10 @@ class PolicyNode(Node):
         self._stats = {"observations": 0, "candidate_sets": 0, "holds": 0,
                        "resample_requests": 0, "last_error": ""}
         self._pub = self.create_publisher(CandidateSetMsg, "candidates", STREAM_QOS)
-        size = self.config.image_size
-        self._expected_hw = (size, size) if size else None
-        for camera in ("agentview", "wrist"):
-            self.create_subscription(Image, f"{camera}/image_raw",
-                                     lambda m, c=camera: self._on_image(c, m), STREAM_QOS)
-        self.create_subscription(JointState, "joint_states", self._on_joints, STREAM_QOS)
-        self.create_subscription(PoseStamped, "eef_pose", self._on_eef, STREAM_QOS)
-        self.create_subscription(SimState, "sim_state", self._on_sim_state, STREAM_QOS)
-        self.create_subscription(String, "instruction", self._on_instruction, LATCHED_QOS)
+        size = self.config.image_size  # 0: any size
+        image = partial(conv.msg_to_image, expected_hw=(size, size) if size else None)
+        subscribe_parts(self, PART_NAMES, self._add, {"agentview": image, "wrist": image},
+                        instruction=self.assembler)
         self.create_subscription(EpisodeStatus, "episode_status", self._on_status, STATUS_QOS)
         self.create_service(SampleCandidates, "sample_candidates", self._on_sample_request)
         Diagnostics(self, self._diagnostics)
@@ -106,24 +101,6 @@ class PolicyNode(Node):
         obs = self.assembler.add(stamp_ns, part, value)
         if obs is not None:
             self._on_observation(obs)
-
-    def _on_image(self, camera: str, msg: Image) -> None:
-        self._add(conv.from_time(msg.header.stamp), camera,
-                  lambda: conv.msg_to_image(msg, self._expected_hw))
-
-    def _on_joints(self, msg: JointState) -> None:
-        self._add(conv.from_time(msg.header.stamp), "joints",
-                  lambda: conv.msg_to_joint_state(msg))
-
-    def _on_eef(self, msg: PoseStamped) -> None:
-        self._add(conv.from_time(msg.header.stamp), "eef", lambda: conv.msg_to_pose(msg.pose))
-
-    def _on_sim_state(self, msg: SimState) -> None:
-        self._add(conv.from_time(msg.header.stamp), "objects",
-                  lambda: conv.msg_to_sim_state(msg))
-
-    def _on_instruction(self, msg: String) -> None:
-        self.assembler.instruction = msg.data
 
     def _on_status(self, msg: EpisodeStatus) -> None:
         episode = (msg.suite, int(msg.task_id), int(msg.episode))

@@ -28,7 +28,7 @@ from prevla_ros.nodes.process import run_node
 from prevla_ros.runtime.chunks import ActionChunkBroker, chunk_problem, hold_chunk
 from prevla_ros.runtime.configs import SimNodeConfig
 from prevla_ros.runtime.types import ACTION_DIM
-from prevla_ros.sim.libero_env import LiberoEnv, LiberoEnvConfig, num_init_states
+from prevla_sim.libero_env import LiberoEnv, LiberoEnvConfig, num_init_states
 
 TASK_FIELDS = ("suite", "task_id", "init_state", "image_size", "max_steps")
 

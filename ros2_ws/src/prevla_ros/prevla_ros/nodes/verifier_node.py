@@ -8,9 +8,9 @@ Publishes: ``action_chunk`` (ActionChunk), ``verdict`` (Verdict), ``approved_pat
 
 With ``verifier: model`` a candidate set is scored against the observation whose stamp its
 header carries (the policy node answers each observation under its stamp). A set whose
-observation is still arriving (some of its parts are in, or none yet of a stamp that new)
-waits for it, up to ``OBSERVATION_WAIT_S``: topics are not ordered across each other. A set
-whose observation is unknown (older stamp) or malformed gets a hold. A
+observation is still arriving waits for it, up to ``OBSERVATION_WAIT_S``
+(:class:`~prevla_ros.runtime.observation.ObservationWait`: topics are not ordered across each
+other). A set whose observation is unknown (older stamp) or malformed gets a hold. A
 verifier model that cannot be loaded is logged once and every decision is a hold that
 says why; the node stays up.
 
@@ -22,18 +22,13 @@ The model runs on ``backend`` / ``device`` (fallback chain tensorrt -> onnxrunti
 Resampling (``verifier: model``, ``resample: true``): when no candidate of a set passes tau,
 the node asks policy_node's ``sample_candidates`` service (prevla_interfaces/SampleCandidates)
 for more candidates of the same observation, hotter each round, and decides again, by the
-scheduler's rules (:class:`~prevla_ros.runtime.scheduler.Resampling`, the loop
-:meth:`Scheduler.run` drives in closed-loop evaluation). The calls are asynchronous: the node
-keeps taking messages while it waits. A late answer (``resample_timeout_s``, or the rest of
-``max_ms``), a refused or malformed one, or no service at all ends the resampling with the
-scheduler's fallback (the safest candidate seen if safe enough, else a hold), logged in one
-line; a newer candidate set ends it too, so verdicts keep the order of their sets. With
-``overlap`` (preemptive resampling, :meth:`Scheduler.run`'s rule) a resampled set that arrives
-makes the node request the round after it before scoring it, so the policy samples while the
-verifier scores; that request's deadline runs from when it was sent. When the set decides,
-the request ahead is dropped (its answer, if any, is ignored) and its k is counted in
-``dropped_samples`` (/diagnostics). Only the answer to the one request awaited is ever added,
-so no round is added twice.
+scheduler's rules, asynchronously: the node keeps taking messages while it waits. A late
+(``resample_timeout_s``, or the rest of ``max_ms``), refused or malformed answer, no service,
+or a newer candidate set ends it with the scheduler's fallback; with ``overlap`` the next
+round is requested while a resampled one is scored, and dropped (``dropped_samples`` in
+/diagnostics) when not needed. The rules are
+:class:`~prevla_ros.runtime.resampling_driver.ResamplingDriver`'s; this node only wires it
+to the service client and to timers.
 
 Mode ``imagine``: the verifier gates imagination, not execution. Each candidate set is
 answered with the gated subset on ``imagine_candidates`` (CandidateSet, same stamp and
@@ -47,11 +42,8 @@ forwarded candidates out.
 from __future__ import annotations
 
 import math
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 from geometry_msgs.msg import PoseStamped
 from prevla_interfaces.msg import ActionChunk as ActionChunkMsg
 from prevla_interfaces.msg import CandidateSet as CandidateSetMsg
@@ -59,51 +51,25 @@ from prevla_interfaces.msg import Verdict
 from prevla_interfaces.srv import SampleCandidates
 from rclpy.node import Node
 from rclpy.task import Future
-from rclpy.timer import Timer
-from sensor_msgs.msg import Image, JointState
-from std_msgs.msg import String
 from visualization_msgs.msg import MarkerArray
 
 from prevla_ros import conversions as conv
 from prevla_ros.nodes.diagnostics import ERROR, OK, WARN, Diagnostics
 from prevla_ros.nodes.model_swap import ModelSwapper
-from prevla_ros.nodes.params import LATCHED_QOS, STREAM_QOS, declare_config
+from prevla_ros.nodes.observation_topics import subscribe_parts
+from prevla_ros.nodes.params import STREAM_QOS, declare_config
 from prevla_ros.nodes.process import run_node
-from prevla_ros.runtime.chunks import chunk_problem
 from prevla_ros.runtime.configs import VerifierNodeConfig
 from prevla_ros.runtime.engines import LoadedModel, ModelSlot
-from prevla_ros.runtime.observation import ObservationIntake
-from prevla_ros.runtime.scheduler import (OUTCOME_HOLD, Decision, Resampling, Scheduler,
-                                          UnavailableScorer)
-from prevla_ros.runtime.types import CAMERAS, GRIPPER_OPEN, Observation, Scorer
+from prevla_ros.runtime.observation import OBSERVATION_WAIT_S, ObservationIntake, ObservationWait
+from prevla_ros.runtime.resampling_driver import Answer, ResamplingDriver, SamplingFailed
+from prevla_ros.runtime.scheduler import OUTCOME_HOLD, Decision, Scheduler, UnavailableScorer
+from prevla_ros.runtime.types import GRIPPER_OPEN, Scorer
 
 APPROVED_RGBA = (0.1, 0.9, 0.2, 1.0)
 HOLD_RGBA = (0.9, 0.2, 0.1, 1.0)
 #: Complete observations (and malformed stamps) remembered for matching candidate sets.
 KEEP_OBSERVATIONS = 8
-#: Longest wait for the rest of a candidate set's observation before answering with a hold.
-OBSERVATION_WAIT_S = 1.0
-
-
-@dataclass
-class _Request:
-    """One ``sample_candidates`` request sent to policy_node."""
-
-    future: Future
-    k: int  # candidates asked for
-    sent: float  # perf_counter when it went out
-    timeout_s: float  # its deadline after ``sent``: resample_timeout_s or the rest of max_ms
-
-
-@dataclass
-class _Pending:
-    """A decision waiting for policy_node's answer to one ``sample_candidates`` request."""
-
-    msg: CandidateSetMsg  # the policy's first set: stamp and policy id
-    resampling: Resampling
-    request: _Request | None = None  # the one whose answer is the next round
-    timer: Timer | None = None  # the request's deadline
-    failure: str = ""  # why the resampling stopped early, if it did
 
 
 def build_scorer(loaded: LoadedModel) -> Scorer:
@@ -121,249 +87,97 @@ class VerifierNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("verifier_node", **kwargs)
         self.config = c = declare_config(self, VerifierNodeConfig)
+        model = c.scheduler.verifier == "model"
         self.scheduler = Scheduler(c.scheduler)
         self.models = ModelSwapper(self, ModelSlot("verifier", build_scorer), self._install,
-                                   None if c.scheduler.verifier == "model" else
+                                   None if model else
                                    f"verifier is {c.scheduler.verifier}: it runs no model")
-        if c.scheduler.verifier == "model":
-            self.scheduler.scorer = self.models.load(UnavailableScorer)
-        self.intake = ObservationIntake(keep=KEEP_OBSERVATIONS)
-        self._waiting: tuple[CandidateSetMsg, float] | None = None  # set, monotonic arrival
-        self._eef: np.ndarray | None = None
-        self._last_gripper = GRIPPER_OPEN
-        self._pending: _Pending | None = None  # at most one decision awaits the policy
-        self._sampler = (self.create_client(SampleCandidates, "sample_candidates")
-                         if c.scheduler.verifier == "model" and c.resample and c.scheduler.mode == "execute"
-                         else None)  # imagine mode never resamples: it gates, nothing waits
-        self._stats = {"decisions": 0, "holds": 0, "rejected_candidates": 0,
-                       "resample_requests": 0, "forwarded_candidates": 0, "resample_failures": 0,
-                       "dropped_samples": 0, "last_resample_ms": 0.0,
-                       "last_verify_ms": 0.0, "last_outcome": "", "observations": 0,
-                       "threshold": round(self.scheduler.threshold, 4),
-                       "imagine_threshold": round(self.scheduler.imagine_threshold, 4),
+        self._stats = {**dict.fromkeys(("decisions", "holds", "rejected_candidates",
+                                        "forwarded_candidates", "dropped_samples",
+                                        "resample_requests", "resample_failures"), 0),
+                       "last_resample_ms": 0.0, "last_verify_ms": 0.0, "last_outcome": "",
                        "last_p_safe_max": float("nan")}
+        self._install(self.models.load(UnavailableScorer) if model else None)  # + thresholds
+        self.intake = ObservationIntake(keep=KEEP_OBSERVATIONS)
+        # verdicts keep the order of their candidate sets: a newer set answers a waiting one
+        self.waiting = ObservationWait(self.intake, self._decide, self.get_logger().error,
+                                       in_order=True, assemble=model)
+        self._eef, self._last_gripper = None, GRIPPER_OPEN
+        self._sampler = self.resampler = None  # imagine mode never resamples: it gates
+        if model and c.resample and c.scheduler.mode == "execute":
+            self._sampler = self.create_client(SampleCandidates, "sample_candidates")
+            self.resampler = ResamplingDriver(
+                c.scheduler, self._send, self._sampler.remove_pending_request, self.create_timer,
+                self.destroy_timer, self._publish, c.resample_timeout_s,
+                warn=self.get_logger().warning, stats=self._stats, name="sample_candidates")
         self._chunk_pub = self.create_publisher(ActionChunkMsg, "action_chunk", STREAM_QOS)
-        self._imagine_pub = (self.create_publisher(CandidateSetMsg, "imagine_candidates",
-                                                   STREAM_QOS) if c.scheduler.mode == "imagine" else None)
+        self._imagine_pub = (self.create_publisher(CandidateSetMsg, "imagine_candidates", STREAM_QOS)
+                             if c.scheduler.mode == "imagine" else None)
         self._verdict_pub = self.create_publisher(Verdict, "verdict", STREAM_QOS)
         self._marker_pub = self.create_publisher(MarkerArray, "approved_path", 5)
         self.create_subscription(CandidateSetMsg, "candidates", self._on_candidates, STREAM_QOS)
-        self.create_subscription(PoseStamped, "eef_pose", lambda m: self._add(
-            m.header.stamp, "eef", lambda: conv.msg_to_pose(m.pose)), STREAM_QOS)
-        if c.scheduler.verifier == "model":  # the verifier sees what the policy saw
-            for camera in CAMERAS:
-                self.create_subscription(Image, f"{camera}/image_raw", lambda m, cam=camera:
-                                         self._add(m.header.stamp, cam,
-                                                   lambda: conv.msg_to_image(m)), STREAM_QOS)
-            self.create_subscription(JointState, "joint_states", lambda m: self._add(
-                m.header.stamp, "joints", lambda: conv.msg_to_joint_state(m)), STREAM_QOS)
-            self.create_subscription(String, "instruction", self._on_instruction, LATCHED_QOS)
-            self.create_timer(OBSERVATION_WAIT_S / 4, self._check_waiting)
+        # the model verifier sees what the policy saw; any verifier draws paths from the eef
+        subscribe_parts(self, self.intake.assembler.required if model else ("eef",),
+                        self.waiting.add, {"eef": self._pose},
+                        instruction=self.intake.assembler if model else None)
+        if model:
+            self.create_timer(OBSERVATION_WAIT_S / 4, self.waiting.expire)
         Diagnostics(self, self._diagnostics)
-        self.get_logger().info(f"verifier '{self.scheduler.verifier_id}' ({c.scheduler.verifier}) in "
-                               f"{c.scheduler.mode} mode, tau={self.scheduler.threshold:.3f}")
+        self.get_logger().info(f"verifier '{self.scheduler.verifier_id}' ({c.scheduler.verifier})"
+                               f" in {c.scheduler.mode} mode, tau={self.scheduler.threshold:.3f}")
 
-    def _install(self, scorer: Scorer) -> None:
-        """A swapped-in verifier (called between two candidate sets)."""
+    def _install(self, scorer: Scorer | None) -> None:
+        """The verifier at startup, or a swapped-in one (called between two candidate sets)."""
         self.scheduler.scorer = scorer
         self._stats["threshold"] = round(self.scheduler.threshold, 4)
         self._stats["imagine_threshold"] = round(self.scheduler.imagine_threshold, 4)
 
     # --- inputs ---------------------------------------------------------------------------
-    def _add(self, stamp, part: str, convert) -> None:
-        stamp_ns = conv.from_time(stamp)
-        try:
-            value, obs = self.intake.add(stamp_ns, part, convert, assemble=self.config.scheduler.verifier == "model")
-        except ValueError as exc:
-            self.get_logger().error(str(exc))
-            if self._waiting is not None and self._waiting_stamp() == stamp_ns:
-                self._decide_waiting()
-            return
-        if part == "eef":
-            self._eef = value[0]
-        if obs is not None:
-            self._on_observation(obs)
-
-    def _on_instruction(self, msg: String) -> None:
-        self.intake.assembler.instruction = msg.data
-
-    def _on_observation(self, obs: Observation) -> None:
-        self._stats["observations"] += 1
-        if self._waiting is not None and self._waiting_stamp() <= obs.stamp_ns:
-            self._decide_waiting()  # its own observation, or a newer one (then it holds)
+    def _pose(self, msg: PoseStamped):
+        """The end effector's pose; its position is where approved paths are drawn from."""
+        pose = conv.msg_to_pose(msg.pose)
+        self._eef = pose[0]
+        return pose
 
     def _on_candidates(self, msg: CandidateSetMsg) -> None:
-        if self._waiting is not None:  # a newer set: answer the older one now
-            self._decide_waiting()
-        if self._observation_coming(conv.from_time(msg.header.stamp)):
-            self._waiting = (msg, time.monotonic())
-            return
-        self._decide(msg)
-
-    def _observation_coming(self, stamp_ns: int) -> bool:
-        """Parts of this stamp's observation are in, or none yet of a stamp this new."""
-        return (self.config.scheduler.verifier == "model" and getattr(self.scheduler.scorer, "available", True)
-                and self.intake.coming(stamp_ns))
-
-    def _waiting_stamp(self) -> int:
-        return conv.from_time(self._waiting[0].header.stamp)
-
-    def _decide_waiting(self) -> None:
-        msg, self._waiting = self._waiting[0], None
-        self._decide(msg)
-
-    def _check_waiting(self) -> None:
-        if self._waiting is not None and time.monotonic() - self._waiting[1] > OBSERVATION_WAIT_S:
-            self._decide_waiting()
+        scores = (self.config.scheduler.verifier == "model"  # else no observation is needed
+                  and getattr(self.scheduler.scorer, "available", True))
+        self.waiting.offer(conv.from_time(msg.header.stamp), msg, wait=scores)
 
     # --- decision -------------------------------------------------------------------------
-    def _decide(self, msg: CandidateSetMsg) -> None:
-        stamp = conv.from_time(msg.header.stamp)
-        if self._pending is not None:  # verdicts keep the order of their candidate sets
-            self._stop_pending(f"superseded by the candidate set of stamp {stamp}")
+    def _decide(self, stamp: int, msg: CandidateSetMsg) -> None:
+        if self.resampler is not None:  # verdicts keep the order of their candidate sets
+            self.resampler.stop(f"superseded by the candidate set of stamp {stamp}")
         obs = self.intake.get(stamp)
         candidates = conv.msg_to_candidate_arrays(msg)
         if self.config.scheduler.mode == "imagine":
-            forwarded, decision = self.scheduler.gate(candidates, obs, stamp, self._last_gripper,
-                                                      msg.policy_id)
-            self._publish_gated(msg, forwarded, decision)
-            return
-        if self._sampler is None:
+            self._publish_gated(msg, *self.scheduler.gate(
+                candidates, obs, stamp, self._last_gripper, msg.policy_id))
+        elif self.resampler is None:
             self._publish(msg, self.scheduler.decide(
                 candidates, stamp_ns=stamp, last_gripper=self._last_gripper,
                 source=msg.policy_id, observation=obs), self.scheduler.verifier_id)
-            return
-        temperature = float(msg.temperatures[0]) if len(msg.temperatures) else 1.0
-        if not (math.isfinite(temperature) and temperature >= 0):
-            temperature = 1.0
-        resampling = self.scheduler.start(obs, max(1, len(candidates)), temperature, stamp,
-                                          self._last_gripper, msg.policy_id)
-        resampling.add(candidates)
-        self._resample(_Pending(msg, resampling))
+        else:
+            t = float(msg.temperatures[0]) if len(msg.temperatures) else 1.0
+            resampling = self.scheduler.start(
+                obs, max(1, len(candidates)), t if math.isfinite(t) and t >= 0 else 1.0, stamp,
+                self._last_gripper, msg.policy_id)
+            self.resampler.start(resampling, candidates, stamp, msg)
 
-    # --- resampling over sample_candidates ------------------------------------------------
-    def _resample(self, p: _Pending) -> None:
-        """Ask for the scheduler's next round, or publish its decision when it has made one."""
-        request = p.resampling.next_request()
-        if request is None:
-            self._finish(p)
-            return
-        sent = self._send(p, *request, p.resampling.rounds)
-        if sent is None:
-            self._fail(p, "policy_node's sample_candidates service is not available")
-            return
-        self._await(p, sent)
-
-    def _send(self, p: _Pending, k: int, temperature: float, round_: int) -> _Request | None:
-        """Send one request for round ``round_`` (None: no service); its answer goes to
-        :meth:`_on_sampled`, which adds it only if it is the request awaited then."""
+    def _send(self, stamp_ns: int, k: int, temperature: float, round_: int) -> Future:
+        """One ``sample_candidates`` request; its answer goes to the resampler."""
         if not self._sampler.service_is_ready():
-            return None
-        budget_s = p.resampling.remaining_ms() / 1e3
-        r = _Request(self._sampler.call_async(SampleCandidates.Request(
-            observation_stamp=p.msg.header.stamp, k=int(k), temperature=float(temperature),
-            round=round_)), int(k), time.perf_counter(),
-            max(1e-3, min(self.config.resample_timeout_s, budget_s)))
-        self._stats["resample_requests"] += 1
-        r.future.add_done_callback(lambda _: self._on_sampled(p, r))
-        return r
-
-    def _await(self, p: _Pending, r: _Request) -> None:
-        """Wait for ``r``'s answer (the next round) until its deadline, counted from its send."""
-        p.request, self._pending = r, p
-        left_s = r.timeout_s - (time.perf_counter() - r.sent)
-        p.timer = self.create_timer(max(1e-3, left_s), lambda: self._on_timeout(p, r))
-
-    def _on_sampled(self, p: _Pending, r: _Request) -> None:
-        if self._pending is not p or p.request is not r:
-            return  # timed out, superseded or dropped meanwhile: never a second answer
-        self._end_wait(p)
-        self._stats["last_resample_ms"] = round((time.perf_counter() - r.sent) * 1e3, 3)
-        try:
-            response = r.future.result()
-        except Exception as exc:  # noqa: BLE001 -- whatever broke, fall back and stay up
-            self._fail(p, f"sample_candidates failed: {exc}")
-            return
-        stamp = conv.from_time(p.msg.header.stamp)
-        if not response.ok:
-            self._fail(p, f"policy_node could not resample: {response.reason}")
-            return
-        got = conv.from_time(response.candidates.header.stamp)
-        candidates = conv.msg_to_candidate_arrays(response.candidates)
-        cfg = self.scheduler.config
-        problems = [chunk_problem(c, cfg.action_dim, cfg.max_abs_action) for c in candidates]
-        if got != stamp:
-            self._fail(p, f"sample_candidates answered for stamp {got}, not {stamp}")
-        elif not candidates or all(problems):
-            self._fail(p, "malformed candidates from sample_candidates: " + (
-                "; ".join(sorted(set(problems))) if problems else "none"))
-        else:
-            self._add_round(p, candidates)
-
-    def _add_round(self, p: _Pending, candidates: list[np.ndarray]) -> None:
-        """Decide on a resampled round. With ``overlap`` the round after it is requested
-        first (as :meth:`Scheduler.run` does), and dropped if this round decides."""
-        request = p.resampling.speculative_request()  # None without overlap
-        # its round: after the one about to be added
-        ahead = self._send(p, *request, p.resampling.rounds + 1) if request is not None else None
-        p.resampling.add(candidates)
-        if ahead is None:
-            self._resample(p)
-        elif p.resampling.done:  # not needed: a late answer is never delivered
-            self._sampler.remove_pending_request(ahead.future)
-            p.resampling.drop(ahead.k)
-            self._finish(p)
-        else:
-            self._await(p, ahead)
-
-    def _on_timeout(self, p: _Pending, r: _Request) -> None:
-        if self._pending is not p or p.request is not r:
-            return
-        self._end_wait(p)
-        self._sampler.remove_pending_request(r.future)  # a late answer is dropped
-        budget = ("the rest of the max_ms budget"
-                  if r.timeout_s < self.config.resample_timeout_s else "resample_timeout_s")
-        self._fail(p, f"no answer from sample_candidates within {r.timeout_s:.3f} s ({budget})")
-
-    def _stop_pending(self, why: str) -> None:
-        p = self._pending
-        self._sampler.remove_pending_request(p.request.future)  # its answer is never delivered
-        self._end_wait(p)
-        self._fail(p, why)
-
-    def _end_wait(self, p: _Pending) -> None:
-        self._pending, p.request = None, None
-        if p.timer is not None:
-            self.destroy_timer(p.timer)
-            p.timer = None
-
-    def _fail(self, p: _Pending, why: str) -> None:
-        """Stop resampling: the scheduler's fallback decides."""
-        p.failure = why
-        self._stats["resample_failures"] += 1
-        p.resampling.stop(why)
-        self._finish(p)
-
-    def _finish(self, p: _Pending) -> None:
-        decision = p.resampling.finish()
-        if p.failure and decision.outcome != OUTCOME_HOLD:  # a hold is logged when published
-            self.get_logger().warning(
-                f"stamp {conv.from_time(p.msg.header.stamp)}, {decision.outcome}: "
-                f"{decision.reason}")
-        self._publish(p.msg, decision, p.resampling.verifier_id)
+            raise SamplingFailed("policy_node's sample_candidates service is not available")
+        future = self._sampler.call_async(SampleCandidates.Request(
+            observation_stamp=conv.to_time(stamp_ns), k=k, temperature=temperature,
+            round=round_))
+        future.add_done_callback(lambda f: self.resampler.answered(f, lambda: _read(f)))
+        return future
 
     # --- outputs --------------------------------------------------------------------------
     def _publish_gated(self, msg: CandidateSetMsg, forwarded: list[int],
                        decision: Decision) -> None:
         """Imagine mode: the forwarded candidates for the world model, and the verdict."""
-        stamp = conv.from_time(msg.header.stamp)
-        for index, why in decision.rejected.items():
-            self.get_logger().error(f"candidate #{index} from '{msg.policy_id}' rejected: {why}")
-        if not forwarded:
-            self.get_logger().warning(f"stamp {stamp}: nothing forwarded to the world model: "
-                                      f"{decision.reason}")
-            self._stats["holds"] += 1
-
         def pick(values):  # per-candidate metadata, when the policy sent it for every one
             return [values[i] for i in forwarded] if len(values) == len(msg.candidates) else []
 
@@ -371,51 +185,63 @@ class VerifierNode(Node):
             header=msg.header, candidates=[msg.candidates[i] for i in forwarded],
             temperatures=pick(msg.temperatures), seeds=pick(msg.seeds),
             policy_id=msg.policy_id, round=msg.round))
-        self._verdict_pub.publish(conv.decision_to_verdict(
-            decision, stamp, self.config.scheduler.mode, self.scheduler.verifier_id))
-        self._count(decision)
         self._stats["forwarded_candidates"] += len(forwarded)
+        self._verdict(msg, decision, self.scheduler.verifier_id,
+                      "nothing forwarded to the world model")
 
     def _publish(self, msg: CandidateSetMsg, decision: Decision, verifier_id: str) -> None:
+        """Execute mode: the chunk to run, the verdict and the approved path."""
         stamp = conv.from_time(msg.header.stamp)
-        obs = self.intake.get(stamp)
-        if obs is None and stamp in self.intake.malformed and decision.outcome == OUTCOME_HOLD:
+        if (decision.outcome == OUTCOME_HOLD and self.intake.get(stamp) is None
+                and stamp in self.intake.malformed):
             decision.reason += f" ({self.intake.malformed[stamp]})"
-        for index, why in decision.rejected.items():
-            self.get_logger().error(f"candidate #{index} from '{msg.policy_id}' rejected: {why}")
-        if decision.outcome == OUTCOME_HOLD:
-            self.get_logger().warning(f"publishing hold chunk: {decision.reason}")
-            self._stats["holds"] += 1
         self._last_gripper = float(decision.chunk.actions[-1, -1])
         self._chunk_pub.publish(conv.chunk_to_msg(decision.chunk))
-        self._verdict_pub.publish(conv.decision_to_verdict(
-            decision, stamp, self.config.scheduler.mode, verifier_id))
+        self._verdict(msg, decision, verifier_id, "publishing hold chunk")
         if self._eef is not None:
             rgba = HOLD_RGBA if decision.outcome == OUTCOME_HOLD else APPROVED_RGBA
             self._marker_pub.publish(conv.path_markers(
                 conv.chunk_path(self._eef, decision.chunk.actions), stamp, "approved_path",
                 rgba, self.config.marker_frame))
-        self._count(decision)
 
-    def _count(self, decision: Decision) -> None:
+    def _verdict(self, msg: CandidateSetMsg, decision: Decision, verifier_id: str,
+                 hold: str) -> None:
+        """Both modes: the verdict, its log lines (``hold`` says what a hold means) and counts."""
+        stamp, s = conv.from_time(msg.header.stamp), self._stats
+        for index, why in decision.rejected.items():
+            self.get_logger().error(f"candidate #{index} from '{msg.policy_id}' rejected: {why}")
+        if decision.outcome == OUTCOME_HOLD:
+            self.get_logger().warning(f"stamp {stamp}: {hold}: {decision.reason}")
+            s["holds"] += 1
+        self._verdict_pub.publish(conv.decision_to_verdict(
+            decision, stamp, self.config.scheduler.mode, verifier_id))
         scored = decision.scored()
         if len(scored):
-            self._stats["last_p_safe_max"] = round(float(decision.safety_probs[scored].max()), 4)
-        self._stats["decisions"] += 1
-        self._stats["rejected_candidates"] += len(decision.rejected)
-        self._stats["dropped_samples"] += decision.dropped_samples
-        self._stats["last_verify_ms"] = round(decision.verify_ms, 3)
-        self._stats["last_outcome"] = decision.outcome
+            s["last_p_safe_max"] = round(float(decision.safety_probs[scored].max()), 4)
+        s["decisions"] += 1
+        s["rejected_candidates"] += len(decision.rejected)
+        s["dropped_samples"] += decision.dropped_samples
+        s["last_verify_ms"] = round(decision.verify_ms, 3)
+        s["last_outcome"] = decision.outcome
 
     def _diagnostics(self):
         scorer = self.scheduler.scorer
-        values = {**self._stats, **self.models.values()}
+        values = {**self._stats, "observations": self.waiting.observations, **self.models.values()}
         if scorer is not None and not getattr(scorer, "available", True):
             return ERROR, f"verifier unavailable: {scorer.reason}", values
         if self._stats["decisions"] == 0:
             return WARN, "waiting for candidates", values
         level = ERROR if self._stats["last_outcome"] == OUTCOME_HOLD else OK
         return level, f"last decision: {self._stats['last_outcome']}", values
+
+
+def _read(future: Future) -> Answer:
+    """A ``sample_candidates`` answer: (the stamp it answers, its candidates)."""
+    response = future.result()
+    if not response.ok:
+        raise SamplingFailed(f"policy_node could not resample: {response.reason}")
+    return (conv.from_time(response.candidates.header.stamp),
+            conv.msg_to_candidate_arrays(response.candidates))
 
 
 def main(args: list[str] | None = None) -> int:

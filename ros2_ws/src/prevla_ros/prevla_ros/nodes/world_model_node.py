@@ -14,34 +14,31 @@ observation's stamp: a grid with one row per chunk (in the order received, so be
 ``imagine_candidates``) and one column per imagined frame (``frames_per_chunk``, left to right
 in time), each cell frame_size x frame_size (64 px): rviz shows it as an Image display beside
 the real camera. Chunks whose observation is still arriving wait for it up to
-``OBSERVATION_WAIT_S``. Bad input (malformed or wrongly sized image, NaN or wrongly shaped
+``OBSERVATION_WAIT_S`` (:class:`~prevla_ros.runtime.observation.ObservationWait`). Bad input (malformed or wrongly sized image, NaN or wrongly shaped
 chunk, no matching observation) is logged in one line and counted; a world model that cannot
 be loaded is logged once; the node stays up either way.
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
-from geometry_msgs.msg import PoseStamped
 from prevla_interfaces.msg import ActionChunk as ActionChunkMsg
 from prevla_interfaces.msg import CandidateSet as CandidateSetMsg
 from rclpy.node import Node
-from sensor_msgs.msg import Image, JointState
+from sensor_msgs.msg import Image
 from visualization_msgs.msg import Marker, MarkerArray
 
 from prevla_ros import conversions as conv
 from prevla_ros.nodes.diagnostics import ERROR, OK, WARN, Diagnostics
+from prevla_ros.nodes.observation_topics import subscribe_parts
 from prevla_ros.nodes.params import STREAM_QOS, declare_config
 from prevla_ros.nodes.process import run_node
 from prevla_ros.runtime.configs import WorldModelNodeConfig
 from prevla_ros.runtime.imagination import Imaginer, RateGate, tile
-from prevla_ros.runtime.observation import ObservationIntake
+from prevla_ros.runtime.observation import OBSERVATION_WAIT_S, ObservationIntake, ObservationWait
 from prevla_ros.runtime.types import Observation
 
 IMAGINED_RGBA = (0.2, 0.5, 1.0, 0.9)  # blue: approved paths are green, holds red
 KEEP_OBSERVATIONS = 8
-OBSERVATION_WAIT_S = 1.0
 
 
 class WorldModelNode(Node):
@@ -64,25 +61,21 @@ class WorldModelNode(Node):
             self.get_logger().error(f"{self.unavailable}; imagining nothing (restart with a "
                                     "usable checkpoint)")
         self.intake = ObservationIntake(("agentview", "joints", "eef"), KEEP_OBSERVATIONS)
-        self._waiting: dict[int, tuple[list, float]] = {}  # stamp -> (chunks, arrival)
+        self.waiting = ObservationWait(self.intake, self._process, self._error)
         self.rate = RateGate(c.max_rate_hz)
         self._ms_total = 0.0
         self._stats = {"imagined_frames": 0, "imagined_chunks": 0, "imagined_observations": 0,
                        "last_ms_per_frame": 0.0, "mean_ms_per_frame": 0.0,
-                       "errors": 0, "unavailable_drops": 0, "observations": 0}
+                       "errors": 0, "unavailable_drops": 0}
         self._image_pub = self.create_publisher(Image, "imagined/image_raw", STREAM_QOS)
         self._marker_pub = self.create_publisher(MarkerArray, "imagined_path", 5)
-        self.create_subscription(Image, "agentview/image_raw", lambda m: self._add(
-            m.header.stamp, "agentview", lambda: self._image(m)), STREAM_QOS)
-        self.create_subscription(PoseStamped, "eef_pose", lambda m: self._add(
-            m.header.stamp, "eef", lambda: conv.msg_to_pose(m.pose)), STREAM_QOS)
-        self.create_subscription(JointState, "joint_states", lambda m: self._add(
-            m.header.stamp, "joints", lambda: conv.msg_to_joint_state(m)), STREAM_QOS)
+        subscribe_parts(self, self.intake.assembler.required, self.waiting.add,
+                        {"agentview": self._image})
         if c.source == "approved":
             self.create_subscription(ActionChunkMsg, "action_chunk", self._on_chunk, STREAM_QOS)
         else:
             self.create_subscription(CandidateSetMsg, c.source, self._on_set, STREAM_QOS)
-        self.create_timer(OBSERVATION_WAIT_S / 4, self._expire)
+        self.create_timer(OBSERVATION_WAIT_S / 4, self.waiting.expire)
         Diagnostics(self, self._diagnostics)
 
     # --- observations ---------------------------------------------------------------------
@@ -92,20 +85,6 @@ class WorldModelNode(Node):
         if problem:
             raise ValueError(problem)
         return image
-
-    def _add(self, stamp, part: str, convert) -> None:
-        stamp_ns = conv.from_time(stamp)
-        try:
-            _, obs = self.intake.add(stamp_ns, part, convert)
-        except ValueError as exc:
-            self._error(str(exc))
-            if stamp_ns in self._waiting:
-                self._process(stamp_ns, self._waiting.pop(stamp_ns)[0])
-            return
-        if obs is not None:
-            self._stats["observations"] += 1
-            if obs.stamp_ns in self._waiting:
-                self._process(obs.stamp_ns, self._waiting.pop(obs.stamp_ns)[0])
 
     # --- chunks ---------------------------------------------------------------------------
     def _on_chunk(self, msg: ActionChunkMsg) -> None:
@@ -126,15 +105,7 @@ class WorldModelNode(Node):
         if self.imaginer is None:
             self._stats["unavailable_drops"] += 1
             return
-        if self.intake.coming(stamp):  # topics are not ordered across each other: wait for the observation
-            self._waiting[stamp] = (chunks, time.monotonic())
-            return
-        self._process(stamp, chunks)
-
-    def _expire(self) -> None:
-        now = time.monotonic()
-        for stamp in [s for s, (_, t) in self._waiting.items() if now - t > OBSERVATION_WAIT_S]:
-            self._process(stamp, self._waiting.pop(stamp)[0])
+        self.waiting.offer(stamp, chunks)
 
     # --- imagination ----------------------------------------------------------------------
     def _process(self, stamp: int, chunks: list[np.ndarray]) -> None:
@@ -186,7 +157,8 @@ class WorldModelNode(Node):
         self.get_logger().error(line)
 
     def _diagnostics(self):
-        values = {**self._stats, "skipped": self.rate.skipped, "source": self.config.source,
+        values = {**self._stats, "observations": self.waiting.observations,
+                  "skipped": self.rate.skipped, "source": self.config.source,
                   "device": self.imaginer.device if self.imaginer else "none"}
         if self.imaginer is None:
             return ERROR, self.unavailable, values

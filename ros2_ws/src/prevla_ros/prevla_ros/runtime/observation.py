@@ -7,14 +7,19 @@ the pipeline for more than one observation.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Generic, TypeVar
 
 import numpy as np
 
 from prevla_ros.runtime.types import Observation, ObjectPose
 
 PART_NAMES = ("agentview", "wrist", "joints", "eef", "objects")
+#: Longest wait for the rest of an observation that a message answers (topics are not
+#: ordered across each other): then the message is handled without it.
+OBSERVATION_WAIT_S = 1.0
+T = TypeVar("T")
 
 
 @dataclass
@@ -146,3 +151,76 @@ class ObservationIntake:
         """Parts of this stamp's observation are in, or none yet of a stamp this new."""
         return (self.observations.get(stamp_ns) is None and stamp_ns not in self.malformed
                 and (self.assembler.is_pending(stamp_ns) or stamp_ns > self.newest_part))
+
+
+class ObservationWait(Generic[T]):
+    """Messages that answer an observation (by its stamp) held until that observation is in.
+
+    Topics are not ordered across each other: a candidate set or chunk may arrive before
+    (or between) the parts of the observation it answers. :meth:`offer` releases a message
+    at once when its observation is stored, or can no longer come (malformed, older than
+    the parts received); else it is held until its observation completes, a newer one does
+    (its own can then never complete: the assembler drops older stamps), a part of its stamp
+    turns out malformed, or ``wait_s`` has passed. Released messages go to
+    ``release(stamp_ns, message)``, which looks the observation up (None: it never came).
+    Observation parts go in through :meth:`add`.
+
+    Args:
+        intake: assembles the parts and keeps the recent observations.
+        release: handles one message, with or without its observation.
+        report: one line for a malformed part (it is not stored).
+        wait_s: the longest hold (call :meth:`expire` a few times per ``wait_s``).
+        in_order: a new message releases every held one first (verifier_node: verdicts keep
+            the order of their candidate sets).
+        assemble: False: parts are only converted (checked), never assembled.
+        clock: seconds, monotonic.
+    """
+
+    def __init__(self, intake: ObservationIntake, release: Callable[[int, T], None],
+                 report: Callable[[str], None], wait_s: float = OBSERVATION_WAIT_S,
+                 in_order: bool = False, assemble: bool = True,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.intake, self.wait_s, self.in_order, self.assemble = intake, wait_s, in_order, assemble
+        self._release, self._report, self._clock = release, report, clock
+        self._held: list[tuple[int, T, float]] = []  # (stamp, message, arrival), in arrival order
+        self.observations = 0  # complete observations stored
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def add(self, stamp_ns: int, part: str, convert: Callable[[], Any]) -> Observation | None:
+        """Convert and add one observation part (:meth:`ObservationIntake.add`); release the
+        messages it decides: on a completed observation its own and older ones, on a
+        malformed part (reported) those of its stamp. Returns the completed observation."""
+        try:
+            _, obs = self.intake.add(stamp_ns, part, convert, self.assemble)
+        except ValueError as exc:
+            self._report(str(exc))
+            self._release_where(lambda stamp, arrival: stamp == stamp_ns)
+            return None
+        if obs is not None:
+            self.observations += 1
+            self._release_where(lambda stamp, arrival: stamp <= obs.stamp_ns)
+        return obs
+
+    def offer(self, stamp_ns: int, message: T, wait: bool = True) -> None:
+        """Release ``message`` now or hold it for its observation (``wait=False``: now)."""
+        if self.in_order:
+            self._release_where(lambda stamp, arrival: True)
+        if wait and self.intake.coming(stamp_ns):
+            self._held.append((stamp_ns, message, self._clock()))
+        else:
+            self._release(stamp_ns, message)
+
+    def expire(self) -> None:
+        """Release the messages held longer than ``wait_s``."""
+        now = self._clock()
+        self._release_where(lambda stamp, arrival: now - arrival > self.wait_s)
+
+    def _release_where(self, due: Callable[[int, float], bool]) -> None:
+        held, released = [], []
+        for h in self._held:
+            (released if due(h[0], h[2]) else held).append(h)
+        self._held = held  # before releasing: ``release`` may offer again
+        for stamp, message, _ in released:
+            self._release(stamp, message)

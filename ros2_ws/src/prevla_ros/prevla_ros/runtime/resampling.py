@@ -2,7 +2,8 @@
 
 :class:`Resampling` is the state machine of :meth:`Scheduler.run
 <prevla_ros.runtime.scheduler.Scheduler.run>`: whoever samples (a direct policy call, or
-``verifier_node`` over the ``sample_candidates`` service) drives it. With
+:class:`~prevla_ros.runtime.resampling_driver.ResamplingDriver` over an asynchronous sampler:
+verifier_node's ``sample_candidates`` service) drives it. With
 ``SchedulerConfig.overlap`` the driver may sample the round after next while the current
 round is scored (:meth:`Resampling.speculative_request`); a speculative round that turns out
 unneeded is dropped and counted in ``Decision.dropped_samples``.
@@ -11,11 +12,27 @@ from __future__ import annotations
 
 import math
 import time
+from typing import Protocol
 
 import numpy as np
 
-from prevla_ros.runtime.scheduler import (OUTCOME_ACCEPTED, OUTCOME_FALLBACK, ActionChunk,
-                                          Decision, Observation, Scheduler)
+from prevla_ros.runtime.decision import OUTCOME_ACCEPTED, OUTCOME_FALLBACK, Decision
+from prevla_ros.runtime.scheduler_config import SchedulerConfig
+from prevla_ros.runtime.types import ActionChunk, Observation
+
+
+class RoundDecider(Protocol):
+    """What a resampling decision needs of the scheduler: its config and one round's decision
+    (:class:`~prevla_ros.runtime.scheduler.Scheduler` is one; typed here, not imported, so
+    the scheduler can import this module)."""
+
+    config: SchedulerConfig
+
+    @property
+    def verifier_id(self) -> str: ...
+
+    def decide(self, candidates: list[np.ndarray], stamp_ns: int, last_gripper: float,
+               source: str, observation: Observation | None) -> Decision: ...
 
 
 class Resampling:
@@ -25,13 +42,14 @@ class Resampling:
     or ``None`` when the decision is made), hand the candidates to :meth:`add`, then take
     :meth:`finish`. :meth:`Scheduler.run` drives it with direct policy calls, ``verifier_node``
     with asynchronous service calls; :meth:`stop` ends it early (a sampler that failed) with
-    the budget's fallback. Decisions use the scheduler's verifier as it was at the start, so
-    a model hot-swapped meanwhile never mixes two verifiers' scores in one decision.
+    the budget's fallback. Every round is decided by ``scheduler``: :meth:`Scheduler.start`
+    hands it a copy with the verifier of the moment, so a model hot-swapped meanwhile never
+    mixes two verifiers' scores in one decision.
     """
 
-    def __init__(self, scheduler: Scheduler, observation: Observation | None, k: int,
+    def __init__(self, scheduler: RoundDecider, observation: Observation | None, k: int,
                  temperature: float, stamp_ns: int, last_gripper: float, source: str) -> None:
-        self._scheduler = Scheduler(scheduler.config, scheduler.scorer)
+        self._scheduler = scheduler
         self._t0 = time.perf_counter()
         self._args = (stamp_ns, last_gripper, source, observation)
         self.k, self.temperature = k, temperature

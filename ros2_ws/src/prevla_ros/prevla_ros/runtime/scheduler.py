@@ -26,53 +26,15 @@ from __future__ import annotations
 import math
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from prevla_ros.runtime.chunks import chunk_problem, hold_chunk
+from prevla_ros.runtime.decision import (  # noqa: F401 (re-exported: a leaf module, so
+    OUTCOME_ACCEPTED, OUTCOME_FALLBACK, OUTCOME_HOLD, Decision)  # resampling needs no scheduler)
+from prevla_ros.runtime.resampling import Resampling
 from prevla_ros.runtime.scheduler_config import MODES, RANKINGS, VERIFIERS, SchedulerConfig  # noqa: F401 (re-exported)
 from prevla_ros.runtime.types import ACTION_DIM, GRIPPER_OPEN, ActionChunk, Observation, Scorer
-
-OUTCOME_ACCEPTED = "accepted"
-OUTCOME_FALLBACK = "fallback_best"
-OUTCOME_HOLD = "hold"
-
-
-@dataclass
-class Decision:
-    """What the scheduler decided for one observation.
-
-    ``safety_probs``/``advantages`` have one entry per candidate considered: 0.0 / NaN for a
-    rejected (invalid) candidate, the model's P(safe) / advantage for a scored one, NaN / NaN
-    where nothing was scored (passthrough, or the model verifier could not score). After
-    resampling (:meth:`Scheduler.run`, :class:`Resampling`) they, ``accepted_index`` and
-    ``rejected`` span every candidate of every round, in the order they were drawn.
-    ``verify_ms`` is the time the verifier took (the scoring call for ``model``).
-    """
-
-    chunk: ActionChunk
-    accepted_index: int
-    outcome: str
-    reason: str
-    safety_probs: np.ndarray
-    advantages: np.ndarray
-    samples_drawn: int
-    rounds: int = 1
-    verify_ms: float = 0.0
-    total_ms: float = 0.0
-    rejected: dict[int, str] = field(default_factory=dict)
-    #: imagine mode (:meth:`Scheduler.gate`): the candidates forwarded to the world model,
-    #: in rollout order (best first); empty in execute mode.
-    forwarded: list[int] = field(default_factory=list)
-    #: preemptive resampling (``overlap``): candidates sampled ahead and then not needed.
-    dropped_samples: int = 0
-
-    def scored(self) -> np.ndarray:
-        """Indices of the candidates the verifier scored (valid ones with a finite P(safe))."""
-        valid = np.ones(len(self.safety_probs), dtype=bool)
-        valid[list(self.rejected)] = False
-        return np.where(valid & np.isfinite(self.safety_probs))[0]
 
 
 class UnavailableScorer:
@@ -155,7 +117,9 @@ class Scheduler:
               source: str = "") -> Resampling:
         """Begin an adaptive-resampling decision; drive it with the returned
         :class:`Resampling` (its clock, for ``max_ms``, starts now)."""
-        return Resampling(self, observation, k, temperature, stamp_ns, last_gripper, source)
+        # A copy: a model hot-swapped meanwhile never mixes two verifiers in one decision.
+        return Resampling(Scheduler(self.config, self.scorer), observation, k, temperature,
+                          stamp_ns, last_gripper, source)
 
     def run(self, sample, observation: Observation | None, k: int, temperature: float = 1.0,
             stamp_ns: int = 0, last_gripper: float = GRIPPER_OPEN, source: str = "") -> Decision:
@@ -342,7 +306,3 @@ def _passing(p_safe: np.ndarray, tau: float) -> list[int]:
 def _best(p_safe: np.ndarray) -> float:
     """The highest finite P(safe) (NaN if none), for reasons."""
     return float(np.nanmax(p_safe)) if np.any(np.isfinite(p_safe)) else float("nan")
-
-
-# Re-exported: the resampling state machine lives in its own module (it imports the above).
-from prevla_ros.runtime.resampling import Resampling  # noqa: E402

@@ -432,6 +432,6 @@ def expert_for_env(env) -> ScriptedExpert:
 
 def expert_for_task(suite: str, task_id: int) -> ScriptedExpert:
     """Expert for (suite, task_id) without a simulator (tabulated object boxes)."""
-    from prevla_ros.sim.libero_env import task_bddl_path
+    from prevla_sim.libero_env import task_bddl_path
 
     return ScriptedExpert(parse_goal(task_bddl_path(suite, task_id)))

@@ -107,7 +107,7 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 
 
 def _build_policy(cfg: EvalConfig, suite: str, task_id: int):
-    from prevla_ros.runtime.policies import ScriptedExpertPolicy, build_policy
+    from prevla_sim.expert_policy import ScriptedExpertPolicy, build_policy
 
     kind, arg = parse_policy_spec(cfg.policy)
     # A per-task seed so tasks evaluated in parallel draw independent expert noise.
@@ -134,7 +134,7 @@ def run_task_arm(cfg_dict: dict, suite: str, task_id: int, arm: str) -> list[dic
     """Worker: all episodes of one (task, arm) on one env; picklable arguments only."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     from prevla_ros.runtime.chunks import chunk_problem, hold_chunk
-    from prevla_ros.sim.libero_env import LiberoEnv, LiberoEnvConfig, num_init_states
+    from prevla_sim.libero_env import LiberoEnv, LiberoEnvConfig, num_init_states
 
     cfg = build(EvalConfig, cfg_dict)
     if cfg.workers > 0 and cfg.policy.startswith("vla"):  # share the cores, do not oversubscribe
@@ -201,7 +201,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     """Run every (task, arm), aggregate, print the table; write JSON + .md if ``cfg.out``."""
     from tqdm import tqdm
 
-    from prevla_ros.sim.libero_env import suite_instructions, suite_num_tasks
+    from prevla_sim.libero_env import suite_instructions, suite_num_tasks
 
     task_ids = cfg.task_ids or list(range(suite_num_tasks(cfg.suite)))
     instructions = suite_instructions(cfg.suite)

@@ -17,7 +17,7 @@ def evaluate_expert(suite: str, task_ids: list[int] | None, episodes_per_task: i
 
     ``mean_steps`` averages all episodes (as before); ``mean_steps_success`` only successes.
     """
-    from prevla_ros.sim.evaluate import EvalConfig, evaluate
+    from prevla_training.evaluate import EvalConfig, evaluate
 
     result = evaluate(EvalConfig(suite=suite, task_ids=list(task_ids or []),
                                  episodes_per_task=episodes_per_task, init_start=init_start,
