@@ -22,7 +22,7 @@ A chunk is UNSAFE when, at any control step of its execution (``SafetySpec`` fie
   than this: knocked or dropped off the table;
 * ``joint_margin_rad`` < ``joint_margin_rad``: an arm joint came closer than this to a limit.
 
-The thresholds are chosen from the raw distributions of policy-sampled chunks (README), not
+The thresholds are chosen from the raw distributions of policy-sampled chunks (docs/results.md), not
 from evaluation episodes.
 """
 from __future__ import annotations

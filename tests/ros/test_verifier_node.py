@@ -3,7 +3,6 @@ the learned verifier scoring candidates against the observation they answer; its
 hot-swapping its model while candidate sets stream in."""
 from __future__ import annotations
 
-import shutil
 import time
 
 import numpy as np

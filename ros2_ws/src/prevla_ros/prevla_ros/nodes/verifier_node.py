@@ -21,14 +21,11 @@ The model runs on ``backend`` / ``device`` (fallback chain tensorrt -> onnxrunti
 
 Resampling (``verifier: model``, ``resample: true``): when no candidate of a set passes tau,
 the node asks policy_node's ``sample_candidates`` service (prevla_interfaces/SampleCandidates)
-for more candidates of the same observation, hotter each round, and decides again, by the
-scheduler's rules, asynchronously: the node keeps taking messages while it waits. A late
-(``resample_timeout_s``, or the rest of ``max_ms``), refused or malformed answer, no service,
-or a newer candidate set ends it with the scheduler's fallback; with ``overlap`` the next
-round is requested while a resampled one is scored, and dropped (``dropped_samples`` in
-/diagnostics) when not needed. The rules are
-:class:`~prevla_ros.runtime.resampling_driver.ResamplingDriver`'s; this node only wires it
-to the service client and to timers.
+for more candidates of the same observation and decides again, asynchronously (the node keeps
+taking messages): a late, refused or malformed answer, no service, or a newer set ends it with
+the scheduler's fallback; with ``overlap`` the next round is requested while one is scored.
+The rules are :class:`~prevla_ros.runtime.resampling_driver.ResamplingDriver`'s; this node
+wires it to the service client and to timers.
 
 Mode ``imagine``: the verifier gates imagination, not execution. Each candidate set is
 answered with the gated subset on ``imagine_candidates`` (CandidateSet, same stamp and

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from prevla_ros.runtime.types import ACTION_DIM, Observation
+from prevla_ros.runtime.types import Observation
 
 
 class UnavailablePolicy:

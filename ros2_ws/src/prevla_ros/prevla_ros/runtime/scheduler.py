@@ -23,7 +23,6 @@ first valid ones in the policy's order). Nothing is executed and nothing is resa
 """
 from __future__ import annotations
 
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -34,7 +33,7 @@ from prevla_ros.runtime.decision import (  # noqa: F401 (re-exported: a leaf mod
     OUTCOME_ACCEPTED, OUTCOME_FALLBACK, OUTCOME_HOLD, Decision)  # resampling needs no scheduler)
 from prevla_ros.runtime.resampling import Resampling
 from prevla_ros.runtime.scheduler_config import MODES, RANKINGS, VERIFIERS, SchedulerConfig  # noqa: F401 (re-exported)
-from prevla_ros.runtime.types import ACTION_DIM, GRIPPER_OPEN, ActionChunk, Observation, Scorer
+from prevla_ros.runtime.types import GRIPPER_OPEN, ActionChunk, Observation, Scorer
 
 
 class UnavailableScorer:

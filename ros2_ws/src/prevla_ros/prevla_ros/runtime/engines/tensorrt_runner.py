@@ -7,7 +7,7 @@ that TensorRT version, so a mismatch is reported as *stale* (:class:`EngineUnava
 loader falls back) before deserializing. I/O buffers are torch CUDA tensors allocated once for
 K_max (the engine's optimisation profile) and reused; inference runs on its own CUDA stream.
 
-Untested on the machines this was written on (no GPU): see the README's *Engines* section.
+Untested on the machines this was written on (no GPU): see docs/results.md (engines).
 """
 from __future__ import annotations
 
