@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="prevla params", description=__doc__.splitlines()[0])
     p.add_argument("--write", action="store_true", help="rewrite the generated files")
     args = p.parse_args(argv)
+    if not (ROOT / "launch").is_dir():
+        p.error(f"{ROOT} is not a prevla source checkout (prevla params works on the sources)")
     todo = stale()
     for path, text in todo.items():
         if args.write:
