@@ -1,33 +1,37 @@
-"""One argparse front-end for the training jobs' config dataclasses (``--field-name`` per field)."""
+"""One argparse front-end for the config dataclasses of the off-board jobs (``--field-name`` per
+setting, composed sections flattened: :mod:`prevla_ros.runtime.settings`)."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
 
+from prevla_ros.runtime.settings import build, settings
+
 
 def add_config_args(p: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (),
                     rename: dict[str, str] | None = None) -> None:
-    """Add ``--<field>`` for every scalar field of dataclass ``cls`` (help from its metadata).
+    """Add ``--<setting>`` for every scalar setting of config ``cls`` (help from its metadata).
 
-    Booleans become ``--<field>`` flags (store_true, default False required); fields in ``skip``
-    and non-scalar (dataclass) fields are left out; ``rename`` maps field -> option name.
+    Booleans become ``--<setting>`` flags (store_true, default False required); a ``None``
+    default takes text; settings in ``skip`` and non-scalar (dataclass) fields are left out;
+    ``rename`` maps setting -> option name.
     """
-    defaults = cls()
-    for f in dataclasses.fields(cls):
-        value = getattr(defaults, f.name)
-        if f.name in skip or dataclasses.is_dataclass(value):
+    for s in settings(cls).values():
+        if s.name in skip or dataclasses.is_dataclass(s.default):
             continue
-        opt = "--" + (rename or {}).get(f.name, f.name.replace("_", "-"))
-        if isinstance(value, bool):
-            p.add_argument(opt, dest=f.name, action="store_true", help=f.metadata.get("help"))
+        opt = "--" + (rename or {}).get(s.name, s.name.replace("_", "-"))
+        if isinstance(s.default, bool):
+            p.add_argument(opt, dest=s.name, action="store_true", help=s.help)
         else:
-            p.add_argument(opt, dest=f.name, type=type(value), default=value, help=f.metadata.get("help"))
+            p.add_argument(opt, dest=s.name, default=s.default, help=s.help,
+                           type=str if s.default is None else type(s.default))
 
 
 def build_config(p: argparse.ArgumentParser, cls, args: dict):
-    """``cls(**args)``; a ValueError becomes an argparse error (exit 2, naming the field)."""
+    """``cls`` from flat ``args`` (:func:`~prevla_ros.runtime.settings.build`); a ValueError
+    becomes an argparse error (exit 2, naming the field)."""
     try:
-        return cls(**args)
+        return build(cls, args)
     except ValueError as exc:
         p.error(str(exc))
 

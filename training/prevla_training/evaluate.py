@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from prevla_ros.runtime.scheduler_config import SchedulerConfig
-from prevla_ros.runtime.settings import build, flatten, section, settings
+from prevla_ros.runtime.settings import build, flatten, section
+from prevla_training.cli_args import add_config_args, build_config
 
 ARMS = ("policy", "random", "verifier")
 
@@ -363,21 +364,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="prevla eval", description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default="", help="'0-9' or '0,3' (default: all)")
     p.add_argument("--arms", default="policy", help="comma list of policy,random,verifier")
-    for s in settings(EvalConfig).values():  # the verifier arm's decision settings included
-        if s.name in ("task_ids", "arms"):
-            continue
-        opt = "--" + s.name.replace("_", "-")
-        if isinstance(s.default, bool):
-            p.add_argument(opt, dest=s.name, action="store_true", help=s.help)
-        else:
-            p.add_argument(opt, dest=s.name, default=s.default, help=s.help,
-                           type=str if s.default is None else type(s.default))
+    add_config_args(p, EvalConfig, skip=("task_ids", "arms"))  # + the verifier arm's settings
     a = vars(p.parse_args(argv))
     try:
-        cfg = build(EvalConfig, dict(task_ids=parse_tasks(a.pop("tasks")),
-                                     arms=tuple(filter(None, a.pop("arms").split(","))), **a))
+        task_ids = parse_tasks(a.pop("tasks"))
     except ValueError as exc:
         p.error(str(exc))
+    cfg = build_config(p, EvalConfig, dict(task_ids=task_ids,
+                                           arms=tuple(filter(None, a.pop("arms").split(","))), **a))
     evaluate(cfg)
     return 0
 

@@ -153,7 +153,7 @@ class ModelSwapper:
         before, after = flatten(old), flatten(new)
         changed = [name for name in before if before[name] != after[name]]
         startup_only = [name for name in changed if name not in MODEL_FIELDS]
-        if startup_only:  # read-only parameters: only a config built by hand gets here
+        if startup_only:  # a run-time setting this swapper does not apply (the rest are read-only)
             return f"{', '.join(startup_only)} can only be set at startup (restart the node)"
         if not changed or self._quiet:
             return None

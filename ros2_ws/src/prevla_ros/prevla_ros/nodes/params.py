@@ -26,6 +26,7 @@ STATUS_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=20,
                         reliability=ReliabilityPolicy.RELIABLE,
                         durability=DurabilityPolicy.TRANSIENT_LOCAL)
 
+
 def declare_config(node: Node, cls: type[C]) -> C:
     """Declare one ROS parameter per setting of config ``cls`` (sections flattened: name,
     default, description; read-only unless the setting is marked ``runtime``) and build the

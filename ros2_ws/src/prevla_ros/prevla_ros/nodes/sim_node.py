@@ -23,7 +23,8 @@ from std_msgs.msg import String
 
 from prevla_ros import conversions as conv
 from prevla_ros.nodes.diagnostics import OK, WARN, Diagnostics
-from prevla_ros.nodes.params import LATCHED_QOS, STATUS_QOS, STREAM_QOS, declare_config, on_config_change
+from prevla_ros.nodes.params import (LATCHED_QOS, STATUS_QOS, STREAM_QOS, declare_config,
+                                      on_config_change)
 from prevla_ros.nodes.process import run_node
 from prevla_ros.runtime.chunks import ActionChunkBroker, chunk_problem, hold_chunk
 from prevla_ros.runtime.configs import SimNodeConfig

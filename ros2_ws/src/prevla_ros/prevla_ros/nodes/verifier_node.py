@@ -108,8 +108,9 @@ class VerifierNode(Node):
                 self.destroy_timer, self._publish, c.resample_timeout_s,
                 warn=self.get_logger().warning, stats=self._stats, name="sample_candidates")
         self._chunk_pub = self.create_publisher(ActionChunkMsg, "action_chunk", STREAM_QOS)
-        self._imagine_pub = (self.create_publisher(CandidateSetMsg, "imagine_candidates", STREAM_QOS)
-                             if c.scheduler.mode == "imagine" else None)
+        self._imagine_pub = (
+            self.create_publisher(CandidateSetMsg, "imagine_candidates", STREAM_QOS)
+            if c.scheduler.mode == "imagine" else None)
         self._verdict_pub = self.create_publisher(Verdict, "verdict", STREAM_QOS)
         self._marker_pub = self.create_publisher(MarkerArray, "approved_path", 5)
         self.create_subscription(CandidateSetMsg, "candidates", self._on_candidates, STREAM_QOS)

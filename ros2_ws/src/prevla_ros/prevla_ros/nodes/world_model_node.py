@@ -14,9 +14,10 @@ observation's stamp: a grid with one row per chunk (in the order received, so be
 ``imagine_candidates``) and one column per imagined frame (``frames_per_chunk``, left to right
 in time), each cell frame_size x frame_size (64 px): rviz shows it as an Image display beside
 the real camera. Chunks whose observation is still arriving wait for it up to
-``OBSERVATION_WAIT_S`` (:class:`~prevla_ros.runtime.observation.ObservationWait`). Bad input (malformed or wrongly sized image, NaN or wrongly shaped
-chunk, no matching observation) is logged in one line and counted; a world model that cannot
-be loaded is logged once; the node stays up either way.
+``OBSERVATION_WAIT_S`` (:class:`~prevla_ros.runtime.observation.ObservationWait`). Bad input
+(malformed or wrongly sized image, NaN or wrongly shaped chunk, no matching observation) is
+logged in one line and counted; a world model that cannot be loaded is logged once; the node
+stays up either way.
 """
 from __future__ import annotations
 

@@ -12,16 +12,11 @@ from dataclasses import dataclass
 
 from prevla_ros.runtime.engines.loader import BACKENDS, DEVICES
 from prevla_ros.runtime.scheduler_config import SchedulerConfig
-from prevla_ros.runtime.settings import check as _check
-from prevla_ros.runtime.settings import section, setting, settings
+from prevla_ros.runtime.settings import check, section, setting, settings
 
 WM_SOURCES = ("approved", "candidates", "imagine_candidates")
 SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero_90")
 POLICIES = ("scripted_expert", "vla", "remote")
-
-
-def _help(text: str, default, runtime: bool = False):
-    return setting(text, default, runtime=runtime)
 
 
 def _model_help(kind: str, when: str, unusable: str) -> str:
@@ -38,12 +33,17 @@ DEVICE_HELP = ("device of the model: auto (cuda when a GPU is visible, else cpu)
                "cuda:N")
 
 
+def _check_device(config, n: str) -> None:
+    """The ``device`` field of every node that runs a model."""
+    check(config.device in DEVICES or re.fullmatch(r"cuda:\d+", config.device) is not None, n,
+          "device", f"must be one of {DEVICES} or cuda:N, got {config.device!r}")
+
+
 def _check_engine(config, n: str) -> None:
-    """The ``backend`` and ``device`` fields shared by the nodes that run a model."""
-    _check(config.backend in BACKENDS, n, "backend",
-           f"must be one of {BACKENDS}, got {config.backend!r}")
-    _check(config.device in DEVICES or re.fullmatch(r"cuda:\d+", config.device) is not None, n,
-           "device", f"must be one of {DEVICES} or cuda:N, got {config.device!r}")
+    """The ``backend`` and ``device`` fields of the nodes that run a model on a backend."""
+    check(config.backend in BACKENDS, n, "backend",
+          f"must be one of {BACKENDS}, got {config.backend!r}")
+    _check_device(config, n)
 
 
 @dataclass
@@ -51,46 +51,50 @@ class SimNodeConfig:
     """Parameters of ``sim_node`` (LIBERO robot simulator). Task settings changed at run time
     apply from the next episode; the timers' settings are startup-only."""
 
-    suite: str = _help("LIBERO suite: " + ", ".join(SUITES), "libero_spatial", runtime=True)
-    task_id: int = _help("task index within the suite", 0, runtime=True)
-    init_state: int = _help("index of LIBERO's official init state for the first episode", 0, runtime=True)
-    episodes: int = _help("episodes to run (init states init_state, init_state+1, ...); "
+    suite: str = setting("LIBERO suite: " + ", ".join(SUITES), "libero_spatial", runtime=True)
+    task_id: int = setting("task index within the suite", 0, runtime=True)
+    init_state: int = setting("index of LIBERO's official init state for the first episode", 0,
+                              runtime=True)
+    episodes: int = setting("episodes to run (init states init_state, init_state+1, ...); "
                           "0 runs forever", 1, runtime=True)
-    image_size: int = _help("square camera resolution in pixels", 128, runtime=True)
-    max_steps: int = _help("control steps before an episode times out; 0 = suite default", 0, runtime=True)
-    control_rate_hz: float = _help("control steps per second; 0 runs as fast as possible", 20.0)
-    execute_steps: int = _help("actions executed from each chunk before the next decision; "
+    image_size: int = setting("square camera resolution in pixels", 128, runtime=True)
+    max_steps: int = setting("control steps before an episode times out; 0 = suite default", 0,
+                             runtime=True)
+    control_rate_hz: float = setting("control steps per second; 0 runs as fast as possible", 20.0)
+    execute_steps: int = setting("actions executed from each chunk before the next decision; "
                                "0 = the whole chunk", 0)
-    hold_steps: int = _help("zero-motion steps executed when an invalid chunk arrives", 1, runtime=True)
-    max_abs_action: float = _help("chunks with any absolute action value above this are "
-                                  "invalid (the controller clips to 1; far more is a bug)", 10.0, runtime=True)
-    chunk_timeout_s: float = _help("seconds without a chunk before the observation is "
+    hold_steps: int = setting("zero-motion steps executed when an invalid chunk arrives", 1,
+                              runtime=True)
+    max_abs_action: float = setting("chunks with any absolute action value above this are "
+                                  "invalid (the controller clips to 1; far more is a bug)", 10.0,
+                                    runtime=True)
+    chunk_timeout_s: float = setting("seconds without a chunk before the observation is "
                                    "re-published under a new stamp (lost message / dead peer)",
                                    10.0, runtime=True)
-    publish_privileged: bool = _help("publish object poses on sim_state (needed by the "
+    publish_privileged: bool = setting("publish object poses on sim_state (needed by the "
                                      "scripted expert; a real robot has none)", True, runtime=True)
-    start_delay_s: float = _help("seconds to wait after startup before the first observation "
+    start_delay_s: float = setting("seconds to wait after startup before the first observation "
                                  "(lets subscribers connect)", 0.5)
 
     def __post_init__(self) -> None:
         n = type(self).__name__
-        _check(self.suite in SUITES, n, "suite", f"must be one of {SUITES}, got {self.suite!r}")
-        _check(self.task_id >= 0, n, "task_id", f"must be >= 0, got {self.task_id}")
-        _check(self.init_state >= 0, n, "init_state", f"must be >= 0, got {self.init_state}")
-        _check(self.episodes >= 0, n, "episodes", f"must be >= 0, got {self.episodes}")
-        _check(16 <= self.image_size <= 1024, n, "image_size",
+        check(self.suite in SUITES, n, "suite", f"must be one of {SUITES}, got {self.suite!r}")
+        check(self.task_id >= 0, n, "task_id", f"must be >= 0, got {self.task_id}")
+        check(self.init_state >= 0, n, "init_state", f"must be >= 0, got {self.init_state}")
+        check(self.episodes >= 0, n, "episodes", f"must be >= 0, got {self.episodes}")
+        check(16 <= self.image_size <= 1024, n, "image_size",
                f"must be in [16, 1024], got {self.image_size}")
-        _check(self.max_steps >= 0, n, "max_steps", f"must be >= 0, got {self.max_steps}")
-        _check(self.control_rate_hz >= 0, n, "control_rate_hz",
+        check(self.max_steps >= 0, n, "max_steps", f"must be >= 0, got {self.max_steps}")
+        check(self.control_rate_hz >= 0, n, "control_rate_hz",
                f"must be >= 0, got {self.control_rate_hz}")
-        _check(self.execute_steps >= 0, n, "execute_steps",
+        check(self.execute_steps >= 0, n, "execute_steps",
                f"must be >= 0, got {self.execute_steps}")
-        _check(self.hold_steps >= 1, n, "hold_steps", f"must be >= 1, got {self.hold_steps}")
-        _check(self.max_abs_action > 0, n, "max_abs_action",
+        check(self.hold_steps >= 1, n, "hold_steps", f"must be >= 1, got {self.hold_steps}")
+        check(self.max_abs_action > 0, n, "max_abs_action",
                f"must be > 0, got {self.max_abs_action}")
-        _check(self.chunk_timeout_s > 0, n, "chunk_timeout_s",
+        check(self.chunk_timeout_s > 0, n, "chunk_timeout_s",
                f"must be > 0, got {self.chunk_timeout_s}")
-        _check(self.start_delay_s >= 0, n, "start_delay_s",
+        check(self.start_delay_s >= 0, n, "start_delay_s",
                f"must be >= 0, got {self.start_delay_s}")
 
 
@@ -98,43 +102,43 @@ class SimNodeConfig:
 class PolicyNodeConfig:
     """Parameters of ``policy_node`` (samples candidate chunks from observations)."""
 
-    policy: str = _help("policy to run: vla (the learned VLA in `checkpoint`), "
+    policy: str = setting("policy to run: vla (the learned VLA in `checkpoint`), "
                         "scripted_expert (privileged scripted LIBERO expert + Gaussian noise) "
                         "or remote (a policy server at `remote_url`, openpi websocket protocol)",
                         "vla")
-    checkpoint: str = _help(_model_help("VLA", "policy vla", "answered with hold chunks"), "",
+    checkpoint: str = setting(_model_help("VLA", "policy vla", "answered with hold chunks"), "",
                             runtime=True)
-    backend: str = _help(BACKEND_HELP + " (policy vla)", "auto", runtime=True)
-    device: str = _help(DEVICE_HELP + " (policy vla)", "auto", runtime=True)
-    remote_url: str = _help("policy server URL (policy remote); an unreachable server is "
+    backend: str = setting(BACKEND_HELP + " (policy vla)", "auto", runtime=True)
+    device: str = setting(DEVICE_HELP + " (policy vla)", "auto", runtime=True)
+    remote_url: str = setting("policy server URL (policy remote); an unreachable server is "
                             "logged and answered with hold chunks", "ws://127.0.0.1:8000")
-    remote_timeout_s: float = _help("longest wait for a policy server to connect or reply",
+    remote_timeout_s: float = setting("longest wait for a policy server to connect or reply",
                                     5.0)
-    num_candidates: int = _help("K, candidate chunks sampled per observation", 4)
-    horizon: int = _help("H, actions per chunk", 8)
-    noise_std: float = _help("std of the Gaussian noise added to the expert's position and "
+    num_candidates: int = setting("K, candidate chunks sampled per observation", 4)
+    horizon: int = setting("H, actions per chunk", 8)
+    noise_std: float = setting("std of the Gaussian noise added to the expert's position and "
                              "rotation actions (candidate diversity)", 0.05)
-    temperature: float = _help("sampling temperature of the first round (scales noise)", 1.0)
-    seed: int = _help("random seed of the sampler", 0)
-    image_size: int = _help("expected camera resolution; other sizes are rejected "
+    temperature: float = setting("sampling temperature of the first round (scales noise)", 1.0)
+    seed: int = setting("random seed of the sampler", 0)
+    image_size: int = setting("expected camera resolution; other sizes are rejected "
                             "(0 accepts any)", 128)
 
     def __post_init__(self) -> None:
         n = type(self).__name__
-        _check(self.policy in POLICIES, n, "policy",
+        check(self.policy in POLICIES, n, "policy",
                f"must be one of {POLICIES}, got {self.policy!r}")
         _check_engine(self, n)
-        _check(self.remote_url.startswith(("ws://", "wss://")), n, "remote_url",
+        check(self.remote_url.startswith(("ws://", "wss://")), n, "remote_url",
                f"must start with ws:// or wss://, got {self.remote_url!r}")
-        _check(self.remote_timeout_s > 0, n, "remote_timeout_s",
+        check(self.remote_timeout_s > 0, n, "remote_timeout_s",
                f"must be > 0, got {self.remote_timeout_s}")
-        _check(1 <= self.num_candidates <= 256, n, "num_candidates",
+        check(1 <= self.num_candidates <= 256, n, "num_candidates",
                f"must be in [1, 256], got {self.num_candidates}")
-        _check(1 <= self.horizon <= 256, n, "horizon", f"must be in [1, 256], got {self.horizon}")
-        _check(self.noise_std >= 0, n, "noise_std", f"must be >= 0, got {self.noise_std}")
-        _check(self.temperature >= 0, n, "temperature",
+        check(1 <= self.horizon <= 256, n, "horizon", f"must be in [1, 256], got {self.horizon}")
+        check(self.noise_std >= 0, n, "noise_std", f"must be >= 0, got {self.noise_std}")
+        check(self.temperature >= 0, n, "temperature",
                f"must be >= 0, got {self.temperature}")
-        _check(self.image_size >= 0, n, "image_size", f"must be >= 0, got {self.image_size}")
+        check(self.image_size >= 0, n, "image_size", f"must be >= 0, got {self.image_size}")
 
 
 @dataclass
@@ -142,17 +146,17 @@ class VerifierNodeConfig:
     """Parameters of ``verifier_node`` (scores candidates, publishes the approved chunk): its
     own settings plus the decision settings (:class:`SchedulerConfig`, composed whole)."""
 
-    checkpoint: str = _help(_model_help("verifier", "verifier model", "every decision is a hold"),
+    checkpoint: str = setting(_model_help("verifier", "verifier model", "every decision is a hold"),
                             "", runtime=True)
-    backend: str = _help(BACKEND_HELP + " (verifier model)", "auto", runtime=True)
-    device: str = _help(DEVICE_HELP + " (verifier model)", "auto", runtime=True)
-    marker_frame: str = _help("frame of the approved-path markers", "world")
-    resample: bool = _help("verifier model: when no candidate of a set passes tau, ask "
+    backend: str = setting(BACKEND_HELP + " (verifier model)", "auto", runtime=True)
+    device: str = setting(DEVICE_HELP + " (verifier model)", "auto", runtime=True)
+    marker_frame: str = setting("frame of the approved-path markers", "world")
+    resample: bool = setting("verifier model: when no candidate of a set passes tau, ask "
                            "policy_node for more (its sample_candidates service) within "
                            "max_rounds, max_samples and max_ms, then fall back to the safest "
                            "candidate or hold; false: the first set alone decides (a hold "
                            "when none passes)", True)
-    resample_timeout_s: float = _help("longest wait for one sample_candidates answer; a late, "
+    resample_timeout_s: float = setting("longest wait for one sample_candidates answer; a late, "
                                       "failed or missing answer ends the resampling with the "
                                       "fallback", 1.0)
     scheduler: SchedulerConfig = section(SchedulerConfig, "the decision settings",
@@ -161,7 +165,7 @@ class VerifierNodeConfig:
     def __post_init__(self) -> None:
         n = type(self).__name__
         _check_engine(self, n)
-        _check(self.resample_timeout_s > 0, n, "resample_timeout_s",
+        check(self.resample_timeout_s > 0, n, "resample_timeout_s",
                f"must be > 0, got {self.resample_timeout_s}")
 
 
@@ -170,36 +174,35 @@ class WorldModelNodeConfig:
     """Parameters of ``world_model_node`` (imagines the frames chunks would produce; started by
     ``ros2 launch ... use_world_model:=true`` or ``prevla up --world-model``)."""
 
-    checkpoint: str = _help("world model: a .pt file, zoo:NAME from models/zoo/manifest.yaml, "
+    checkpoint: str = setting("world model: a .pt file, zoo:NAME from models/zoo/manifest.yaml, "
                             "or empty for the zoo's default world model; a missing or corrupt "
                             "file is logged and the node stays up imagining nothing (an error "
                             "in /diagnostics)", "")
-    device: str = _help(DEVICE_HELP, "auto")
-    source: str = _help("chunks to imagine: approved (action_chunk, what the verifier approved), "
+    device: str = setting(DEVICE_HELP, "auto")
+    source: str = setting("chunks to imagine: approved (action_chunk, what the verifier approved), "
                         "candidates (every candidate of the policy's set, ungated) or "
                         "imagine_candidates (the set verifier_node forwards in mode imagine)",
                         "approved")
-    frames_per_chunk: int = _help("imagined frames per chunk: one every "
+    frames_per_chunk: int = setting("imagined frames per chunk: one every "
                                   "horizon/frames_per_chunk actions (must divide the model's "
                                   "horizon)", 4)
-    max_candidates: int = _help("chunks imagined per observation at most (the first ones of "
+    max_candidates: int = setting("chunks imagined per observation at most (the first ones of "
                                 "a set)", 4)
-    max_rate_hz: float = _help("observations imagined per second at most; work above this "
+    max_rate_hz: float = setting("observations imagined per second at most; work above this "
                                "rate is dropped and counted as skipped (0 = no limit)", 5.0)
-    frame_id: str = _help("frame_id of the imagined images", "agentview_camera")
-    marker_frame: str = _help("frame of the imagined-path markers", "world")
+    frame_id: str = setting("frame_id of the imagined images", "agentview_camera")
+    marker_frame: str = setting("frame of the imagined-path markers", "world")
 
     def __post_init__(self) -> None:
         n = type(self).__name__
-        _check(self.device in DEVICES or re.fullmatch(r"cuda:\d+", self.device) is not None, n,
-               "device", f"must be one of {DEVICES} or cuda:N, got {self.device!r}")
-        _check(self.source in WM_SOURCES, n, "source",
+        _check_device(self, n)
+        check(self.source in WM_SOURCES, n, "source",
                f"must be one of {WM_SOURCES}, got {self.source!r}")
-        _check(1 <= self.frames_per_chunk <= 256, n, "frames_per_chunk",
+        check(1 <= self.frames_per_chunk <= 256, n, "frames_per_chunk",
                f"must be in [1, 256], got {self.frames_per_chunk}")
-        _check(1 <= self.max_candidates <= 64, n, "max_candidates",
+        check(1 <= self.max_candidates <= 64, n, "max_candidates",
                f"must be in [1, 64], got {self.max_candidates}")
-        _check(math.isfinite(self.max_rate_hz) and self.max_rate_hz >= 0, n, "max_rate_hz",
+        check(math.isfinite(self.max_rate_hz) and self.max_rate_hz >= 0, n, "max_rate_hz",
                f"must be >= 0 (0 = no limit), got {self.max_rate_hz}")
 
 

@@ -32,7 +32,7 @@ from prevla_ros.runtime.chunks import chunk_problem, hold_chunk
 from prevla_ros.runtime.decision import (  # noqa: F401 (re-exported: a leaf module, so
     OUTCOME_ACCEPTED, OUTCOME_FALLBACK, OUTCOME_HOLD, Decision)  # resampling needs no scheduler)
 from prevla_ros.runtime.resampling import Resampling
-from prevla_ros.runtime.scheduler_config import MODES, RANKINGS, VERIFIERS, SchedulerConfig  # noqa: F401 (re-exported)
+from prevla_ros.runtime.scheduler_config import SchedulerConfig
 from prevla_ros.runtime.types import GRIPPER_OPEN, ActionChunk, Observation, Scorer
 
 
