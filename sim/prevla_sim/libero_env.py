@@ -15,6 +15,11 @@ Wraps LIBERO's ``OffScreenRenderEnv`` so that
   (the table's mirror sheen). Set ``reflections=True`` for LIBERO's exact renderer, e.g. for a
   policy trained on the official datasets.
 * episodes start from LIBERO's official init states and settle like LIBERO's evaluations.
+* an episode is a function of (suite, task, init state) alone: LIBERO places *fixtures*
+  (cabinet, stove, ...) with numpy's global RNG at every reset, and an init state holds only
+  the MuJoCo state, not those placements. ``reset`` seeds that draw from the episode's
+  identity (``fixture_seed``) and puts the caller's global RNG back, so an episode replays
+  bit-identically in any process, whatever ran before it.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import functools
 import io
 import os
 import tempfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,6 +90,11 @@ def _init_states(suite: str, task_id: int) -> np.ndarray:
 def num_init_states(suite: str, task_id: int) -> int:
     """Number of official init states of (suite, task_id) (50 for the standard suites)."""
     return int(_init_states(suite, task_id).shape[0])
+
+
+def fixture_seed(suite: str, task_id: int, init_state: int) -> int:
+    """Seed of LIBERO's fixture placement draw for one episode (see the module docstring)."""
+    return zlib.crc32(f"{suite}/{int(task_id)}/{int(init_state)}".encode())
 
 
 @dataclass
@@ -181,7 +192,12 @@ class LiberoEnv:
         idx = self.cfg.init_state if init_state is None else int(init_state)
         if not 0 <= idx < len(self._init_states):
             raise ValueError(f"init_state: {idx} out of range (task has {len(self._init_states)})")
-        self._env.reset()  # hard reset rebuilds the observables, cameras enabled again
+        rng_state = np.random.get_state()
+        np.random.seed(fixture_seed(self.cfg.suite, self.cfg.task_id, idx))
+        try:
+            self._env.reset()  # hard reset rebuilds the observables, cameras enabled again
+        finally:
+            np.random.set_state(rng_state)
         self._set_cameras(False)
         self._env.set_init_state(self._init_states[idx])
         for _ in range(self.cfg.settle_steps):

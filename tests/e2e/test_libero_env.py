@@ -70,6 +70,28 @@ def test_observe_upright_images_and_state(env):
     assert obs.objects["plate_1"].pos[2] > 0.85  # on the table
 
 
+def test_episode_is_a_function_of_its_init_state_alone(env):
+    """LIBERO draws fixture placements (cabinet, stove) from numpy's global RNG at reset; the
+    adapter seeds that draw from the episode, so what ran before in the process cannot change
+    the episode (the cause of irreproducible closed-loop runs), and restores the caller's RNG."""
+    model = env._rs.sim.model
+
+    def fixtures_and_view():
+        env.reset(3)
+        return (np.array(model.body_pos), np.array(model.body_quat),
+                env.observe().images["agentview"])
+
+    np.random.seed(1)
+    first = fixtures_and_view()
+    np.random.seed(2)
+    np.random.uniform(size=17)
+    before = np.random.get_state()[1].copy()
+    second = fixtures_and_view()
+    assert np.array_equal(np.random.get_state()[1], before)  # the caller's RNG is untouched
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_step_does_not_render_and_counts(env):
     env.reset(0)
     a = np.zeros(7)
