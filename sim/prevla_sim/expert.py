@@ -344,6 +344,22 @@ class ScriptedExpert:
         wps.append((grasp, GRIPPER_OPEN, 0.008, 0))  # closing is decided on observed state
         return wps, yaw
 
+    def phase(self, obs: Observation) -> str:
+        """Where the task stands, from the privileged state alone (no memory is read or
+        written): ``approach`` (hand away from the object), ``grasp`` (hand at the object, not
+        holding it), ``carry`` (holding it away from the target), ``place`` (holding it over or
+        near the target, or every goal already placed)."""
+        goal = next((g for g in self.goals if not self._placed(obs, g)), None)
+        if goal is None:
+            return "place"
+        eef = np.asarray(obs.eef_pos, float)
+        obj = self._body(obs, goal.obj)
+        gap = float(obs.gripper_qpos[0] - obs.gripper_qpos[1])
+        if 0.0025 < gap < OPEN_GAP - 0.008 and obj.distance(eef) < 0.02:
+            tgt = self._body(obs, self._target_name(obs, goal.target))
+            return "place" if np.linalg.norm(obj.center[:2] - tgt.center[:2]) < 0.05 else "carry"
+        return "grasp" if obj.distance(eef) < 0.05 else "approach"
+
     def _placed(self, obs: Observation, goal: Goal) -> bool:
         """Object resting on / inside the target and not in the hand (approximate, from poses)."""
         obj = self._body(obs, goal.obj)
@@ -414,6 +430,10 @@ class ScriptedExpert:
                 if held_for >= hold and i + 1 < len(wps):
                     i, held_for = i + 1, 0
         return out
+
+
+#: The decision phases of :meth:`ScriptedExpert.phase`, in task order.
+PHASES = ("approach", "grasp", "carry", "place")
 
 
 def _seg_dist(p: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:

@@ -7,6 +7,8 @@
     prevla record-demos ...                   expert demonstrations as LIBERO-format HDF5
     prevla train-policy ...                   train the small VLA on recorded demonstrations
     prevla label-candidates ...               label verifier candidates by branching in LIBERO
+    prevla branch ...                         outcome labels: branch K candidates, policy to the end
+    prevla ceiling ...                        what any chunk selector could gain (from branch)
     prevla train-verifier ...                 train the verifier (+ ablations table)
     prevla export MODEL --to onnx|tensorrt    export a model (parity-checked) into the zoo
     prevla params [--write]                   check / regenerate the parameter docs and YAML
@@ -178,6 +180,8 @@ DELEGATED = {
     "train-policy": ("prevla_training.train_policy", "train the VLA on demonstrations"),
     "eval": ("prevla_training.evaluate", "closed-loop policy success rates"),
     "label-candidates": ("prevla_training.candidates", "label verifier candidates by branching in LIBERO"),
+    "branch": ("prevla_training.branching", "outcome labels: branch K candidates, then the policy to the end"),
+    "ceiling": ("prevla_training.ceiling", "what any chunk selector could gain, from branch outputs"),
     "train-verifier": ("prevla_training.train_verifier", "train the verifier on labelled candidates"),
     "train-world-model": ("prevla_training.train_world_model", "train the world model on demos and policy rollouts"),
     "export": ("prevla_training.export", "export a model to ONNX / TensorRT, parity-checked, into the zoo"),
