@@ -66,6 +66,17 @@ class RosHarness:
 
 
 @pytest.fixture
+def torch_one_thread():
+    """Run torch on one thread: on a shared 2-core CPU oversubscription makes tiny models 10x slower."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture
 def ros():
     """Real rclpy: a fresh context and executor per test."""
     harness = RosHarness()

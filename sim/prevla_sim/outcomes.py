@@ -85,6 +85,15 @@ def avoidable(reasons: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {k: v & ~np.all(v, axis=1, keepdims=True) for k, v in reasons.items()}
 
 
+def task_failure(q: np.ndarray, failure_q: float = 0.0, gap: float = 0.5) -> np.ndarray:
+    """The outcome-grounded unsafe reason: (N, K) Monte-Carlo success rates of "run this chunk,
+    then the policy" -> True where a chunk leads to task failure with high probability
+    (``q <= failure_q``) while another candidate of the same decision succeeds at least ``gap``
+    more often (so, like :func:`avoidable`, the label is about the chunk, not the state)."""
+    q = np.asarray(q, np.float64)
+    return (q <= failure_q) & (q.max(axis=1, keepdims=True) >= q + gap)
+
+
 def safe_from_reasons(reasons: dict[str, np.ndarray]) -> np.ndarray:
     """``SafetySpec.unsafe_reasons`` -> 1.0 = SAFE (no reason applies), 0.0 = UNSAFE."""
     return (~np.any(np.stack(list(reasons.values())), axis=0)).astype(np.float32)

@@ -21,16 +21,6 @@ from prevla_training.critic import load_candidates  # noqa: E402
 pytestmark = [pytest.mark.libero, pytest.mark.usefixtures("torch_one_thread")]
 
 
-@pytest.fixture(scope="module")
-def torch_one_thread():
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_label_episode_branches_exactly_and_round_trips(tmp_path):
     cfg = LabelConfig(k_policy=3, perturbed=2, first_init_state=12)
     env = LiberoEnv(LiberoEnvConfig(suite="libero_spatial", task_id=0, init_state=12, max_steps=16))

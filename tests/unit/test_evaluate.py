@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from prevla_ros.runtime.settings import build
-from prevla_training.evaluate import (EvalConfig, evaluate, parse_policy_spec, parse_tasks,
-                                     wilson_interval)
+from prevla_ros.runtime.chunks import medoid_index
+from prevla_training.evaluate import (EvalConfig, evaluate, paired, parse_policy_spec, parse_tasks)
+from prevla_training.stats import mcnemar_exact_p, paired_comparison, wilson_interval
 
 
 @pytest.mark.parametrize("k,n,lo,hi", [(8, 10, 0.4902, 0.9433), (0, 10, 0.0, 0.2775),
@@ -15,6 +17,52 @@ from prevla_training.evaluate import (EvalConfig, evaluate, parse_policy_spec, p
 def test_wilson_interval_matches_hand_computed(k, n, lo, hi):
     got = wilson_interval(k, n)
     assert got == pytest.approx((lo, hi), abs=1e-4)
+
+
+def test_mcnemar_and_paired_difference_match_hand_computed():
+    # 10 pairs: A alone succeeds in 4, B alone in 1, both in 3, neither in 2.
+    a = [1, 1, 1, 1, 0, 1, 1, 1, 0, 0]
+    b = [0, 0, 0, 0, 1, 1, 1, 1, 0, 0]
+    # exact McNemar: 2 * P(Bin(5, 1/2) <= 1) = 2 * (1 + 5) / 32 = 0.375
+    assert mcnemar_exact_p(4, 1) == pytest.approx(0.375)
+    assert mcnemar_exact_p(0, 0) == 1.0 and mcnemar_exact_p(6, 0) == pytest.approx(2 / 64)
+    r = paired_comparison(a, b, steps_a=[100] * 10, steps_b=[110] * 10)
+    # d = (+1 x4, -1 x1, 0 x5): mean 0.3, sd (ddof 1) = sqrt((4*0.49 + 2.89*1 + 5*0.09)/9)
+    sd = ((4 * 0.49 + 1.69 + 5 * 0.09) / 9) ** 0.5
+    assert r["diff"] == pytest.approx(0.3)
+    assert r["diff_ci95"] == pytest.approx([0.3 - 1.96 * sd / 10 ** 0.5, 0.3 + 1.96 * sd / 10 ** 0.5])
+    assert (r["a_only"], r["b_only"], r["pairs"], r["steps_diff"]) == (4, 1, 10, -10.0)
+    with pytest.raises(ValueError, match="same"):
+        paired_comparison([True], [True, False])
+
+
+def test_paired_matches_episodes_by_task_init_and_cycle():
+    def ep(arm, init, cycle, ok):
+        return dict(arm=arm, task_id=0, init_state=init, cycle=cycle, success=ok, steps=100)
+
+    eps = [ep("policy", 0, 0, False), ep("policy", 0, 1, True), ep("consensus", 0, 1, True),
+           ep("consensus", 0, 0, True), ep("verifier", 0, 0, True), ep("verifier", 0, 1, False)]
+    r = paired(eps, ("policy", "consensus", "verifier"))
+    assert set(r) == {"consensus vs policy", "verifier vs policy", "verifier vs consensus"}
+    assert (r["consensus vs policy"]["a_only"], r["consensus vs policy"]["b_only"]) == (1, 0)
+    assert (r["verifier vs policy"]["a_only"], r["verifier vs policy"]["b_only"]) == (1, 1)
+    assert (r["verifier vs consensus"]["a_only"], r["verifier vs consensus"]["b_only"]) == (0, 1)
+
+
+def test_medoid_is_the_candidate_nearest_the_others():
+    chunks = np.zeros((5, 2, 7), np.float32)
+    for i, v in enumerate([1.0, 0.1, 0.12, 0.2, 0.15]):  # on a line: the medoid is the median
+        chunks[i] += v
+    assert medoid_index(chunks) == 4
+    assert medoid_index(chunks[:1]) == 0
+    with pytest.raises(ValueError):
+        medoid_index(chunks[:0])
+
+
+def test_episodes_cycle_init_states_with_new_seeds():
+    cfg = EvalConfig(init_start=0, init_count=10, episodes_per_task=20)
+    assert [cfg.episode(e, 50) for e in (0, 9, 10, 19)] == [(0, 0), (9, 0), (0, 1), (9, 1)]
+    assert EvalConfig(init_start=12).episode(3, 50) == (15, 0)  # init_count 0: every init state
 
 
 @pytest.mark.parametrize("field,value", [("episodes_per_task", 0), ("num_candidates", 0),

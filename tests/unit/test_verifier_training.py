@@ -213,3 +213,85 @@ def test_unavoidable_unsafe_events_are_no_label():
     np.testing.assert_array_equal(make_labels(cfg, d, np.arange(6))["safe"], before)
     strict = make_labels(TrainVerifierConfig(critic_folds=2, unavoidable_unsafe=True), d, np.arange(6))
     assert strict["safe"][0].sum() == 0 and before[0].sum() > 0
+
+
+# ------------------------------------------------------------------ outcome-grounded (MC) labels
+def test_task_failure_rule_is_about_the_chunk():
+    from prevla_sim.outcomes import task_failure
+
+    q = np.array([[0.0, 1.0, 0.5, 0.25],   # 0 fails surely while 1 succeeds: unsafe; 3 > failure_q
+                  [0.0, 0.0, 0.25, 0.25],  # nobody does much better: the state's doing, no label
+                  [0.0, 0.5, 0.5, 0.5]])   # gap exactly 0.5: unsafe
+    assert task_failure(q).tolist() == [[True, False, False, False], [False] * 4, [True, False, False, False]]
+    assert task_failure(q, failure_q=0.25, gap=0.5)[0].tolist() == [True, False, False, True]
+
+
+def with_mc(d: CandidateData, m: int = 4, seed: int = 1) -> CandidateData:
+    """``synthetic`` data with continuations: candidates with a low first action succeed."""
+    rng = np.random.default_rng(seed)
+    p = (d.actions[:, :, :, 0].mean(2) < 0).astype(float) * 0.8 + 0.1
+    d.mc_success = (rng.random(p.shape + (m,)) < p[..., None]).astype(np.uint8)
+    d.phase = np.zeros(len(d), np.int8)
+    return d
+
+
+def test_mc_labels_advantages_and_task_failure_reason():
+    from prevla_training.critic import mc_q
+
+    d = with_mc(synthetic())
+    q = mc_q(d)
+    assert q.shape == (48, 4) and set(np.unique(q)) <= {0, 0.25, 0.5, 0.75, 1.0}
+    lab = make_labels(TrainVerifierConfig(critic_folds=2, labels="mc"), d, np.arange(6))
+    adv = lab["advantage"] * lab["adv_scale"]
+    np.testing.assert_allclose(adv, q - q.mean(1, keepdims=True), atol=1e-6)
+    assert lab["balance"]["by_reason"]["task_failure"] > 0
+    assert lab["critic"]["source"] == "mc" and lab["critic"]["continuations"] == 4
+    assert "critic_vs_mc_spearman_within_set" in lab["critic"]
+    fails = (q == 0) & (q.max(1, keepdims=True) >= 0.5)
+    assert np.all(lab["safe"][fails] == 0)
+    with pytest.raises(ValueError, match="prevla branch"):
+        make_labels(TrainVerifierConfig(critic_folds=2, labels="mc"), synthetic(), np.arange(6))
+    with pytest.raises(ValueError, match="labels"):
+        TrainVerifierConfig(labels="oracle")
+
+
+def test_selection_q_hand_computed():
+    q = np.array([[0.0, 1.0, 0.5], [0.5, 0.0, 1.0]])
+    p_safe = np.array([[0.2, 0.9, 0.9], [0.1, 0.3, 0.2]])
+    adv = np.array([[0.0, 0.1, 0.3], [0.0, 0.0, 0.0]])
+    r = vm.selection_q(p_safe, adv, 0.5, q)
+    # gate: decision 0 -> first passing is #1 (1.0); decision 1 -> none passes, most likely safe #1 (0.0)
+    # rank: decision 0 -> best advantage among passing is #2 (0.5); decision 1 -> #1 (0.0)
+    assert r == pytest.approx(dict(q_policy=0.25, q_random=0.5, q_gate=0.5, q_rank=0.25, q_best=1.0))
+
+
+def test_train_verifier_on_mc_labels_reports_selection(tmp_path):
+    d = with_mc(synthetic())
+    res = train_verifier(TrainVerifierConfig(
+        data="unused", out_dir=str(tmp_path), steps=4, batch_size=4, log_interval=2, eval_interval=2,
+        critic_folds=2, val_fraction=0.25, num_threads=1, warmup_steps=1, labels="mc",
+        model=VerifierConfig(image_size=16, d_model=32, n_heads=2, n_layers=1)), data=d)
+    assert {"q_policy", "q_gate", "q_rank", "q_best"} <= set(res["val"])
+    assert "| full | mc |" in ablation_table([res])
+
+
+def test_ceiling_statistics_hand_computed():
+    from prevla_training.ceiling import aggregate, cross_fitted_oracle, decision_stats, permutation_p
+
+    s = np.array([[0, 0, 1], [1, 1, 1], [0, 0, 0]])  # candidate 1 always succeeds
+    # held-out j: the others' means are (1/2 or 0, 1, 0) -> always #1, which succeeded: 1.0
+    assert cross_fitted_oracle(s) == 1.0
+    # a lucky continuation does not make a winner: #0 succeeds once; by the others it ties #1 at 0
+    # on that fold (ties -> index 0) and is scored on the continuation where it succeeded
+    assert cross_fitted_oracle(np.array([[1, 0], [0, 0]])) == pytest.approx(0.5)
+    rng = np.random.default_rng(0)
+    assert permutation_p(np.array([[1] * 8, [0] * 8]), 4000, rng) < 0.01
+    assert permutation_p(np.array([[1, 0] * 4, [0, 1] * 4]), 4000, rng) > 0.5
+    st = decision_stats(s, rng)
+    assert st["policy"] == pytest.approx(1 / 3) and st["random"] == pytest.approx(4 / 9)
+    assert st["oracle_in_sample"] == 1.0 and st["worst"] == 0.0
+    agg = aggregate([st, decision_stats(np.zeros((3, 3)), rng)])
+    assert agg["decisions"] == 2 and agg["policy"][0] == pytest.approx(1 / 6)
+    assert agg["gain"][0] == pytest.approx((1 - 1 / 3) / 2)
+    with pytest.raises(ValueError, match="2 continuations"):
+        cross_fitted_oracle(np.ones((3, 1)))

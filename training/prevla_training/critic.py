@@ -54,6 +54,8 @@ class CandidateData:
     episodes: list[dict] = field(default_factory=list)  # file, task_id, init_state, success, length
     max_steps: int = 220
     gamma: float = 0.99
+    mc_success: np.ndarray | None = None  # (N, K, M) uint8, ``prevla branch`` data only
+    phase: np.ndarray | None = None  # (N,) int8 index into prevla_sim.expert.PHASES (branch data)
 
     def __len__(self) -> int:
         return len(self.step)
@@ -73,18 +75,25 @@ def load_candidates(root: str | Path) -> CandidateData:
     outcome: dict[str, list] = {k: [] for k in OUTCOME_KEYS}
     instructions, task_ids, episode_ids, episodes = [], [], [], []
     source, suite, gamma = None, None, None
+    mc: dict[str, list] = {"mc_success": [], "phase": []}
     for e, p in enumerate(paths):
         try:
             with h5py.File(p, "r") as f:
-                n = len(f["step"])
+                n = len(f["step"]) if "step" in f else 0
+                if n == 0:  # a branched episode that ended before its first branch point
+                    continue
                 for k in parts:
                     parts[k].append(f[k][:])
                 for k in OUTCOME_KEYS:
                     outcome[k].append(f["outcome"][k][:])
+                if "mc" in f:
+                    mc["mc_success"].append(f["mc/success"][:])
+                    mc["phase"].append(f["phase"][:])
                 src = f["source"][:]
                 a = dict(f.attrs)
         except (OSError, KeyError) as exc:
             raise ValueError(f"{p}: not a complete labelled-candidate file ({exc})") from exc
+        e = len(episodes)
         if source is None:
             source, suite, gamma = src, str(a["suite"]), float(a["gamma"])
         elif not np.array_equal(src, source) or str(a["suite"]) != suite:
@@ -94,12 +103,26 @@ def load_candidates(root: str | Path) -> CandidateData:
         episode_ids.append(np.full(n, e))
         episodes.append(dict(file=p, task_id=int(a["task_id"]), init_state=int(a["init_state"]),
                              success=bool(a["success"]), length=int(a["length"])))
+    if not episodes:
+        raise ValueError(f"{root}: no decisions in any episode file")
+    if mc["mc_success"] and len(mc["mc_success"]) != len(episodes):
+        raise ValueError(f"{root}: mixes prevla branch files (with mc/) and label-candidates files")
     cat = {k: np.concatenate(v) for k, v in parts.items()}
-    return CandidateData(images=cat["images"], proprio=cat["proprio"], instructions=instructions,
+    extra = {k: np.concatenate(v) for k, v in mc.items() if v}
+    return CandidateData(**extra, images=cat["images"], proprio=cat["proprio"], instructions=instructions,
                          task_id=np.concatenate(task_ids), episode=np.concatenate(episode_ids),
                          step=cat["step"], state=cat["state"], next_state=cat["next_state"],
                          actions=cat["actions"], outcome={k: np.concatenate(v) for k, v in outcome.items()},
                          source=source, episodes=episodes, max_steps=SUITE_MAX_STEPS[suite], gamma=gamma)
+
+
+def mc_q(data: CandidateData) -> np.ndarray:
+    """(N, K) Monte-Carlo Q of every branched candidate: the share of its policy continuations
+    that succeeded (``prevla branch``); ValueError for data without continuations."""
+    if data.mc_success is None:
+        raise ValueError("Monte-Carlo labels need `prevla branch` data (mc/success), "
+                         "not `prevla label-candidates` data")
+    return data.mc_success.astype(np.float32).mean(-1)
 
 
 def with_gamma(data: CandidateData, gamma: float) -> CandidateData:

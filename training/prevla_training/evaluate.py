@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import multiprocessing as mp
 import os
 import time
@@ -22,8 +21,11 @@ import numpy as np
 from prevla_ros.runtime.scheduler_config import SchedulerConfig
 from prevla_ros.runtime.settings import build, flatten, section
 from prevla_training.cli_args import add_config_args, build_config
+from prevla_training.stats import paired_comparison, wilson_interval
 
-ARMS = ("policy", "random", "verifier")
+#: Selection arms, all over the same K candidates of the same seeds (equal compute).
+ARMS = ("policy", "random", "consensus", "verifier", "verifier_advantage")
+VERIFIER_ARMS = ("verifier", "verifier_advantage")
 
 
 @dataclass
@@ -34,11 +36,16 @@ class EvalConfig:
     task_ids: list[int] = field(default_factory=list, metadata={"help": "tasks; empty = all"})
     episodes_per_task: int = field(default=10, metadata={"help": "episodes per task and arm"})
     init_start: int = field(default=0, metadata={"help": "official init state of episode 0"})
+    init_count: int = field(default=0, metadata={
+        "help": "init states used (init_start .. + init_count - 1), cycled with a new policy seed "
+                "per cycle; 0 = every init state of the task"})
     policy: str = field(default="scripted_expert", metadata={
         "help": "scripted_expert | vla (zoo default) | vla:<file or zoo:NAME> | remote:<ws url>"})
     arms: tuple[str, ...] = field(default=("policy",), metadata={
         "help": "policy = candidate 0 of K; random = a uniformly random candidate (seeded); "
-                "verifier = the scheduler with the learned verifier (resampling, fallback)"})
+                "consensus = the medoid of the K (training-free); verifier = the scheduler with "
+                "the learned verifier and its ranking (resampling, fallback); verifier_advantage "
+                "= the same with ranking advantage"})
     verifier: str = field(default="", metadata={
         "help": "verifier checkpoint of the verifier arm: '' = zoo default, zoo:NAME or a file"})
     backend: str = field(default="auto", metadata={
@@ -63,7 +70,7 @@ class EvalConfig:
         if not self.arms or any(a not in ARMS for a in self.arms):
             raise ValueError(f"arms: expected a non-empty subset of {ARMS}, got {self.arms}")
         for name, lo in (("episodes_per_task", 1), ("num_candidates", 1), ("horizon", 1),
-                         ("init_start", 0), ("execute_steps", 0), ("workers", 0)):
+                         ("init_start", 0), ("init_count", 0), ("execute_steps", 0), ("workers", 0)):
             if getattr(self, name) < lo:
                 raise ValueError(f"{name}: expected >= {lo}, got {getattr(self, name)}")
         if self.temperature < 0 or self.noise_std < 0:
@@ -76,13 +83,24 @@ class EvalConfig:
         if self.render not in ("auto", "on", "off"):
             raise ValueError(f"render: expected auto|on|off, got {self.render!r}")
         parse_policy_spec(self.policy)
-        if "verifier" in self.arms and not self.policy.startswith(("vla", "remote")):
+        if set(VERIFIER_ARMS) & set(self.arms) and not self.policy.startswith(("vla", "remote")):
             raise ValueError("arms: the verifier arm scores learned-policy candidates; "
                              f"use --policy vla (got {self.policy!r})")
 
-    def scheduler_config(self) -> SchedulerConfig:
-        """The verifier arm's decision settings; a hold lasts one chunk of the policy's."""
-        return replace(self.scheduler, hold_horizon=self.horizon)
+    def scheduler_config(self, arm: str = "verifier") -> SchedulerConfig:
+        """A verifier arm's decision settings; a hold lasts one chunk of the policy's."""
+        ranking = "advantage" if arm == "verifier_advantage" else self.scheduler.ranking
+        return replace(self.scheduler, hold_horizon=self.horizon, ranking=ranking)
+
+    def episode(self, e: int, n_init: int) -> tuple[int, int]:
+        """Episode e of a task -> (init state, cycle): init states cycle with a new seed."""
+        count = min(self.init_count or n_init, n_init)
+        return (self.init_start + e % count) % n_init, e // count
+
+
+def episode_seed(seed: int, task_id: int, init: int, cycle: int) -> int:
+    """The policy's sampling seed of one episode: every arm gets the same (paired arms)."""
+    return int(np.random.SeedSequence([seed, task_id, init, cycle]).generate_state(1)[0] & 0x7FFFFFFF)
 
 
 def parse_policy_spec(spec: str) -> tuple[str, str]:
@@ -94,17 +112,6 @@ def parse_policy_spec(spec: str) -> tuple[str, str]:
         return kind, arg
     raise ValueError(f"policy: expected 'scripted_expert', 'vla', 'vla:<checkpoint>' or "
                      f"'remote:<ws url>', got {spec!r}")
-
-
-def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a success rate."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    den = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def _build_policy(cfg: EvalConfig, suite: str, task_id: int):
@@ -121,20 +128,20 @@ def _build_policy(cfg: EvalConfig, suite: str, task_id: int):
     return policy
 
 
-def _build_scheduler(cfg: EvalConfig):
-    """The runtime's scheduler with the learned verifier (the verifier arm)."""
+def _build_scheduler(cfg: EvalConfig, arm: str):
+    """The runtime's scheduler with the learned verifier (a verifier arm)."""
     from prevla_models.verifier_scorer import VerifierScorer
     from prevla_ros.runtime.engines import load_model
     from prevla_ros.runtime.scheduler import Scheduler
 
     scorer = VerifierScorer(load_model("verifier", cfg.verifier, cfg.backend).runner)
-    return Scheduler(cfg.scheduler_config(), scorer)
+    return Scheduler(cfg.scheduler_config(arm), scorer)
 
 
 def run_task_arm(cfg_dict: dict, suite: str, task_id: int, arm: str) -> list[dict]:
     """Worker: all episodes of one (task, arm) on one env; picklable arguments only."""
     os.environ.setdefault("MUJOCO_GL", "egl")
-    from prevla_ros.runtime.chunks import chunk_problem, hold_chunk
+    from prevla_ros.runtime.chunks import chunk_problem, hold_chunk, medoid_index
     from prevla_sim.libero_env import LiberoEnv, LiberoEnvConfig, num_init_states
 
     cfg = build(EvalConfig, cfg_dict)
@@ -144,16 +151,18 @@ def run_task_arm(cfg_dict: dict, suite: str, task_id: int, arm: str) -> list[dic
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
     render = cfg.render == "on" or (cfg.render == "auto" and cfg.policy != "scripted_expert")
     policy = _build_policy(cfg, suite, task_id)
-    scheduler = _build_scheduler(cfg) if arm == "verifier" else None
+    scheduler = _build_scheduler(cfg, arm) if arm in VERIFIER_ARMS else None
     n_init = num_init_states(suite, task_id)
-    rng = np.random.default_rng([cfg.seed, task_id, ARMS.index(arm)])
     env = LiberoEnv(LiberoEnvConfig(suite=suite, task_id=task_id,
                                     init_state=cfg.init_start % n_init, render=render))
     results = []
     try:
         for e in range(cfg.episodes_per_task):
-            init = (cfg.init_start + e) % n_init
+            init, cycle = cfg.episode(e, n_init)
             env.reset(init)
+            if cfg.policy.startswith("vla"):
+                policy.seed = episode_seed(cfg.seed, task_id, init, cycle)
+            rng = np.random.default_rng([cfg.seed, task_id, init, cycle])  # the random arm's picks
             policy.reset()
             done = success = False
             decisions = invalid = 0
@@ -172,8 +181,11 @@ def run_task_arm(cfg_dict: dict, suite: str, task_id: int, arm: str) -> list[dic
                         stats[key].append(v)
                 else:
                     chunks = np.asarray(policy.sample(obs, cfg.num_candidates, cfg.temperature))
-                    i = 0 if arm == "policy" else int(rng.integers(len(chunks)))
-                    actions = chunks[i] if len(chunks) else None
+                    if not len(chunks):
+                        actions = None
+                    else:
+                        i = {"policy": 0, "consensus": medoid_index(chunks)}.get(arm)
+                        actions = chunks[int(rng.integers(len(chunks))) if i is None else i]
                 ms.append(1000 * (time.perf_counter() - t0))
                 if actions is None or chunk_problem(actions) is not None:
                     invalid += 1
@@ -186,7 +198,7 @@ def run_task_arm(cfg_dict: dict, suite: str, task_id: int, arm: str) -> list[dic
                     done, success = env.step(a)
                     if done:
                         break
-            results.append(dict(task_id=task_id, arm=arm, init_state=init, success=bool(success),
+            results.append(dict(task_id=task_id, arm=arm, init_state=init, cycle=cycle, success=bool(success),
                                 steps=env.step_count, decisions=decisions, invalid_picks=invalid,
                                 policy_ms=[round(m, 3) for m in ms], **stats))
     finally:
@@ -243,7 +255,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                  for arm in cfg.arms}
     result = dict(config=flatten(cfg), suite=cfg.suite, policy=cfg.policy,
                   success_rate=suite_avg, wall_time_s=round(wall, 1), tasks=tasks,
-                  episodes=episodes)
+                  paired=paired(episodes, cfg.arms), episodes=episodes)
     table = format_table(result)
     print(table)
     if cfg.out:
@@ -253,6 +265,29 @@ def evaluate(cfg: EvalConfig) -> dict:
         out.with_suffix(".md").write_text(table + "\n")
         plot(result, out.with_suffix(".png"))
     return result
+
+
+def paired(episodes: list[dict], arms: tuple[str, ...]) -> dict:
+    """Every arm against the policy alone and against the consensus pick, episode by episode
+    (pairs: same task, init state and seed cycle): ``stats.paired_comparison``."""
+    def by_key(arm):
+        return {(e["task_id"], e["init_state"], e.get("cycle", 0)): e for e in episodes if e["arm"] == arm}
+
+    out = {}
+    for base in ("policy", "consensus"):
+        if base not in arms:
+            continue
+        ref = by_key(base)
+        for arm in arms:
+            if arm in (base, "policy"):
+                continue
+            eps = by_key(arm)
+            keys = sorted(set(eps) & set(ref))
+            if keys:
+                out[f"{arm} vs {base}"] = paired_comparison(
+                    [eps[k]["success"] for k in keys], [ref[k]["success"] for k in keys],
+                    [eps[k]["steps"] for k in keys], [ref[k]["steps"] for k in keys])
+    return out
 
 
 def _scheduler_stats(eps: list[dict]) -> dict:
@@ -318,8 +353,10 @@ def format_table(result: dict) -> str:
     c = result["config"]
     lines = [f"### {result['policy']} on {result['suite']} (K={c['num_candidates']}, "
              f"H={c['horizon']}, T={c['temperature']}, {c['episodes_per_task']} episodes/task "
-             f"from init {c['init_start']})", ""]
-    if "verifier" in c["arms"]:
+             f"from init {c['init_start']}"
+             + (f", {c['init_count']} init states cycled with new seeds" if c.get("init_count") else "")
+             + ")", ""]
+    if set(VERIFIER_ARMS) & set(c["arms"]):
         lines += [f"verifier arm: {c['verifier'] or 'zoo default'} ({c['backend']}), "
                   f"tau {c['threshold'] or 'calibrated'}, ranking {c['ranking']}"
                   + (f" (margin {c['advantage_margin']:g})" if c.get("advantage_margin") else "") + ", "
@@ -342,6 +379,13 @@ def format_table(result: dict) -> str:
         steps = "-" if o["mean_steps_success"] is None else f"{o['mean_steps_success']:.0f}"
         lines.append(f"| **all** | {arm} | **{100 * sr:.1f}%** | [{100 * o['ci95'][0]:.0f}, {100 * o['ci95'][1]:.0f}]% "
                      f"| {steps} | | | | {_scheduler_cells(o)}")
+    if result.get("paired"):
+        lines += ["", "| paired (same task, init state, seed) | pairs | difference | 95% CI | A only / B only "
+                  "| McNemar p | steps A - B |", "|---|---:|---:|---|---:|---:|---:|"]
+        for name, r in result["paired"].items():
+            lines.append(f"| {name} | {r['pairs']} | {100 * r['diff']:+.1f} pts | [{100 * r['diff_ci95'][0]:+.1f}, "
+                         f"{100 * r['diff_ci95'][1]:+.1f}] | {r['a_only']} / {r['b_only']} | {r['p_value']:.3g} | "
+                         f"{r['steps_diff']:+.1f} |")
     lines.append(f"\nwall time {result['wall_time_s']:.0f} s")
     return "\n".join(lines)
 
@@ -363,7 +407,7 @@ def main(argv: list[str] | None = None) -> int:
     help), ``--tasks`` and ``--arms`` as text."""
     p = argparse.ArgumentParser(prog="prevla eval", description=__doc__.splitlines()[0])
     p.add_argument("--tasks", default="", help="'0-9' or '0,3' (default: all)")
-    p.add_argument("--arms", default="policy", help="comma list of policy,random,verifier")
+    p.add_argument("--arms", default="policy", help="comma list of " + ",".join(ARMS))
     add_config_args(p, EvalConfig, skip=("task_ids", "arms"))  # + the verifier arm's settings
     a = vars(p.parse_args(argv))
     try:

@@ -26,14 +26,14 @@ import numpy as np
 import torch
 
 from prevla_models.verifier import Verifier, VerifierConfig, build_vocab, load_checkpoint, save_checkpoint
-from prevla_sim.outcomes import SafetySpec, avoidable, safe_from_reasons
+from prevla_sim.outcomes import SafetySpec, avoidable, safe_from_reasons, task_failure
 from prevla_training.cli_args import add_config_args, build_config
-from prevla_training.critic import (CandidateData, cross_fitted_advantages, load_candidates, split_episodes,
-                                    with_gamma)
+from prevla_training.critic import (CandidateData, cross_fitted_advantages, load_candidates, mc_q,
+                                    split_episodes, with_gamma)
 from prevla_training.learner import Learner, param_groups
 from prevla_training.loop import Panel, TrainLoopConfig, fit, resume_from
 from prevla_training.train_policy import random_shift
-from prevla_training.verifier_metrics import all_metrics
+from prevla_training.verifier_metrics import all_metrics, selection_q, within_set_spearman
 
 #: Ablations: overrides of the model config (the objective's knobs live there).
 VARIANTS = {"full": {}, "bce": {"focal_gamma": 0.0, "focal_alpha": 0.5},
@@ -55,6 +55,13 @@ class TrainVerifierConfig(TrainLoopConfig):
     val_fraction: float = field(default=0.2, metadata={"help": "held-out fraction of each task's episodes"})
     threshold_lr: float = field(default=0.02, metadata={"help": "peak lr of the threshold logit (one scalar)"})
     critic_folds: int = field(default=5, metadata={"help": "cross-fitting folds of the critic"})
+    labels: str = field(default="critic", metadata={
+        "help": "advantage source: critic (label-candidates data: cross-fitted critic) | mc (prevla branch "
+                "data: Monte-Carlo Q of each candidate minus its decision's mean, + the task_failure reason)"})
+    failure_q: float = field(default=0.0, metadata={
+        "help": "mc labels: a candidate whose continuations succeed at most this often is unsafe (task_failure) ..."})
+    failure_gap: float = field(default=0.5, metadata={
+        "help": "... when another candidate of its decision succeeds at least this much more often"})
     unavoidable_unsafe: bool = field(default=False, metadata={
         "help": "also label unsafe the events every candidate of a decision causes (state, not chunk)"})
     gamma: float = field(default=0.0, metadata={
@@ -68,6 +75,10 @@ class TrainVerifierConfig(TrainLoopConfig):
             self.safety = SafetySpec(**self.safety)
         if isinstance(self.model, dict):
             self.model = VerifierConfig(**self.model)
+        if self.labels not in ("critic", "mc"):
+            raise ValueError(f"TrainVerifierConfig.labels must be 'critic' or 'mc', got {self.labels!r}")
+        if not (0 <= self.failure_q < 1 and 0 < self.failure_gap <= 1):
+            raise ValueError("TrainVerifierConfig.failure_q must be in [0, 1) and failure_gap in (0, 1]")
         if self.variant not in VARIANTS:
             raise ValueError(f"TrainVerifierConfig.variant must be one of {sorted(VARIANTS)}, got {self.variant!r}")
         for name in ("eval_interval", "critic_folds"):
@@ -88,9 +99,19 @@ def make_labels(cfg: TrainVerifierConfig, data: CandidateData, train_eps: np.nda
     reasons = cfg.safety.unsafe_reasons(data.outcome)
     if not cfg.unavoidable_unsafe:
         reasons = avoidable(reasons)
-    safe = safe_from_reasons(reasons)
     n_tasks = int(max(e["task_id"] for e in data.episodes)) + 1
     adv, critic_report = cross_fitted_advantages(data, cfg.critic_folds, n_tasks, cfg.seed)
+    if cfg.labels == "mc":
+        q = mc_q(data)
+        reasons["task_failure"] = task_failure(q, cfg.failure_q, cfg.failure_gap)
+        mc_adv = q - q.mean(1, keepdims=True)
+        m = data.mc_success.shape[-1]
+        critic_report = dict(source="mc", continuations=int(m), q_mean=float(q.mean()),
+                             label_noise_sd=float(np.sqrt((q * (1 - q) / m).mean())),
+                             critic_vs_mc_spearman_within_set=within_set_spearman(adv, mc_adv),
+                             critic=critic_report)
+        adv = mc_adv
+    safe = safe_from_reasons(reasons)
     train_rows = np.isin(data.episode, train_eps)
     scale = float(adv[train_rows].std()) or 1.0
     by_source = {f"source_{s}": float(1 - safe[:, i].mean()) for i, s in enumerate(data.source.tolist())}
@@ -134,9 +155,13 @@ def predict(model: Verifier, data: CandidateData, rows: np.ndarray, batch: int =
 
 
 def evaluate(model: Verifier, data: CandidateData, labels: dict, rows: np.ndarray) -> dict:
-    """Held-out metrics (``verifier_metrics.all_metrics``) of ``model`` on decisions ``rows``."""
+    """Held-out metrics (``verifier_metrics.all_metrics``) of ``model`` on decisions ``rows``,
+    and with branch data the Monte-Carlo success of what each selection rule picks."""
     p, a = predict(model, data, rows)
-    return all_metrics(p, a, model.threshold, labels["safe"][rows], labels["advantage"][rows])
+    out = all_metrics(p, a, model.threshold, labels["safe"][rows], labels["advantage"][rows])
+    if data.mc_success is not None:
+        out.update(selection_q(p, a, model.threshold, mc_q(data)[rows]))
+    return out
 
 
 #: The curves PNG: training losses, the threshold, held-out metrics.
@@ -213,15 +238,18 @@ def _fmt(v, pct: bool = False) -> str:
 
 def ablation_table(results: list[dict]) -> str:
     """Markdown: one row per variant with the held-out metrics."""
-    lines = ["| variant | AUROC unsafe | AUPRC unsafe | ECE | tau | unsafe recall @tau | false rejects @tau "
-             "| Spearman adv | top-vs-random win | pick unsafe (random) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | labels | AUROC unsafe | AUPRC unsafe | ECE | tau | unsafe recall @tau | false rejects @tau "
+             "| Spearman adv | top-vs-random win | pick unsafe (random) | MC success: policy / gate / rank / best |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in results:
         v = r["val"]
-        lines.append(f"| {r['variant']} | {_fmt(v['auroc_unsafe'])} | {_fmt(v['auprc_unsafe'])} | {_fmt(v['ece'])} | "
+        q = (" / ".join(_fmt(v[k], True) for k in ("q_policy", "q_gate", "q_rank", "q_best"))
+             if "q_policy" in v else "-")
+        lines.append(f"| {r['variant']} | {r['config'].get('labels', 'critic')} | {_fmt(v['auroc_unsafe'])} | "
+                     f"{_fmt(v['auprc_unsafe'])} | {_fmt(v['ece'])} | "
                      f"{_fmt(v['threshold'])} | {_fmt(v['unsafe_recall'], True)} | {_fmt(v['false_reject_rate'], True)} | "
                      f"{_fmt(v['spearman_advantage'])} | {_fmt(v['win_rate'], True)} | "
-                     f"{_fmt(v['pick_unsafe'], True)} ({_fmt(v['random_unsafe'], True)}) |")
+                     f"{_fmt(v['pick_unsafe'], True)} ({_fmt(v['random_unsafe'], True)}) | {q} |")
     return "\n".join(lines)
 
 

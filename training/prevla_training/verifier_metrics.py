@@ -80,6 +80,18 @@ def ranking(p_safe: np.ndarray, advantage: np.ndarray, tau: float, true_safe: np
                 pick_unsafe=float(1 - true_safe[rows, i].mean()), random_unsafe=float(1 - true_safe.mean()))
 
 
+def selection_q(p_safe: np.ndarray, advantage: np.ndarray, tau: float, q: np.ndarray) -> dict[str, float]:
+    """Mean Monte-Carlo success (``q``, (N, K)) of the candidate each rule would execute: the
+    policy's own (0), a random one, the verifier as a gate (the first candidate with P(safe) >=
+    tau, else the most likely safe), the verifier ranking by advantage (:func:`pick`), and the
+    in-sample best. The offline estimate of one decision's closed-loop gain."""
+    rows = np.arange(len(q))
+    ok = p_safe >= tau
+    gate = np.where(ok.any(1), np.argmax(ok, axis=1), np.argmax(p_safe, axis=1))
+    return dict(q_policy=float(q[:, 0].mean()), q_random=float(q.mean()), q_gate=float(q[rows, gate].mean()),
+                q_rank=float(q[rows, pick(p_safe, advantage, tau)].mean()), q_best=float(q.max(1).mean()))
+
+
 def classification(p_safe: np.ndarray, true_safe: np.ndarray, tau: float) -> dict[str, float | None]:
     """Accept/reject quality at the threshold: unsafe recall, false-reject rate, balanced accuracy."""
     accept, safe = np.asarray(p_safe).ravel() >= tau, np.asarray(true_safe).ravel() > 0.5
@@ -96,12 +108,12 @@ def all_metrics(p_safe: np.ndarray, advantage: np.ndarray, tau: float, true_safe
     return dict(auroc_unsafe=auroc(1 - p_safe, unsafe), auprc_unsafe=auprc(1 - p_safe, unsafe),
                 unsafe_rate=float(unsafe.mean()), ece=ece(p_safe, true_safe),
                 spearman_advantage=spearman(advantage, true_adv),
-                spearman_advantage_within_set=_within_set_spearman(advantage, true_adv),
+                spearman_advantage_within_set=within_set_spearman(advantage, true_adv),
                 threshold=float(tau), **classification(p_safe, true_safe, tau),
                 **ranking(p_safe, advantage, tau, true_safe, true_adv))
 
 
-def _within_set_spearman(pred: np.ndarray, target: np.ndarray) -> float | None:
+def within_set_spearman(pred: np.ndarray, target: np.ndarray) -> float | None:
     """Mean over decisions of the Spearman correlation among that decision's K candidates."""
     vals = [spearman(p, t) for p, t in zip(pred, target)]
     vals = [v for v in vals if v is not None]

@@ -37,6 +37,21 @@ def chunk_problem(actions: np.ndarray, action_dim: int = ACTION_DIM,
     return None
 
 
+def medoid_index(chunks: np.ndarray) -> int:
+    """The training-free consensus pick: the candidate with the smallest summed Euclidean
+    distance to the others (whole chunks, gripper included); ties go to the lowest index.
+
+    Flow-policy samples scatter around the modes of the action distribution; the medoid is
+    the sample nearest to where most of them agree, and unlike the mean chunk it is a real
+    sample (a mean of 'close' and 'open' gripper commands is neither).
+    """
+    flat = np.asarray(chunks, np.float64).reshape(len(chunks), -1)
+    if len(flat) == 0:
+        raise ValueError("medoid_index: no candidates")
+    dist = np.sqrt(((flat[:, None, :] - flat[None, :, :]) ** 2).sum(-1))
+    return int(np.argmin(dist.sum(1)))
+
+
 def hold_chunk(horizon: int, gripper: float = GRIPPER_OPEN, stamp_ns: int = 0,
                action_dim: int = ACTION_DIM) -> ActionChunk:
     """A chunk that keeps the arm still and the gripper as it was commanded last.
