@@ -104,6 +104,15 @@ def test_scripted_expert_in_process(tmp_path):
     assert set(res["success_rate"]) == {"policy", "random"}
     assert json.loads(out.read_text())["tasks"][0]["task_id"] == 0
     assert "| 0 | policy |" in out.with_suffix(".md").read_text()
+    # A rerun with one more arm runs only that arm: the others come from <out>.jobs/
+    more = evaluate(EvalConfig(suite="libero_spatial", task_ids=[0], episodes_per_task=1,
+                               arms=("policy", "random", "consensus"), num_candidates=2, noise_std=0.02,
+                               workers=0, out=str(out)))
+    assert (more["jobs_cached"], more["jobs"]) == (2, 3)
+    first = {e["arm"]: e for e in res["episodes"]}
+    again = {e["arm"]: e for e in more["episodes"]}
+    assert again["policy"] == first["policy"] and again["random"] == first["random"]
+    assert "consensus vs policy" in more["paired"]
 
 
 @pytest.mark.libero

@@ -23,7 +23,8 @@ next_state, outcome/*) restricted to the branched decisions, plus::
     decision     (N,) int32        index of the decision in the rollout
     attrs: + continuations, branch_every, num_candidates, decisions (of the rollout)
 
-Each branched decision is written as soon as it is done (``init<II>.parts/dNN.npz``, temp
+Episodes run in parallel on local processes or a Ray cluster (``--ray-address``,
+``prevla_training.jobs``). Each branched decision is written as soon as it is done (``init<II>.parts/dNN.npz``, temp
 file + rename) and the episode file is assembled at the end, so an interrupted run loses at
 most one decision. Labelling never uses init states 0-9 (the evaluation's).
 
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import shutil
 import time
@@ -45,6 +45,7 @@ import numpy as np
 
 from prevla_training.cli_args import add_config_args, parse_config
 from prevla_training.demos import parse_tasks
+from prevla_training.jobs import map_jobs
 
 FIRST_LABEL_INIT = 10  # init states 0-9 are the evaluation's
 
@@ -69,6 +70,9 @@ class BranchConfig:
     gamma: float = field(default=0.99, metadata={"help": "per-step discount of the chunk's success reward"})
     seed: int = field(default=0, metadata={"help": "seed of every sampling stream"})
     workers: int = field(default=2, metadata={"help": "processes (one episode each); 0 = in-process"})
+    ray_address: str = field(default="", metadata={
+        "help": "'' = local processes; 'local' = a local Ray cluster of --workers CPUs; "
+                "'auto' or host:port = a running Ray cluster (one CPU per episode)"})
 
     def __post_init__(self) -> None:
         for name, lo in (("episodes_per_task", 1), ("num_candidates", 2), ("continuations", 1),
@@ -254,15 +258,9 @@ def branch_outcomes(cfg: BranchConfig) -> dict:
     t0 = time.perf_counter()
     rows = []
     with tqdm(total=len(jobs), desc=f"branch {cfg.suite}", unit="ep") as bar:
-        if cfg.workers == 0:
-            for j in jobs:
-                rows.append(branch_task_episode(j))
-                bar.update(1)
-        else:
-            with mp.get_context("spawn").Pool(cfg.workers) as pool:
-                for r in pool.imap_unordered(branch_task_episode, jobs):
-                    rows.append(r)
-                    bar.update(1)
+        for r in map_jobs(branch_task_episode, jobs, cfg.workers, cfg.ray_address):
+            rows.append(r)
+            bar.update(1)
     summary = dict(config=asdict(cfg), wall_time_s=round(time.perf_counter() - t0, 1),
                    episodes=sorted(rows, key=lambda r: (r["task_id"], r["init"])))
     (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -66,15 +66,26 @@ def decision_stats(success: np.ndarray, rng: np.random.Generator, n_perm: int = 
 
 
 def load_branches(root: str | Path) -> list[dict]:
-    """One row per branched decision: task, init, decision, step, phase, mc success (K, M)."""
+    """One row per branched decision: task, init, decision, step, phase, mc success (K, M).
+    Decisions of episodes still being branched (``init<II>.parts/dNN.npz``) count too."""
     import h5py
 
     from prevla_sim.expert import PHASES
+    from prevla_training.branching import _load_part
 
     paths = sorted(glob.glob(os.path.join(str(root), "task*", "init*.hdf5")))
-    if not paths:
+    parts = sorted(p for p in glob.glob(os.path.join(str(root), "task*", "init*.parts", "d*.npz"))
+                   if not os.path.exists(os.path.dirname(p)[:-len(".parts")] + ".hdf5"))
+    if not paths and not parts:
         raise FileNotFoundError(f"no branched episodes under {root} (run `prevla branch` first)")
     rows = []
+    for p in parts:
+        z = _load_part(Path(p))
+        episode = Path(p).parent
+        rows.append(dict(task_id=int(episode.parent.name[4:]), init_state=int(episode.name[4:6]),
+                         decision=int(z["decision"]), step=int(z["step"]), phase=PHASES[int(z["phase"])],
+                         success=z["mc_success"].astype(np.uint8), end_step=z["mc_end_step"],
+                         rollout_success=None))
     for p in paths:
         with h5py.File(p, "r") as f:
             a = dict(f.attrs)

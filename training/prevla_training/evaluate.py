@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -19,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from prevla_ros.runtime.scheduler_config import SchedulerConfig
-from prevla_ros.runtime.settings import build, flatten, section
+from prevla_ros.runtime.settings import build, flatten, section, settings
 from prevla_training.cli_args import add_config_args, build_config
+from prevla_training.jobs import map_jobs
 from prevla_training.stats import paired_comparison, wilson_interval
 
 #: Selection arms, all over the same K candidates of the same seeds (equal compute).
@@ -57,6 +57,9 @@ class EvalConfig:
     execute_steps: int = field(default=0, metadata={"help": "actions executed per chunk; 0 = all"})
     seed: int = field(default=0, metadata={"help": "seed of policy sampling and arm picks"})
     workers: int = field(default=2, metadata={"help": "processes; 0 = in-process"})
+    ray_address: str = field(default="", metadata={
+        "help": "'' = local processes; 'local' = a local Ray cluster of --workers CPUs; 'auto' or "
+                "host:port = a running Ray cluster (one CPU per task and arm)"})
     render: str = field(default="auto", metadata={"help": "auto | on | off (auto: not for expert)"})
     out: str | None = field(default=None, metadata={"help": "JSON path (a .md table next to it)"})
     scheduler: SchedulerConfig = section(
@@ -206,8 +209,48 @@ def run_task_arm(cfg_dict: dict, suite: str, task_id: int, arm: str) -> list[dic
     return results
 
 
-def _job(args: tuple) -> list[dict]:
-    return run_task_arm(*args)
+def _job(args: tuple) -> tuple[tuple, list[dict]]:
+    return args, run_task_arm(*args)
+
+
+#: Settings that do not change a (task, arm) job's episodes.
+_NOT_RESULT = ("arms", "task_ids", "workers", "ray_address", "out")
+
+
+class JobCache:
+    """Finished (task, arm) jobs of a run, one JSON each in ``<out>.jobs/``: a rerun (after an
+    interruption, or with more arms) skips a job whose result-relevant settings are unchanged
+    (for the policy, random and consensus arms the verifier's settings are not relevant)."""
+
+    def __init__(self, root: Path | None) -> None:
+        self.root = root
+
+    def _path_and_key(self, job: tuple) -> tuple[Path, str]:
+        flat, suite, task_id, arm = job
+        skip = set(_NOT_RESULT)
+        if arm not in VERIFIER_ARMS:
+            skip |= {"verifier"} | set(settings(SchedulerConfig))
+        key = json.dumps({k: v for k, v in sorted(flat.items()) if k not in skip}, default=str)
+        return self.root / f"{suite}_task{task_id:02d}_{arm}.json", key
+
+    def get(self, job: tuple) -> list[dict]:
+        if self.root is None:
+            return []
+        path, key = self._path_and_key(job)
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return []
+        return doc["episodes"] if doc.get("key") == key else []
+
+    def put(self, job: tuple, episodes: list[dict]) -> None:
+        if self.root is None:
+            return
+        path, key = self._path_and_key(job)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps({"key": key, "episodes": episodes}))
+        os.replace(tmp, path)
 
 
 def evaluate(cfg: EvalConfig) -> dict:
@@ -219,19 +262,16 @@ def evaluate(cfg: EvalConfig) -> dict:
     task_ids = cfg.task_ids or list(range(suite_num_tasks(cfg.suite)))
     instructions = suite_instructions(cfg.suite)
     jobs = [(flatten(cfg), cfg.suite, t, arm) for t in task_ids for arm in cfg.arms]
+    cache = JobCache(Path(cfg.out).with_suffix(".jobs") if cfg.out else None)
+    episodes: list[dict] = [e for j in jobs for e in cache.get(j)]
+    todo = [j for j in jobs if not cache.get(j)]
     t_start = time.perf_counter()
-    episodes: list[dict] = []
-    with tqdm(total=len(jobs) * cfg.episodes_per_task, desc=f"eval {cfg.suite}",
+    with tqdm(total=len(todo) * cfg.episodes_per_task, desc=f"eval {cfg.suite}",
               unit="ep") as bar:
-        if cfg.workers == 0:
-            for j in jobs:
-                episodes.extend(_job(j))
-                bar.update(cfg.episodes_per_task)
-        else:
-            with mp.get_context("spawn").Pool(cfg.workers) as pool:
-                for res in pool.imap_unordered(_job, jobs):
-                    episodes.extend(res)
-                    bar.update(len(res))
+        for job, res in map_jobs(_job, todo, cfg.workers, cfg.ray_address):
+            cache.put(job, res)
+            episodes.extend(res)
+            bar.update(len(res))
     wall = time.perf_counter() - t_start
     tasks = []
     for t in task_ids:
@@ -254,7 +294,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     suite_avg = {arm: float(np.mean([r["success_rate"] for r in tasks if r["arm"] == arm]))
                  for arm in cfg.arms}
     result = dict(config=flatten(cfg), suite=cfg.suite, policy=cfg.policy,
-                  success_rate=suite_avg, wall_time_s=round(wall, 1), tasks=tasks,
+                  success_rate=suite_avg, wall_time_s=round(wall, 1),
+                  jobs_cached=len(jobs) - len(todo), jobs=len(jobs), tasks=tasks,
                   paired=paired(episodes, cfg.arms), episodes=episodes)
     table = format_table(result)
     print(table)
@@ -386,7 +427,9 @@ def format_table(result: dict) -> str:
             lines.append(f"| {name} | {r['pairs']} | {100 * r['diff']:+.1f} pts | [{100 * r['diff_ci95'][0]:+.1f}, "
                          f"{100 * r['diff_ci95'][1]:+.1f}] | {r['a_only']} / {r['b_only']} | {r['p_value']:.3g} | "
                          f"{r['steps_diff']:+.1f} |")
-    lines.append(f"\nwall time {result['wall_time_s']:.0f} s")
+    cached = f" ({result['jobs_cached']} of {result['jobs']} (task, arm) jobs from {c['out']}'s cache)" \
+        if result.get("jobs_cached") else ""
+    lines.append(f"\nwall time {result['wall_time_s']:.0f} s{cached}")
     return "\n".join(lines)
 
 
