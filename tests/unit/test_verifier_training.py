@@ -295,3 +295,9 @@ def test_ceiling_statistics_hand_computed():
     assert agg["gain"][0] == pytest.approx((1 - 1 / 3) / 2)
     with pytest.raises(ValueError, match="2 continuations"):
         cross_fitted_oracle(np.ones((3, 1)))
+
+
+def test_split_with_one_episode_per_task_holds_out_whole_episodes():
+    d = synthetic(n_eps=2)  # tasks 0 and 1, one episode each
+    train, val = split_episodes(d, 0.2, seed=0)
+    assert len(train) == 1 and len(val) == 1 and set(train) | set(val) == {0, 1}

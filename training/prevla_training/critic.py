@@ -137,7 +137,8 @@ def with_gamma(data: CandidateData, gamma: float) -> CandidateData:
 
 
 def split_episodes(data: CandidateData, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) episode indices: per task, a seeded ``val_fraction`` of its episodes (>= 1)."""
+    """(train, val) episode indices: per task, a seeded ``val_fraction`` of its episodes (>= 1);
+    with one episode per task, a seeded ``val_fraction`` of all episodes (whole tasks)."""
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     rng = np.random.default_rng(seed)
@@ -148,6 +149,9 @@ def split_episodes(data: CandidateData, val_fraction: float, seed: int) -> tuple
         n_val = max(1, int(round(val_fraction * len(eps)))) if len(eps) > 1 else 0
         val += eps[:n_val]
         train += eps[n_val:]
+    if not val and len(train) > 1:  # one episode per task: hold out whole tasks' episodes instead
+        n_val = max(1, int(round(val_fraction * len(train))))
+        val, train = train[-n_val:], train[:-n_val]
     return np.array(sorted(train), int), np.array(sorted(val), int)
 
 

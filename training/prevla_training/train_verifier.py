@@ -60,6 +60,9 @@ class TrainVerifierConfig(TrainLoopConfig):
                 "data: Monte-Carlo Q of each candidate minus its decision's mean, + the task_failure reason)"})
     failure_q: float = field(default=0.0, metadata={
         "help": "mc labels: a candidate whose continuations succeed at most this often is unsafe (task_failure) ..."})
+    init_from: str = field(default="", metadata={
+        "help": "start from this verifier's weights (zoo:NAME, 'zoo:default' or a file; its architecture "
+                "and input normalisation) instead of a fresh model: transfer to a small label set"})
     failure_gap: float = field(default=0.5, metadata={
         "help": "... when another candidate of its decision succeeds at least this much more often"})
     unavoidable_unsafe: bool = field(default=False, metadata={
@@ -183,6 +186,13 @@ def train_verifier(cfg: TrainVerifierConfig, data: CandidateData | None = None) 
     last_path = os.path.join(cfg.out_dir, "last.pt")
     torch.manual_seed(cfg.seed)
     model, state, start = resume_from(last_path, cfg.resume, load_checkpoint)
+    if model is None and cfg.init_from:
+        from prevla_models import zoo
+
+        model, _ = load_checkpoint(zoo.resolve("" if cfg.init_from == "zoo:default" else cfg.init_from, "verifier"))
+        unknown = sorted(set(build_vocab(sorted(set(data.instructions)))) - set(model.cfg.vocab))
+        if unknown:
+            raise ValueError(f"init_from: {cfg.init_from} does not know the words {unknown[:5]}")
     if model is None:
         k = data.actions.shape[1:]
         mcfg = VerifierConfig(**{**asdict(cfg.model), **VARIANTS[cfg.variant], "horizon": int(k[1]), "proprio_dim": 15,
