@@ -2,12 +2,12 @@
 vocabulary, and checkpoint files.
 
 A checkpoint is ``{"kind", "config", "state_dict", "extra"}`` written with ``torch.save``
-(atomically, via a temp file) and read with ``weights_only=True`` (no code runs on load);
+(atomically, via a temp file, with its sha256 sidecar ``<file>.sha256``: see
+:mod:`prevla_models.artifacts`) and read with ``weights_only=True`` (no code runs on load);
 its ``kind`` is a row of the kind table, :mod:`prevla_models.kinds`.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from prevla_models.artifacts import sha256_file, write_sidecar  # noqa: F401 (sha256_file re-exported)
 from prevla_models.kinds import KINDS, LEGACY_KIND, RUNNABLE
 
 PAD, UNK = "<pad>", "<unk>"
@@ -107,22 +108,16 @@ def store_stats(module: nn.Module, **values) -> None:
         buf.copy_(t.clamp_min(1e-3) if name.endswith("std") else t)
 
 
-def sha256_file(path: str) -> str:
-    """Hex sha256 of a file (for the model zoo manifest)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def save_model(path: str, model: nn.Module, kind: str, extra: dict | None = None) -> None:
-    """Write ``model`` (which has a dataclass ``cfg``) as a ``kind`` checkpoint."""
+    """Write ``model`` (which has a dataclass ``cfg``) as a ``kind`` checkpoint, and its sha256
+    record ``<path>.sha256`` (:mod:`prevla_models.artifacts`: what lets it serve by path)."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     tmp = f"{path}.tmp"
     torch.save({"kind": kind, "config": asdict(model.cfg), "state_dict": model.state_dict(),
                 "extra": extra or {}}, tmp)
+    digest = sha256_file(tmp)
     os.replace(tmp, path)
+    write_sidecar(path, digest)
 
 
 def load_model(path: str, kind: str, config_cls: type, build: Callable, map_location="cpu") -> tuple[nn.Module, dict]:

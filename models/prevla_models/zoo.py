@@ -6,7 +6,7 @@
       vla_libero_spatial:
         kind: vla                  # which loader reads it (prevla_models.kinds)
         file: vla_libero_spatial.pt
-        sha256: <hex>              # checked before every load
+        sha256: <hex>              # checked before every load (prevla_models.artifacts)
         bytes: 5170000
         default: true              # the default of its kind (checkpoint "" / "zoo:default")
         signature: {inputs: ..., outputs: ...}
@@ -16,10 +16,13 @@
 Checkpoint specs understood by :func:`resolve`: ``zoo:NAME`` (a manifest entry),
 ``zoo:default`` or ``""`` (the default entry of a kind), anything else is a file path.
 The zoo directory is ``$PREVLA_ZOO`` if set, else ``models/zoo`` beside this package.
+Whatever the spec, the file is sha256-checked against its records (this manifest, or a
+``<file>.sha256`` sidecar, which ``register`` and :func:`put_entry` also write) and refused
+if none matches, unless ``allow_unverified`` (:mod:`prevla_models.artifacts`).
 
     python -m prevla_models.zoo register NAME --kind vla --checkpoint outputs/policy/last.pt \
         --training training.json [--metrics metrics.json] [--default]
-    python -m prevla_models.zoo verify           # sha256 of every entry
+    python -m prevla_models.zoo verify           # sha256 of every entry (and its sidecar)
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from pathlib import Path
 
 import yaml
 
-from prevla_models.checkpoints import sha256_file
+from prevla_models.artifacts import Verified, sha256_file, verify, write_sidecar
 from prevla_models.kinds import KINDS
 
 ZOO_PREFIX = "zoo:"
@@ -65,25 +68,42 @@ def save_manifest(models: dict, root: Path | None = None) -> Path:
     return path
 
 
-def entry_path(name: str, entry: dict, root: Path | None = None) -> Path:
-    """Verified path of a manifest entry (ValueError on a missing file or sha256 mismatch)."""
-    path = (root or zoo_dir()) / str(entry.get("file", ""))
+def entry_file(name: str, entry: dict, root: Path | None = None,
+               allow_unverified: bool = False) -> Verified:
+    """The file of a manifest entry, checked against the entry's sha256 (and any other record).
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        prevla_models.artifacts.UnverifiedModel: (a ValueError) sha256 mismatch, unless
+            ``allow_unverified``.
+    """
+    base = root or zoo_dir()
+    path = base / str(entry.get("file", ""))
     if not path.is_file():
         raise FileNotFoundError(f"zoo model {name!r}: file {path} is missing")
-    digest = sha256_file(str(path))
-    if digest != entry.get("sha256"):
-        raise ValueError(f"zoo model {name!r}: sha256 of {path} is {digest}, manifest says "
-                         f"{entry.get('sha256')} (corrupt or replaced file)")
-    return path
+    record = (str(entry.get("sha256") or "").lower(),
+              f"the zoo manifest {base / 'manifest.yaml'} (entry {name})")
+    return verify(path, allow_unverified, root, extra=[record])
 
 
-def resolve(spec: str, kind: str, root: Path | None = None) -> str:
-    """Checkpoint spec -> verified file path (see module docstring)."""
+def entry_path(name: str, entry: dict, root: Path | None = None) -> Path:
+    """Verified path of a manifest entry (ValueError on a missing file or sha256 mismatch)."""
+    return Path(entry_file(name, entry, root).path)
+
+
+def resolve_file(spec: str, kind: str, root: Path | None = None,
+                 allow_unverified: bool = False) -> Verified:
+    """Checkpoint spec -> its file, sha256-checked whatever the spec (see module docstring)."""
     if spec and not spec.startswith(ZOO_PREFIX):
-        return spec
+        return verify(spec, allow_unverified, root)
     models = load_manifest(root)
     name = entry_name(spec, kind, models, root)
-    return str(entry_path(name, models[name], root))
+    return entry_file(name, models[name], root, allow_unverified)
+
+
+def resolve(spec: str, kind: str, root: Path | None = None, allow_unverified: bool = False) -> str:
+    """Checkpoint spec -> verified file path (:func:`resolve_file`'s path)."""
+    return resolve_file(spec, kind, root, allow_unverified).path
 
 
 def entry_name(spec: str, kind: str, models: dict, root: Path | None = None) -> str:
@@ -135,7 +155,13 @@ def register(name: str, kind: str, checkpoint: str, training: dict, metrics: dic
 
 
 def put_entry(name: str, entry: dict, root: Path | None = None) -> None:
-    """Add or replace one manifest entry as is (exported artifacts: ``prevla export``)."""
+    """Add or replace one manifest entry as is (exported artifacts: ``prevla export``) and write
+    its file's sidecar; ValueError if the entry's sha256 is not its file's."""
+    path = (root or zoo_dir()) / str(entry.get("file", ""))
+    if entry.get("file") and path.is_file():
+        if sha256_file(path) != entry.get("sha256"):
+            raise ValueError(f"put_entry {name!r}: sha256 {entry.get('sha256')} is not that of {path}")
+        write_sidecar(path, entry["sha256"])
     models = load_manifest(root)
     models[name] = entry
     save_manifest(models, root)
@@ -169,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         models = load_manifest()
         for name, e in models.items():
-            entry_path(name, e)
+            entry_path(name, e)  # the manifest's sha256 and, where there is one, the sidecar's
             print(f"{name}: ok ({e['sha256'][:12]})")
     return 0
 

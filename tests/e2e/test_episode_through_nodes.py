@@ -32,7 +32,7 @@ def test_expert_episode_succeeds_through_the_nodes(ros, tmp_path):
     assert 0 < episode["steps"] < 220
     assert episode["decisions"] >= episode["steps"] // 8  # one verdict per executed chunk
     assert episode["holds"] == 0
-    assert policy._stats["holds"] == 0 and policy._stats["last_error"] == ""
+    assert policy._stats["holds"] == 0 and policy.health.last_error == ""
     assert (tmp_path / "frames" / "ep001_first.png").exists()
     assert (tmp_path / "frames" / "ep001_last.png").exists()
     assert len((tmp_path / "verdicts.jsonl").read_text().splitlines()) == episode["decisions"]

@@ -87,7 +87,7 @@ def test_malformed_image_gets_a_hold_and_node_recovers(setup, bad):
     assert conv.from_time(hold.header.stamp) == 2_000
     actions = conv.msg_to_chunk(hold.candidates[0]).actions
     assert np.all(actions[:, :6] == 0)
-    assert "agentview" in node._stats["last_error"]
+    assert "agentview" in node.health.last_error
     robot.publish(3_000)  # the next good observation is served normally
     assert ros.wait_for(lambda: len(robot.candidates) == 2, timeout_s=15)
     assert robot.candidates[1].policy_id == "scripted_expert"
@@ -174,7 +174,7 @@ def test_default_policy_is_the_trained_zoo_vla(ros, real_obs):
     robot.publish(6_500)
     assert ros.wait_for(lambda: robot.candidates, timeout_s=30)
     msg = robot.candidates[0]
-    assert msg.policy_id == name and len(msg.candidates) == 4, node._stats["last_error"]
+    assert msg.policy_id == name and len(msg.candidates) == 4, node.health.last_error
     chunks = np.stack([conv.msg_to_chunk(c, expected_dim=7).actions for c in msg.candidates])
     assert chunks.shape == (4, 8, 7) and np.all(np.abs(chunks) <= 1.0)
     assert np.std(chunks[:, :, :6], axis=0).mean() > 1e-3  # K different samples
@@ -216,7 +216,20 @@ def test_unusable_checkpoint_keeps_node_up_and_holds(ros, real_obs, tmp_path, pr
     robot.publish(7_000)
     assert ros.wait_for(lambda: robot.candidates, timeout_s=15)
     assert robot.candidates[0].policy_id == "hold"
-    assert str(path) in node._stats["last_error"]
+    assert str(path) in node.health.last_error
+
+
+def test_a_flipped_byte_in_the_vla_file_is_refused_and_the_node_holds(ros, real_obs, vla_checkpoint):
+    data = bytearray(vla_checkpoint.read_bytes())  # its sidecar was written by save_checkpoint
+    data[len(data) // 2] ^= 0x01
+    vla_checkpoint.write_bytes(bytes(data))
+    node = _vla_node(ros, vla_checkpoint)
+    reason = getattr(node.policy, "reason", "")
+    assert "refusing unverified model file" in reason and "corrupt or replaced" in reason
+    robot = Robot(ros, *real_obs)
+    robot.publish(7_500)
+    assert ros.wait_for(lambda: robot.candidates, timeout_s=15)
+    assert robot.candidates[0].policy_id == "hold"
 
 
 def test_remote_policy_served_out_of_process_and_dead_server_holds(ros, real_obs,
@@ -243,4 +256,4 @@ def test_remote_policy_served_out_of_process_and_dead_server_holds(ros, real_obs
     robot.publish(9_000)  # the server is gone: a logged hold, the node stays up
     assert ros.wait_for(lambda: len(robot.candidates) == 2, timeout_s=20)
     assert robot.candidates[1].policy_id == "hold"
-    assert server.url.split("//")[1] in node._stats["last_error"]
+    assert server.url.split("//")[1] in node.health.last_error

@@ -150,3 +150,26 @@ def test_diagnostics_report_counters(sim):
     assert ros.wait_for(lambda: any(s.name == "prevla: sim_node" and any(
         kv.key == "invalid_chunks" and kv.value != "0" for kv in s.values)
         for d in got["diag"] for s in d.status), timeout_s=5)
+
+
+def test_an_overlong_chunk_is_dropped_unread_and_the_observation_still_awaits_one(sim):
+    ros, node, pub, got = sim
+    n_obs, stamp = len(got["joints"]), _latest_stamp(got)
+    before = node.guard.rejected["oversize"]
+    pub.publish(_chunk_msg(np.zeros((10_000, 7)), stamp))  # > limit_chunk_length
+    assert ros.wait_for(lambda: node.guard.rejected["oversize"] == before + 1)
+    ros.spin_for(0.3)
+    assert len(got["joints"]) == n_obs and node._awaiting == stamp  # nothing executed
+    pub.publish(_chunk_msg(np.zeros((2, 7)), stamp))
+    assert ros.wait_for(lambda: len(got["joints"]) > n_obs)
+    assert node.diagnostics.status()[2]["rejected_oversize"] == before + 1
+
+
+def test_use_sim_time_set_at_run_time_is_accepted(sim):
+    ros, node, pub, got = sim
+    # Before: "SimNodeConfig.__init__() got an unexpected keyword argument 'use_sim_time'".
+    for value in (True, False):
+        result = node.set_parameters([Parameter("use_sim_time", value=value)])[0]
+        assert result.successful, result.reason
+        assert node.get_parameter("use_sim_time").value is value
+    assert node.config.task_id == 0  # the config is untouched

@@ -453,3 +453,61 @@ def test_parameter_change_swaps_the_model_and_a_failed_one_is_reverted(zoo_graph
     result = node.set_parameters([Parameter("mode", value="imagine")])[0]
     assert not result.successful and "read-only" in result.reason  # startup-only: read_only
     assert not node.models.busy
+
+
+# --- verified artifacts -------------------------------------------------------------------
+def _unrecorded_copies(verifier_file, tmp_path):
+    """A copy of ``verifier_file`` without a record, and one whose byte was flipped after its
+    sidecar was written."""
+    import shutil
+
+    from prevla_models.artifacts import write_sidecar
+
+    unrecorded = tmp_path / "unrecorded.pt"
+    shutil.copy(verifier_file, unrecorded)
+    flipped = tmp_path / "flipped.pt"
+    shutil.copy(verifier_file, flipped)
+    write_sidecar(flipped)
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    flipped.write_bytes(bytes(data))
+    return unrecorded, flipped
+
+
+def test_a_swap_to_an_unverified_file_is_refused_and_the_old_model_keeps_serving(
+        zoo_graph, verifier_file, tmp_path):
+    ros, node, robot, client = zoo_graph
+    unrecorded, flipped = _unrecorded_copies(verifier_file, tmp_path)
+    for n, (path, why) in enumerate(((unrecorded, "no recorded sha256"),
+                                     (flipped, "corrupt or replaced")), start=1):
+        response = _swap(ros, client, checkpoint=str(path))
+        assert not response.success, response.message
+        assert "refusing unverified model file" in response.message and why in response.message
+        assert str(path) in response.message
+        assert node.models.slot.loaded.backend == "onnxruntime"
+        v = _decide(robot, 40_000 * n)  # the old model still decides
+        assert v.verifier_id == ZOO_ID and "unavailable" not in v.reason
+    # The same through the parameter: refused, set back.
+    assert node.set_parameters([Parameter("checkpoint", value=str(unrecorded))])[0].successful
+    assert ros.wait_for(lambda: not node.models.busy, timeout_s=30)
+    assert node.get_parameter("checkpoint").value == ""
+    assert node.models.values()["swaps"] == 0 and node.models.values()["verified"] == "yes"
+    assert _decide(robot, 130_000).verifier_id == ZOO_ID
+
+
+def test_an_unverified_checkpoint_holds_unless_the_node_opts_in(ros, verifier_file, tmp_path):
+    from prevla_models.verifier_scorer import VerifierScorer
+
+    unrecorded, _ = _unrecorded_copies(verifier_file, tmp_path)
+    node = _model_node(ros, Parameter("checkpoint", value=str(unrecorded)))
+    assert not getattr(node.scheduler.scorer, "available", True)  # holds, and says why
+    assert "refusing unverified model file" in node.scheduler.scorer.reason
+    assert str(unrecorded) in node.scheduler.scorer.reason
+    ros.executor.remove_node(node)
+    ros.nodes.remove(node)
+    node.destroy_node()
+    node = _model_node(ros, Parameter("checkpoint", value=str(unrecorded)),
+                       Parameter("allow_unverified_models", value=True))
+    assert isinstance(node.scheduler.scorer, VerifierScorer)
+    assert "no recorded sha256" in node.models.slot.loaded.unverified
+    assert node.models.values()["verified"] == "UNVERIFIED"

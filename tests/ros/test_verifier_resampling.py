@@ -98,6 +98,10 @@ def test_a_failing_policy_ends_resampling_with_the_fallback_and_the_node_goes_on
     v = robot.propose(_chunks(2), stamp, 1)
     assert v.outcome == "fallback_best" and v.rounds == 1 and v.samples_drawn == 2
     assert "service is not available" in v.reason
+    # The verdict names the candidate that ran: the safest one, whose chunk was published.
+    assert v.accepted_index == int(np.argmax(v.safety_probs))
+    np.testing.assert_array_equal(conv.msg_to_chunk(robot.chunks[0]).actions,
+                                  _chunks(2)[v.accepted_index])
     fake = FakePolicy(ros)
     assert ros.wait_for(lambda: node._sampler.service_is_ready())
     for n, behaviour in enumerate(("good", "hang", "refuse", "malformed", "good"), start=2):
@@ -116,6 +120,7 @@ def test_a_failing_policy_ends_resampling_with_the_fallback_and_the_node_goes_on
                             timeout_s=10), behaviour
         elapsed, v = time.monotonic() - start, robot.verdicts[n - 1]
         assert conv.from_time(v.header.stamp) == stamp and v.outcome == "fallback_best", v.reason
+        assert v.accepted_index == int(np.argmax(v.safety_probs))  # the candidate that ran
         if behaviour == "good":  # the scheduler's budget: 3 rounds at rising temperature
             assert v.rounds == 3 and v.samples_drawn == 6 and "budget spent" in v.reason
             assert fake.requests[-2:] == [(2, 1.5, 1), (2, 2.0, 2)]

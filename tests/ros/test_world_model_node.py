@@ -173,6 +173,21 @@ def test_missing_checkpoint_is_reported_and_the_node_stays_up(ros, tmp_path):
     assert "unusable" in d["message"] and d["unavailable_drops"] == "1"
 
 
+def test_an_unverified_world_model_is_refused_unless_the_node_opts_in(ros, wm_file, tmp_path):
+    import shutil
+
+    unrecorded = tmp_path / "unrecorded_wm.pt"
+    shutil.copy(wm_file, unrecorded)  # no FILE.sha256 sidecar, in no manifest
+    node = _wm_node(ros, unrecorded, source="candidates")
+    assert node.imaginer is None and "refusing unverified model file" in node.unavailable
+    assert str(unrecorded) in node.unavailable
+    ros.executor.remove_node(node)
+    ros.nodes.remove(node)
+    node.destroy_node()
+    node = _wm_node(ros, unrecorded, source="candidates", allow_unverified_models=True)
+    assert node.imaginer is not None and node.unavailable == ""
+
+
 class ScriptedScorer:
     """Fixed (P(safe), advantage) per candidate, looked up by the chunk's first value."""
 

@@ -74,7 +74,19 @@ BAD_VALUES = [
     (WorldModelNodeConfig, "max_candidates", 65),
     (WorldModelNodeConfig, "max_rate_hz", -1.0),
     (WorldModelNodeConfig, "max_rate_hz", math.nan),
+    (PolicyNodeConfig, "allow_unverified_models", "yes"),
+    (VerifierNodeConfig, "allow_unverified_models", 1),
+    (WorldModelNodeConfig, "allow_unverified_models", "true"),
 ]
+# The input limits and the diagnostics window, in every node that has them.
+_SHARED_BAD = [("limit_k", 0), ("limit_chunk_length", 0), ("limit_image_side", 0),
+               ("limit_instruction_chars", 0), ("limit_rate_hz", -1.0),
+               ("limit_rate_hz", math.nan), ("max_future_stamp_s", -1.0),
+               ("max_future_stamp_s", math.inf), ("stamp_jump_back_s", 0.0),
+               ("diagnostics_recovery_s", 0.0), ("diagnostics_recovery_s", math.nan)]
+BAD_VALUES += [(cls, name, value) for cls in NODE_CONFIGS.values() for name, value in _SHARED_BAD
+               if name in settings(cls)]
+BAD_VALUES.append((PolicyNodeConfig, "num_candidates", 65))  # above limit_k (64 by default)
 
 
 @pytest.mark.parametrize("cls, f", ALL_FIELDS, ids=lambda x: getattr(x, "__name__",
@@ -134,11 +146,18 @@ def test_edge_values_are_accepted():
     SimNodeConfig(image_size=16, episodes=0, max_steps=0, control_rate_hz=0.0,
                   execute_steps=0, start_delay_s=0.0)
     SimNodeConfig(image_size=1024)
-    PolicyNodeConfig(policy=POLICIES[0], num_candidates=256, horizon=1, noise_std=0.0,
-                     temperature=0.0, image_size=0)
+    build(PolicyNodeConfig, dict(policy=POLICIES[0], num_candidates=256, limit_k=256, horizon=1,
+                                 noise_std=0.0, temperature=0.0, image_size=0))
     build(VerifierNodeConfig, dict(mode="imagine", action_dim=1, hold_horizon=1))
 
 
 def test_node_configs_keys_are_node_names():
     assert set(NODE_CONFIGS) == {"sim_node", "policy_node", "verifier_node", "world_model_node"}
     assert NODE_CONFIGS["verifier_node"] is VerifierNodeConfig
+
+
+def test_unverified_models_are_refused_by_default_in_every_node_that_loads_one():
+    for cls in (PolicyNodeConfig, VerifierNodeConfig, WorldModelNodeConfig):
+        assert settings(cls)["allow_unverified_models"].default is False, cls.__name__
+        assert not settings(cls)["allow_unverified_models"].runtime  # startup-only
+        assert build(cls, {"allow_unverified_models": True}).artifacts.allow_unverified_models

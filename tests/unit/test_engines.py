@@ -1,5 +1,6 @@
-"""Runtime backends: the fallback chain, corrupt / stale / mismatched artifacts, backend agreement,
-and ModelSlot's checks (real ONNX Runtime sessions on the committed zoo exports)."""
+"""Runtime backends: the fallback chain, corrupt / stale / mismatched / unverified artifacts, named
+backends that never switch, backend agreement, and ModelSlot's checks (real ONNX Runtime sessions
+on the committed zoo exports)."""
 from __future__ import annotations
 
 import json
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from prevla_models import zoo
+from prevla_models.artifacts import UnverifiedModel, write_sidecar
 from prevla_models.verifier_scorer import VerifierScorer
 from prevla_models.vla_policy import VLAPolicy
 from prevla_ros.runtime.engines import EngineError, ModelSlot, load_model
@@ -79,21 +81,91 @@ def test_backends_agree_on_scores_and_samples():
         np.testing.assert_allclose(p_torch.sample(obs, k, t), p_ort.sample(obs, k, t), atol=1e-4)
 
 
-def test_a_corrupt_onnx_artifact_falls_back_to_torch_with_the_reason(private_zoo):
+def test_a_corrupt_onnx_artifact_falls_back_under_auto_with_the_reason(private_zoo):
     onnx = private_zoo / "verifier_libero_spatial.onnx"
     onnx.write_bytes(onnx.read_bytes()[: 4096])  # truncated copy
     m = load_model("verifier", "", "auto", root=private_zoo)
     assert m.backend == "torch"
     assert any("sha256" in n and "corrupt or replaced" in n for n in m.notes), m.notes
+    assert m.fallbacks and "corrupt or replaced" in m.fallbacks[0]  # what the node logs as a warning
     # Re-registered with the corrupt file's sha256: ONNX Runtime itself refuses it.
     models = zoo.load_manifest(private_zoo)
     models["verifier_libero_spatial_onnx"]["sha256"] = zoo.sha256_file(str(onnx))
     zoo.save_manifest(models, private_zoo)
-    m = load_model("verifier", "", "onnxruntime", root=private_zoo)
-    assert m.backend == "torch" and any("not a readable ONNX file" in n for n in m.notes), m.notes
+    m = load_model("verifier", "", "auto", root=private_zoo)
+    assert m.backend == "torch" and any("not a readable ONNX file" in n for n in m.fallbacks), m.notes
     # A file path has no fallback: a clear error.
     with pytest.raises(EngineError, match="not a readable ONNX file"):
-        load_model("verifier", str(onnx))
+        load_model("verifier", str(onnx), root=private_zoo)
+
+
+def test_a_named_backend_that_cannot_serve_raises_instead_of_switching(private_zoo):
+    onnx = private_zoo / "verifier_libero_spatial.onnx"
+    good = onnx.read_bytes()
+    onnx.write_bytes(good[: 4096])  # corrupt: its sha256 is not the manifest's
+    with pytest.raises(EngineError, match="backend onnxruntime.*corrupt or replaced"):
+        load_model("verifier", "", "onnxruntime", root=private_zoo)
+    with pytest.raises(EngineError, match="backend onnxruntime.*corrupt or replaced"):
+        load_model("verifier", "zoo:verifier_libero_spatial_onnx", "onnxruntime", root=private_zoo)
+    models = zoo.load_manifest(private_zoo)
+    models["verifier_libero_spatial_onnx"]["sha256"] = zoo.sha256_file(str(onnx))
+    zoo.save_manifest(models, private_zoo)  # recorded, but ONNX Runtime cannot read it
+    with pytest.raises(EngineError, match="not a readable ONNX file"):
+        load_model("verifier", "", "onnxruntime", root=private_zoo)
+    assert load_model("verifier", "", "torch", root=private_zoo).backend == "torch"  # named, intact
+
+
+def _copy(src: Path, dst: Path, sidecar: bool) -> Path:
+    shutil.copy(src, dst)
+    if sidecar:
+        write_sidecar(dst)
+    return dst
+
+
+@pytest.mark.parametrize("name", ["verifier_libero_spatial.onnx", "verifier_libero_spatial.pt"])
+def test_a_flipped_byte_in_a_file_loaded_by_path_is_refused(tmp_path, name):
+    path = _copy(zoo.zoo_dir() / name, tmp_path / name, sidecar=True)
+    m = load_model("verifier", str(path))
+    assert m.record.startswith("sidecar") and not m.unverified and m.sha256 == zoo.sha256_file(str(path))
+    recorded = m.sha256
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one weight byte
+    path.write_bytes(bytes(data))
+    with pytest.raises(UnverifiedModel) as err:
+        load_model("verifier", str(path))
+    text = str(err.value)
+    assert str(path) in text and recorded in text and zoo.sha256_file(str(path)) in text
+    assert "corrupt or replaced" in text and "allow_unverified_models" in text
+    # A ModelSlot (what a node's startup and hot-swap use) refuses it the same way.
+    with pytest.raises(UnverifiedModel):
+        ModelSlot("verifier", lambda m: VerifierScorer(m.runner)).prepare(str(path))
+
+
+def test_a_file_without_a_record_is_refused_unless_the_user_opts_in(tmp_path):
+    path = _copy(zoo.zoo_dir() / "verifier_libero_spatial.onnx", tmp_path / "mine.onnx", sidecar=False)
+    with pytest.raises(UnverifiedModel, match=f"refusing unverified model file {path}: .*no recorded sha256"):
+        load_model("verifier", str(path))
+    m = load_model("verifier", str(path), allow_unverified=True)
+    assert m.backend == "onnxruntime" and m.record == "" and "no recorded sha256" in m.unverified
+    staged = ModelSlot("verifier", lambda m: VerifierScorer(m.runner)).prepare(str(path), allow_unverified=True)
+    assert staged.loaded.unverified  # what the node logs (a warning) and reports in /diagnostics
+    write_sidecar(path)  # recorded: verified from now on
+    assert not load_model("verifier", str(path)).unverified
+    # Files in the zoo directory are verified by the manifest (and their committed sidecars).
+    m = load_model("verifier", str(zoo.zoo_dir() / "verifier_libero_spatial.onnx"))
+    assert not m.unverified and m.record
+
+
+def test_a_tensorrt_engine_file_needs_a_record_of_its_description_too(tmp_path):
+    engine = tmp_path / "v.engine"
+    engine.write_bytes(b"an engine")
+    Path(f"{engine}.json").write_text(json.dumps({"kind": "verifier", "threshold": 0.5}))
+    write_sidecar(engine)
+    with pytest.raises(UnverifiedModel, match=r"v\.engine\.json"):
+        load_model("verifier", str(engine), device="cpu")
+    write_sidecar(f"{engine}.json")
+    with pytest.raises(EngineError, match="cuda"):  # verified; then TensorRT needs a GPU
+        load_model("verifier", str(engine), device="cpu")
 
 
 def test_an_onnx_file_that_is_not_a_prevla_export_is_refused(tmp_path):
@@ -104,6 +176,7 @@ def test_an_onnx_file_that_is_not_a_prevla_export_is_refused(tmp_path):
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
     onnx.save(helper.make_model(graph), str(tmp_path / "other.onnx"))
+    write_sidecar(tmp_path / "other.onnx")
     with pytest.raises(EngineError, match="not a prevla export"):
         load_model("verifier", str(tmp_path / "other.onnx"))
 

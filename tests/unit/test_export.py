@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from prevla_models import zoo
+from prevla_models.artifacts import sidecar_path, verify
 from prevla_models.graphs import TorchRunner
 from prevla_ros.runtime.engines import load_model
 from prevla_ros.runtime.engines.onnxruntime_runner import OrtRunner, read_meta
@@ -29,11 +30,25 @@ def test_onnx_round_trip_matches_torch_and_writes_its_manifest_entry(tmp_path, k
     assert sig["inputs"][chunk_input]["shape"][:2] == ["B", "K"] and sig["inputs"]["images"]["dtype"] == "uint8"
     assert entry["source_sha256"] == zoo.load_manifest()[entry["source"]]["sha256"]
     assert json.loads((tmp_path / f"{entry['file']}.manifest.json").read_text())[name]["sha256"] == entry["sha256"]
+    # Its sidecar (sha256sum format) is the record that lets it serve by path.
+    assert sidecar_path(path).read_text() == f"{entry['sha256']}  {entry['file']}\n"
+    assert verify(path).record == f"sidecar {sidecar_path(path)}"
+    assert load_model(kind, str(path)).sha256 == entry["sha256"]
     # K beyond the export's example (8) and the parity set works: K is a dynamic axis.
     runner = OrtRunner(str(path))
     out = runner(recorded_feeds(runner.meta, 32)[0])
     assert next(iter(out.values())).shape[:2] == (1, 32)
     assert not list(tmp_path.glob(".*tmp*"))  # no leftovers
+
+
+def test_a_source_checkpoint_without_a_record_is_not_exported(tmp_path, capsys):
+    import shutil
+
+    src = tmp_path / "copy.pt"
+    shutil.copy(zoo.zoo_dir() / "verifier_libero_spatial.pt", src)  # no sidecar, not in the manifest
+    assert main([str(src), "--out-dir", str(tmp_path / "out")]) == 2
+    assert "refusing unverified model file" in capsys.readouterr().out
+    assert not (tmp_path / "out").exists()
 
 
 def test_a_failed_parity_check_publishes_nothing(tmp_path):

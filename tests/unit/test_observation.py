@@ -225,3 +225,53 @@ def test_in_order_a_newer_message_releases_the_held_one_first_and_wait_false_nev
     assert w.released == [("a", False)] and len(w.wait) == 1
     w.wait.offer(12, "c", wait=False)
     assert w.released == [("a", False), ("b", False), ("c", False)] and len(w.wait) == 0
+
+
+# --- stamps going backwards: late parts vs a clock that jumped back --------------------------
+S = 1_000_000_000  # one second in ns
+
+
+def _complete(asm: ObservationAssembler, stamp: int):
+    p, obs = _parts(stamp), None
+    for name in asm.required:
+        obs = asm.add(stamp, name, p[name])
+    return obs
+
+
+def test_a_clock_jump_back_restarts_the_monotonic_check_instead_of_stalling():
+    asm = ObservationAssembler(jump_back_s=5.0)
+    assert _complete(asm, 100 * S).stamp_ns == 100 * S
+    # Late: older than the newest handed out by less than jump_back_s -> ignored, as before.
+    assert _complete(asm, 97 * S) is None and asm.time_jumps == 0
+    # Older by more: the clock jumped back (sim restart, replay) -> served, and the stream
+    # goes on from there instead of dropping every observation until the clock catches up.
+    assert _complete(asm, 2 * S).stamp_ns == 2 * S and asm.time_jumps == 1
+    assert _complete(asm, 3 * S).stamp_ns == 3 * S
+    assert _complete(asm, 2 * S + 1) is None  # late again, within the tolerance
+
+
+def test_restart_takes_any_stamp_next_and_keeps_pending_parts():
+    asm = ObservationAssembler(jump_back_s=5.0)
+    _complete(asm, 10 * S)
+    asm.add(11 * S, "agentview", _parts(11)["agentview"])  # in flight
+    asm.restart()  # a new episode
+    assert _complete(asm, 9 * S).stamp_ns == 9 * S
+    assert asm.time_jumps == 0
+
+
+def test_after_a_jump_back_the_intake_keeps_the_new_observations():
+    intake = ObservationIntake(keep=3, jump_back_s=5.0)
+
+    def observe(stamp):
+        p = _parts(stamp)
+        for name in ("agentview", "wrist", "joints", "eef"):
+            intake.add(stamp, name, lambda v=p[name]: v)
+
+    for t in (100, 101, 102):
+        observe(t * S)
+    assert intake.newest_part == 102 * S
+    observe(1 * S)  # the clock jumped back by ~100 s
+    assert intake.get(1 * S) is not None and intake.newest_part == 1 * S
+    observe(2 * S)
+    assert intake.get(2 * S) is not None and intake.get(1 * S) is not None
+    assert intake.coming(3 * S)  # a message for the next stamp waits for its observation

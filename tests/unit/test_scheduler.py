@@ -289,6 +289,20 @@ def test_run_sample_budget_then_fallback_to_the_safest_seen():
     assert d.outcome == OUTCOME_HOLD and d.chunk.source == HOLD_SOURCE and "budget spent" in d.reason
 
 
+def test_a_fallback_verdict_names_the_candidate_that_ran():
+    # Round 1: 0.1, 0.1 (p 0.2); round 2: 0.1, 0.2 (p 0.2, 0.4). Nothing passes tau 0.5; the
+    # budget of 4 samples ends it and the safest seen (0.2, the 4th candidate) is executed.
+    sampler = ScriptedSampler([[0.1, 0.1], [0.1, 0.2]])
+    d = _model(ScriptedScorer(RUN_TABLE), max_samples=4, fallback_min_p_safe=0.3).run(sampler, OBS, k=2)
+    assert d.outcome == "fallback_best" and d.accepted_index == 3
+    assert d.safety_probs[d.accepted_index] == pytest.approx(0.4) == d.safety_probs.max()
+    assert d.chunk.actions[0, 0] == pytest.approx(0.2)
+    # The safest one in the first round: its index over both rounds.
+    d = _model(ScriptedScorer(RUN_TABLE), max_samples=4, fallback_min_p_safe=0.3).run(
+        ScriptedSampler([[0.1, 0.2], [0.1, 0.1]]), OBS, k=2)
+    assert d.outcome == "fallback_best" and d.accepted_index == 1
+
+
 def test_run_round_and_time_budgets_and_modes_keep_their_own_settings():
     d = _model(ScriptedScorer(RUN_TABLE), max_rounds=2).run(ScriptedSampler([[0.1]]), OBS, k=1)
     assert d.rounds == 2 and d.outcome == OUTCOME_HOLD

@@ -1,4 +1,5 @@
-"""Model zoo: manifest entries, sha256-checked resolution, and the committed default VLA."""
+"""Model zoo: manifest entries, sha256-checked resolution (zoo names and plain paths: manifest or
+sidecar records), and the committed default VLA."""
 from __future__ import annotations
 
 import json
@@ -32,7 +33,7 @@ def test_register_resolve_and_default(tmp_path, tiny_ckpt):
     assert zoo.resolve("", "vla", root) == str(root / "vla_a.pt")  # the default entry
     assert zoo.resolve("zoo:default", "vla", root) == str(root / "vla_a.pt")
     assert zoo.resolve("zoo:vla_b", "vla", root) == str(root / "vla_b.pt")
-    assert zoo.resolve("/some/file.pt", "vla", root) == "/some/file.pt"  # plain paths pass
+    assert zoo.resolve(str(tiny_ckpt), "vla", root) == str(tiny_ckpt)  # a path: checked against its sidecar
     zoo.register("vla_b", "vla", str(tiny_ckpt), {"data": "y"}, default=True, root=root)
     models = zoo.load_manifest(root)
     assert [n for n, e in models.items() if e["default"]] == ["vla_b"]  # one default per kind
@@ -110,3 +111,53 @@ def test_committed_default_verifier_is_intact_and_documented():
     held_out = entry["metrics"]["held_out"]
     for key in ("auroc_unsafe", "auprc_unsafe", "ece", "spearman_advantage", "win_rate"):
         assert key in held_out, key
+
+
+def test_a_plain_path_resolves_only_against_a_record(tmp_path, tiny_ckpt):
+    from prevla_models.artifacts import UnverifiedModel, sidecar_path, verify
+
+    assert sidecar_path(tiny_ckpt).read_text() == f"{sha256_file(str(tiny_ckpt))}  trained.pt\n"  # save wrote it
+    assert zoo.resolve_file(str(tiny_ckpt), "vla").record == f"sidecar {sidecar_path(tiny_ckpt)}"
+    with tiny_ckpt.open("r+b") as f:  # flip one byte
+        f.seek(tiny_ckpt.stat().st_size // 2)
+        b = f.read(1)
+        f.seek(-1, 1)
+        f.write(bytes([b[0] ^ 1]))
+    with pytest.raises(UnverifiedModel, match="sha256 of .*trained.pt is .* says .*corrupt or replaced"):
+        zoo.resolve(str(tiny_ckpt), "vla")
+    sidecar_path(tiny_ckpt).unlink()
+    with pytest.raises(UnverifiedModel, match="no recorded sha256"):
+        zoo.resolve(str(tiny_ckpt), "vla")
+    checked = zoo.resolve_file(str(tiny_ckpt), "vla", allow_unverified=True)  # the opt-in
+    assert checked.path == str(tiny_ckpt) and not checked.verified and "no recorded sha256" in checked.problem
+    with pytest.raises(FileNotFoundError, match="absent.pt"):
+        zoo.resolve(str(tmp_path / "absent.pt"), "vla")
+    sidecar_path(tiny_ckpt).write_text("not a sha256 line\n")  # a malformed record matches nothing
+    with pytest.raises(UnverifiedModel, match="malformed"):
+        verify(tiny_ckpt)
+
+
+def test_zoo_tools_write_sidecars_that_agree_with_the_manifest(tmp_path, tiny_ckpt):
+    from prevla_models.artifacts import records, sidecar_path, verify
+
+    root = tmp_path / "zoo"
+    entry = zoo.register("vla_a", "vla", str(tiny_ckpt), {}, default=True, root=root)
+    assert [d for d, _ in records(root / "vla_a.pt", root)] == [entry["sha256"]] * 2  # sidecar + manifest
+    extra = root / "vla_a_copy.pt"
+    extra.write_bytes((root / "vla_a.pt").read_bytes())
+    zoo.put_entry("vla_copy", {"kind": "vla", "file": extra.name, "sha256": sha256_file(str(extra))}, root)
+    assert sidecar_path(extra).is_file() and verify(extra, root=root).verified
+    with pytest.raises(ValueError, match="is not that of"):
+        zoo.put_entry("vla_bad", {"kind": "vla", "file": extra.name, "sha256": "0" * 64}, root)
+    # A sidecar that disagrees with the manifest: every record must match.
+    sidecar_path(extra).write_text(f"{'0' * 64}  {extra.name}\n")
+    with pytest.raises(ValueError, match="corrupt or replaced"):
+        zoo.resolve("zoo:vla_copy", "vla", root)
+
+
+def test_committed_model_files_have_sidecars_that_agree_with_the_manifest():
+    from prevla_models.artifacts import records
+
+    for name, e in zoo.load_manifest().items():
+        found = records(zoo.zoo_dir() / e["file"])
+        assert {d for d, _ in found} == {e["sha256"]} and any(w.startswith("sidecar") for _, w in found), name

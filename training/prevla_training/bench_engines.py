@@ -58,19 +58,20 @@ def machine_info(device: str) -> dict:
 
 
 def load_runner(kind: str, backend: str, device: str, threads: int):
-    """A runner of the zoo's default ``kind`` model on exactly ``backend`` (no silent fallback)."""
-    from prevla_ros.runtime.engines import EngineUnavailable, load_model
+    """A runner of the zoo's default ``kind`` model on exactly ``backend`` (a named backend
+    never falls back: it loads or raises)."""
+    from prevla_ros.runtime.engines import EngineError, EngineUnavailable, load_model
 
     if backend == "torch_compile":
         from prevla_models.graphs import TorchRunner
 
         return TorchRunner.from_checkpoint(load_model(kind, "", "torch", device).path, device, compile=True)
-    loaded = load_model(kind, "", backend, device, threads)
-    if loaded.backend != backend:  # the chain fell through to the next backend
-        why = "; ".join(n for n in loaded.notes if n.startswith(backend)) or f"got {loaded.backend} instead"
-        raise EngineUnavailable(why if device.startswith("cuda") or backend != "tensorrt"
-                                else f"needs a CUDA GPU (device {device}); {why}")
-    return loaded.runner
+    try:
+        return load_model(kind, "", backend, device, threads).runner
+    except EngineError as e:
+        if backend == "tensorrt" and not device.startswith("cuda"):
+            raise EngineUnavailable(f"needs a CUDA GPU (device {device}); {e}") from e
+        raise
 
 
 def time_blocks(fns: dict[str, Callable[[], object]], iters: int, warmup: int, block: int = 20) -> dict[str, dict]:

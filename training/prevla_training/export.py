@@ -17,6 +17,11 @@ checkpoint entry it came from) and its sha256, ``format``, ``precision``, the I/
 the parity report, the builder versions and the target it runs on (TensorRT: the GPU model,
 compute capability and TensorRT version; an engine is only valid there).
 
+Every published file gets its sha256 sidecar ``<file>.sha256`` (``sha256sum`` format; a TensorRT
+engine's ``.json`` description too, also recorded as the entry's ``description_sha256``): what
+lets the runtime serve it by path (:mod:`prevla_models.artifacts`). The source checkpoint must
+itself verify against its record (``--allow-unverified-models`` to export one that does not).
+
 TensorRT: ``--to tensorrt`` needs a CUDA GPU and the TensorRT Python builder; INT8 calibrates
 on the recorded inputs. It has not been run on the machines this was written on (no GPU).
 """
@@ -63,6 +68,7 @@ class ExportConfig:
     out_dir: str = ""          # "" = the zoo (and register the entry)
     name: str = ""             # "" = <source>_onnx / <source>_trt_<precision>_<gpu>
     device: str = "cuda"       # TensorRT build / parity device
+    allow_unverified_models: bool = False  # export a source .pt whose sha256 matches no record
 
     def __post_init__(self) -> None:
         if self.to not in FORMATS:
@@ -190,11 +196,11 @@ def _signature(model_proto) -> dict:
 
 def _source(cfg: ExportConfig) -> tuple[str, str, str]:
     """(checkpoint path, source name, source sha256) of the model to export."""
-    from prevla_models import zoo
-    from prevla_models.checkpoints import sha256_file
+    from prevla_models import artifacts, zoo
 
     if cfg.model and not cfg.model.startswith("zoo:"):
-        return cfg.model, Path(cfg.model).stem, sha256_file(cfg.model)
+        checked = artifacts.verify(cfg.model, cfg.allow_unverified_models)
+        return checked.path, Path(cfg.model).stem, checked.sha256
     models = zoo.load_manifest()
     path = zoo.resolve(cfg.model, cfg.kind) if not cfg.model else None
     name = Path(path).stem if path else cfg.model[len("zoo:"):]
@@ -205,12 +211,15 @@ def _source(cfg: ExportConfig) -> tuple[str, str, str]:
 
 
 def _publish(cfg: ExportConfig, name: str, entry: dict, tmp: Path, final: Path) -> dict:
+    """Move the checked artifact into place, record its sha256 (sidecar + manifest entry)."""
     from prevla_models import zoo
-    from prevla_models.checkpoints import sha256_file
+    from prevla_models.artifacts import sha256_file, write_sidecar
 
     entry = json.loads(json.dumps(entry, default=str))  # plain YAML-able types only
+    digest = sha256_file(str(tmp))
     os.replace(tmp, final)
-    entry.update(file=final.name, sha256=sha256_file(str(final)), bytes=final.stat().st_size)
+    write_sidecar(final, digest)
+    entry.update(file=final.name, sha256=digest, bytes=final.stat().st_size)
     if not cfg.out_dir:
         zoo.put_entry(name, entry)
     else:
@@ -276,6 +285,7 @@ def build_tensorrt(cfg: ExportConfig) -> tuple[str, dict]:
     import tempfile
 
     from prevla_models import zoo
+    from prevla_models.artifacts import sha256_file, write_sidecar
     from prevla_models.checkpoints import load_any
     from prevla_models.graphs import TorchRunner
     from prevla_ros.runtime.engines.errors import EngineUnavailable
@@ -339,7 +349,10 @@ def build_tensorrt(cfg: ExportConfig) -> tuple[str, dict]:
         Path(f"{tmp}.json").unlink(missing_ok=True)
         raise
     os.replace(f"{tmp}.json", f"{final}.json")
+    description_sha = sha256_file(f"{final}.json")
+    write_sidecar(f"{final}.json", description_sha)
     entry = {"kind": kind, "format": "tensorrt", "source": source, "source_sha256": source_sha,
+             "description_sha256": description_sha,
              "precision": cfg.precision, "signature": onnx_entry["signature"], "image_side": cfg.image_side,
              "k_max": cfg.k_max, "parity": {**report, "tolerance": cfg.tolerance, "reference": "torch eager fp32 (GPU)"},
              "builder": {"tensorrt": trt.__version__, "build_s": round(build_s, 1)}, "target": target}
@@ -390,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out-dir", default="", help="write here instead of the zoo (and do not register)")
     p.add_argument("--name", default="", help="manifest entry name")
     p.add_argument("--device", default="cuda", help="TensorRT: GPU to build for")
+    p.add_argument("--allow-unverified-models", action="store_true",
+                   help="export a .pt whose sha256 matches no record (zoo manifest or FILE.sha256)")
     p.add_argument("--record-inputs", default="", metavar="DATA_DIR",
                    help="write the recorded parity inputs from a label-candidates directory and exit")
     a = p.parse_args(argv)
@@ -401,7 +416,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         cfg = ExportConfig(model=a.model, kind=a.kind, to=a.to, precision=a.precision, k_max=a.k_max,
                            image_side=a.image_side, opset=a.opset, inputs=a.inputs, tolerance=a.tolerance,
-                           out_dir=a.out_dir, name=a.name, device=a.device)
+                           out_dir=a.out_dir, name=a.name, device=a.device,
+                           allow_unverified_models=a.allow_unverified_models)
         name, entry = (export_onnx if cfg.to == "onnx" else build_tensorrt)(cfg)
     except (ValueError, FileNotFoundError, ExportError) as e:
         print(f"prevla export: {e}")

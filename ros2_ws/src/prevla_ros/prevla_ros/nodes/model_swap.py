@@ -44,7 +44,9 @@ class ModelSwapper:
     Loads the model of ``node.config`` (``checkpoint``, ``backend``, ``device``) at startup and
     hot-swaps it on a ``~/swap_model`` request (prevla_interfaces/SwapModel) or a change of
     those parameters; the node's other parameters become startup-only. The replacement is
-    loaded, checked and warmed up in a background thread while the old model keeps serving;
+    loaded, checked (its sha256 against its record: an unverified file is refused unless the
+    node's ``allow_unverified_models``) and warmed up in a background thread while the old
+    model keeps serving;
     a guard condition then switches to it on the executor thread, between two messages
     (the guard shares the node's default callback group with the message callbacks).
     A failed swap keeps the old model, logs why, answers ``success=false`` and, for a
@@ -81,7 +83,8 @@ class ModelSwapper:
         why and return ``fallback(reason)`` (a stand-in that holds and says why)."""
         c = self.node.config
         try:
-            staged = self.slot.prepare(c.checkpoint, c.backend, c.device)
+            staged = self.slot.prepare(c.checkpoint, c.backend, c.device,
+                                       allow_unverified=self._allow_unverified())
         except Exception as exc:  # noqa: BLE001 -- whatever broke, the node stays up and holds
             reason = f"{self.slot.kind} model {c.checkpoint or '(zoo default)'} unusable: {exc}"
             self.node.get_logger().error(
@@ -93,11 +96,16 @@ class ModelSwapper:
         return staged.adapter
 
     def values(self) -> dict[str, object]:
-        """Diagnostics values: the running model and the swaps so far."""
+        """Diagnostics values: the running model, whether it is verified, the swaps so far."""
         m = self.slot.loaded
         return {"backend": m.backend if m else "none", "model": m.name if m else "none",
-                "sha256": m.sha256[:12] if m else "", "swaps": self.swaps,
-                "swapping": self.busy}
+                "sha256": m.sha256[:12] if m else "",
+                "verified": ("none" if m is None else "UNVERIFIED" if m.unverified else "yes"),
+                "swaps": self.swaps, "swapping": self.busy}
+
+    def _allow_unverified(self) -> bool:
+        """The node's opt-in to model files whose sha256 matches no record (startup-only)."""
+        return bool(self.node.config.artifacts.allow_unverified_models)
 
     # --- starting a swap (executor thread) ------------------------------------------------
     def _begin(self, checkpoint: str, backend: str, device: str, sha256: str,
@@ -119,7 +127,8 @@ class ModelSwapper:
         t0 = time.perf_counter()
         try:
             swap.staged = self.slot.prepare(swap.checkpoint, swap.backend, swap.device,
-                                            expected_sha256=swap.sha256)
+                                            expected_sha256=swap.sha256,
+                                            allow_unverified=self._allow_unverified())
         except Exception as exc:  # noqa: BLE001 -- reported to the caller, old model kept
             swap.error = str(exc) or type(exc).__name__
         swap.load_ms = 1000 * (time.perf_counter() - t0)
@@ -196,8 +205,14 @@ class ModelSwapper:
             self._quiet = False
 
     def _log_loaded(self, staged: Staged, verb: str) -> None:
+        """One line per load: a warning when a broken artifact fell back or the file is
+        unverified (loaded by the opt-in), else info."""
         m = staged.loaded
         skipped = "".join(f"; skipped {note}" for note in m.notes)
-        self.node.get_logger().info(
-            f"{self.slot.kind} model {verb} {m.name} on {m.backend} ({m.device}), sha256 "
-            f"{m.sha256}, warm-up {staged.warmup_ms:.1f} ms{skipped}")
+        unverified = (f"; UNVERIFIED (allow_unverified_models is true): {m.unverified}"
+                      if m.unverified else "")
+        fell_back = f" (fell back: {len(m.fallbacks)} broken artifact(s) skipped)" if m.fallbacks else ""
+        log = self.node.get_logger()
+        (log.warning if m.fallbacks or m.unverified else log.info)(
+            f"{self.slot.kind} model {verb} {m.name} on {m.backend} ({m.device}){fell_back}, "
+            f"sha256 {m.sha256}, warm-up {staged.warmup_ms:.1f} ms{skipped}{unverified}")

@@ -17,6 +17,7 @@ from std_msgs.msg import String
 
 from prevla_ros import conversions as conv
 from prevla_ros.nodes.params import LATCHED_QOS, STREAM_QOS
+from prevla_ros.runtime.limits import PART_PROBLEMS, InputGuard, text_problem
 from prevla_ros.runtime.observation import ObservationAssembler
 
 #: part -> (message type, topic, message -> the part's value, raising ValueError)
@@ -32,18 +33,31 @@ PART_TOPICS: dict[str, tuple[type, str, Callable[[Any], Any]]] = {
 def subscribe_parts(node: Node, parts: tuple[str, ...],
                     add: Callable[[int, str, Callable[[], Any]], None],
                     convert: dict[str, Callable[[Any], Any]] | None = None,
-                    instruction: ObservationAssembler | None = None) -> None:
+                    instruction: ObservationAssembler | None = None,
+                    guard: InputGuard | None = None) -> None:
     """Subscribe ``node`` to each part's topic; a message calls ``add(stamp_ns, part,
     lambda: value)``, the conversion deferred so ``add`` decides how to handle its failure.
 
     ``convert`` replaces a part's conversion (e.g. an image size check of the node's own).
     With ``instruction`` the latched ``instruction`` topic sets that assembler's instruction.
+    With ``guard`` every message is first checked against the node's input limits (rate,
+    sizes, a stamp from the future; :class:`~prevla_ros.runtime.limits.InputGuard`): a
+    rejected one is dropped before it is converted (a rejected instruction leaves the last
+    accepted one in use).
     """
     if instruction is not None:
-        node.create_subscription(String, "instruction", lambda msg: setattr(
-            instruction, "instruction", msg.data), LATCHED_QOS)
+        def on_instruction(msg: String) -> None:
+            if guard is None or guard.admit("instruction", msg.data, text_problem):
+                instruction.instruction = msg.data
+
+        node.create_subscription(String, "instruction", on_instruction, LATCHED_QOS)
     for part in parts:
         kind, topic, default = PART_TOPICS[part]
         to_value = (convert or {}).get(part, default)
-        node.create_subscription(kind, topic, lambda msg, part=part, f=to_value: add(
-            conv.from_time(msg.header.stamp), part, lambda: f(msg)), STREAM_QOS)
+
+        def on_part(msg, part=part, topic=topic, f=to_value) -> None:
+            stamp = conv.from_time(msg.header.stamp)
+            if guard is None or guard.admit(topic, msg, PART_PROBLEMS[part], stamp):
+                add(stamp, part, lambda: f(msg))
+
+        node.create_subscription(kind, topic, on_part, STREAM_QOS)

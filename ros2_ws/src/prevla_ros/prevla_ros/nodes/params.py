@@ -43,12 +43,17 @@ def on_config_change(node: Node, current: Callable[[], C],
     """Validate run-time parameter changes through the config dataclass.
 
     ``apply(old, new)`` returns ``None`` to accept or a reason to reject; a rejected change
-    leaves the node running with its current config and logs why.
+    leaves the node running with its current config and logs why. Parameters that are not the
+    config's (rclpy's own ``use_sim_time``, another callback's) are left to their owners.
     """
     def callback(params) -> SetParametersResult:
         old = current()
+        known = settings(type(old))
+        changes = {p.name: p.value for p in params if p.name in known}
+        if not changes:
+            return SetParametersResult(successful=True)
         try:
-            new = update(old, {p.name: p.value for p in params})
+            new = update(old, changes)
         except (TypeError, ValueError) as exc:
             node.get_logger().error(f"rejected parameter change: {exc}")
             return SetParametersResult(successful=False, reason=str(exc))

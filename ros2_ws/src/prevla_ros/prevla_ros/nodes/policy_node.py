@@ -11,7 +11,10 @@ the ``checkpoint``, ``backend`` or ``device`` parameter does
 (:class:`~prevla_ros.nodes.model_swap.ModelSwapper`).
 
 A malformed input (wrong image encoding or size, bad joint state, ...) is logged and answered
-with a one-candidate *hold* set for that observation, so the robot holds and re-observes.
+with a one-candidate *hold* set for that observation, so the robot holds and re-observes. A
+message over the input limits (image side, instruction length, rate, a stamp from the future;
+:class:`~prevla_ros.runtime.limits.InputLimits`) or a request for more than ``limit_k``
+candidates is rejected before it is read, counted and logged at most every few seconds.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from prevla_interfaces.srv import SampleCandidates
 from rclpy.node import Node
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.diagnostics import ERROR, OK, WARN, Diagnostics
+from prevla_ros.nodes.diagnostics import ERROR, OK, WARN, Diagnostics, guarded
 from prevla_ros.nodes.model_swap import ModelSwapper
 from prevla_ros.nodes.observation_topics import subscribe_parts
 from prevla_ros.nodes.params import STATUS_QOS, STREAM_QOS, declare_config
@@ -31,6 +34,7 @@ from prevla_ros.nodes.process import run_node
 from prevla_ros.runtime.chunks import HOLD_SOURCE, hold_chunk
 from prevla_ros.runtime.configs import PolicyNodeConfig
 from prevla_ros.runtime.engines import LoadedModel, ModelSlot
+from prevla_ros.runtime.limits import k_problem, status_problem
 from prevla_ros.runtime.observation import PART_NAMES, ObservationAssembler
 from prevla_ros.runtime.policies import UnavailablePolicy
 from prevla_ros.runtime.types import (GRIPPER_OPEN, ActionChunk, CandidateSet, Observation,
@@ -59,26 +63,28 @@ class PolicyNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("policy_node", **kwargs)
         self.config = declare_config(self, PolicyNodeConfig)
+        self.health, self.guard = guarded(self, self.config)
         self.models = ModelSwapper(self, ModelSlot("vla", self._build_vla), self._install,
                                    None if self.config.policy == "vla" else
                                    f"policy is {self.config.policy}: it runs no VLA model")
         self.policy, parts = make_policy(self.config, self.get_logger(), self.models)
-        self.assembler = ObservationAssembler(required=parts)
+        self.assembler = ObservationAssembler(parts,
+                                              jump_back_s=self.config.limits.stamp_jump_back_s)
         self._last_obs: Observation | None = None
         self._held_stamps: set[int] = set()
         self._last_gripper = GRIPPER_OPEN
         self._deferred: Observation | None = None
         self._episode: tuple[str, int, int] | None = None
         self._stats = {"observations": 0, "candidate_sets": 0, "holds": 0,
-                       "resample_requests": 0, "last_error": ""}
+                       "resample_requests": 0}
         self._pub = self.create_publisher(CandidateSetMsg, "candidates", STREAM_QOS)
         size = self.config.image_size  # 0: any size
         image = partial(conv.msg_to_image, expected_hw=(size, size) if size else None)
         subscribe_parts(self, PART_NAMES, self._add, {"agentview": image, "wrist": image},
-                        instruction=self.assembler)
+                        instruction=self.assembler, guard=self.guard)
         self.create_subscription(EpisodeStatus, "episode_status", self._on_status, STATUS_QOS)
         self.create_service(SampleCandidates, "sample_candidates", self._on_sample_request)
-        Diagnostics(self, self._diagnostics)
+        self.diagnostics = Diagnostics(self, self._diagnostics, self.health, self.guard)
         self.get_logger().info(f"policy '{self.policy.policy_id}', K={self.config.num_candidates}"
                                f", H={self.config.horizon}")
 
@@ -103,16 +109,19 @@ class PolicyNode(Node):
             self._on_observation(obs)
 
     def _on_status(self, msg: EpisodeStatus) -> None:
+        if not self.guard.admit("episode_status", msg, status_problem):
+            return
         episode = (msg.suite, int(msg.task_id), int(msg.episode))
         if episode != self._episode and not msg.done:
             self._episode = episode
+            self.assembler.restart()  # a new episode may restart the stamps (sim time)
             try:
                 if isinstance(self.policy, ScriptedExpertPolicy):  # needs the task's goal
                     self.policy.set_task(msg.suite, int(msg.task_id))
                 else:
                     self.policy.reset()
             except (ValueError, KeyError) as exc:
-                self._error(f"cannot set task {msg.suite}/{msg.task_id}: {exc}")
+                self.health.error(f"cannot set task {msg.suite}/{msg.task_id}: {exc}")
             if self._deferred is not None:
                 obs, self._deferred = self._deferred, None
                 self._on_observation(obs)
@@ -147,6 +156,11 @@ class PolicyNode(Node):
         self._stats["resample_requests"] += 1
         obs = self._last_obs
         stamp = conv.from_time(request.observation_stamp)
+        if not self.guard.admit("sample_candidates", int(request.k), k_problem):
+            response.ok, response.reason = False, (
+                f"refused: k={request.k} > limit_k {self.config.limits.limit_k}, or requests "
+                "above limit_rate_hz")
+            return response
         if obs is None or obs.stamp_ns != stamp:
             response.ok, response.reason = False, "no observation with that stamp (stale request)"
             return response
@@ -161,7 +175,7 @@ class PolicyNode(Node):
 
     def _hold(self, stamp_ns: int, reason: str) -> None:
         """Log the problem and answer this observation with a single hold candidate."""
-        self._error(reason)
+        self.health.error(reason)
         if stamp_ns in self._held_stamps:
             return  # one hold per observation, however many of its parts were bad
         self._held_stamps = {s for s in self._held_stamps if s >= stamp_ns - 60_000_000_000}
@@ -173,14 +187,10 @@ class PolicyNode(Node):
             stamp_ns=stamp_ns)))
         self._stats["holds"] += 1
 
-    def _error(self, reason: str) -> None:
-        self._stats["last_error"] = reason
-        self.get_logger().error(reason)
-
     def _diagnostics(self):
         values = {**self._stats, **self.models.values()}
-        if self._stats["last_error"]:
-            return ERROR, self._stats["last_error"], values
+        if isinstance(self.policy, UnavailablePolicy):  # lasts until a model loads
+            return ERROR, self.policy.reason, values
         if self._stats["candidate_sets"] == 0:
             return WARN, "waiting for a complete observation", values
         return OK, "sampling", values

@@ -8,7 +8,9 @@ Subscribes: ``action_chunk`` (prevla_interfaces/ActionChunk), executed one actio
 control step; cameras are rendered only when the next observation is due.
 
 An invalid chunk (wrong shape or dimension, NaN, stale stamp) is logged and answered with a
-hold (zero motion, gripper unchanged) followed by a fresh observation.
+hold (zero motion, gripper unchanged) followed by a fresh observation. A chunk over the input
+limits (``limit_chunk_length``, ``limit_rate_hz``) is dropped before it is read, counted and
+logged at most every few seconds.
 """
 from __future__ import annotations
 
@@ -22,11 +24,12 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import String
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.diagnostics import OK, WARN, Diagnostics
+from prevla_ros.nodes.diagnostics import OK, Diagnostics, guarded
 from prevla_ros.nodes.params import (LATCHED_QOS, STATUS_QOS, STREAM_QOS, declare_config,
                                       on_config_change)
 from prevla_ros.nodes.process import run_node
 from prevla_ros.runtime.chunks import ActionChunkBroker, chunk_problem, hold_chunk
+from prevla_ros.runtime import limits
 from prevla_ros.runtime.configs import SimNodeConfig
 from prevla_ros.runtime.types import ACTION_DIM
 from prevla_sim.libero_env import LiberoEnv, LiberoEnvConfig, num_init_states
@@ -46,6 +49,7 @@ class SimNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("sim_node", **kwargs)
         self.config = declare_config(self, SimNodeConfig)
+        self.health, self.guard = guarded(self, self.config)
         self.env = LiberoEnv(env_config(self.config))  # ValueError names a bad task field
         self.broker = ActionChunkBroker(self.config.execute_steps)
         self.episode = 0
@@ -55,7 +59,7 @@ class SimNode(Node):
         self._pending_config: SimNodeConfig | None = None
         self._finished = False
         self._stats = {"episodes": 0, "successes": 0, "invalid_chunks": 0, "stale_chunks": 0,
-                       "timeouts_republished": 0, "last_error": ""}
+                       "timeouts_republished": 0}
         self._image_pubs = {c: self.create_publisher(Image, f"{c}/image_raw", STREAM_QOS)
                             for c in ("agentview", "wrist")}
         self._joint_pub = self.create_publisher(JointState, "joint_states", STREAM_QOS)
@@ -69,7 +73,7 @@ class SimNode(Node):
         if rate > 0:
             self.create_timer(1.0 / rate, self._tick)
         self.create_timer(0.5, self._watchdog)
-        Diagnostics(self, self._diagnostics)
+        self.diagnostics = Diagnostics(self, self._diagnostics, self.health, self.guard)
         self._start_timer = self.create_timer(self.config.start_delay_s, self._first_episode)
 
     # --- episodes -------------------------------------------------------------------------
@@ -142,11 +146,14 @@ class SimNode(Node):
         self._awaiting, self._obs_time = stamp, time.monotonic()
 
     def _on_chunk(self, msg: ActionChunkMsg) -> None:
+        if not self.guard.admit("action_chunk", msg, limits.chunk_problem):
+            return  # over a limit: dropped before it is read (counted, logged)
         stamp = conv.from_time(msg.header.stamp)
         if self._awaiting is None or stamp != self._awaiting:
             self._stats["stale_chunks"] += 1
             self.get_logger().warning(f"ignoring chunk for stamp {stamp}: not the observation "
-                                      f"awaiting an answer ({self._awaiting})")
+                                      f"awaiting an answer ({self._awaiting})",
+                                      throttle_duration_sec=limits.LOG_EVERY_S)
             return
         try:
             chunk = conv.msg_to_chunk(msg, expected_dim=ACTION_DIM)
@@ -155,7 +162,7 @@ class SimNode(Node):
                 raise ValueError(problem)
         except ValueError as exc:
             self._stats["invalid_chunks"] += 1
-            self._error(f"invalid chunk from '{msg.source}': {exc}; holding")
+            self.health.error(f"invalid chunk from '{msg.source}': {exc}; holding")
             chunk = hold_chunk(self.config.hold_steps, self.broker.last_gripper, stamp)
         self._awaiting = None
         self.broker.load(chunk)
@@ -173,7 +180,7 @@ class SimNode(Node):
         try:
             done, success = self.env.step(action)
         except Exception as exc:  # a simulator fault ends the episode, not the node
-            self._error(f"simulator step failed: {exc}")
+            self.health.error(f"simulator step failed: {exc}")
             self._finish_episode(False, "error", str(exc))
             return False
         if done or success:
@@ -203,17 +210,9 @@ class SimNode(Node):
         msg.header = conv.header(self.get_clock().now().nanoseconds)
         self._status_pub.publish(msg)
 
-    def _error(self, reason: str) -> None:
-        self._stats["last_error"] = reason
-        self.get_logger().error(reason)
-
     def _diagnostics(self):
         values = dict(self._stats, episode=self.episode, step=self.env.step_count)
-        if self._finished:
-            return OK, "all episodes finished", values
-        if self._stats["last_error"]:
-            return WARN, self._stats["last_error"], values
-        return OK, "running", values
+        return OK, "all episodes finished" if self._finished else "running", values
 
     def destroy_node(self) -> None:
         self.env.close()

@@ -6,35 +6,30 @@ Subscribes: ``candidates`` (prevla_interfaces/CandidateSet), ``eef_pose`` (PoseS
 Publishes: ``action_chunk`` (ActionChunk), ``verdict`` (Verdict), ``approved_path``
 (visualization_msgs/MarkerArray), ``/diagnostics``.
 
-With ``verifier: model`` a candidate set is scored against the observation whose stamp its
-header carries (the policy node answers each observation under its stamp). A set whose
-observation is still arriving waits for it, up to ``OBSERVATION_WAIT_S``
-(:class:`~prevla_ros.runtime.observation.ObservationWait`: topics are not ordered across each
-other). A set whose observation is unknown (older stamp) or malformed gets a hold. A
-verifier model that cannot be loaded is logged once and every decision is a hold that
-says why; the node stays up.
+With ``verifier: model`` a set is scored against the observation its stamp names; a set
+whose observation is still arriving waits for it up to ``OBSERVATION_WAIT_S``
+(:class:`~prevla_ros.runtime.observation.ObservationWait`); one whose observation is unknown
+or malformed, or a verifier model that cannot be loaded, gets a hold that says why. A set or
+part over the input limits (:class:`~prevla_ros.runtime.limits.InputLimits`) is dropped before
+it is read, counted and logged at most every few seconds; the node stays up.
 
-The model runs on ``backend`` / ``device`` (fallback chain tensorrt -> onnxruntime -> torch,
-:mod:`prevla_ros.runtime.engines`) and is hot-swapped, between two candidate sets, by the
-``~/swap_model`` service (prevla_interfaces/SwapModel) or a change of ``checkpoint``,
-``backend`` or ``device`` (:class:`~prevla_ros.nodes.model_swap.ModelSwapper`).
+The model runs on ``backend`` / ``device`` (fallback chain tensorrt -> onnxruntime -> torch)
+and is hot-swapped between two candidate sets by ``~/swap_model`` (prevla_interfaces/SwapModel)
+or a change of ``checkpoint``, ``backend`` or ``device``
+(:class:`~prevla_ros.nodes.model_swap.ModelSwapper`).
 
-Resampling (``verifier: model``, ``resample: true``): when no candidate of a set passes tau,
-the node asks policy_node's ``sample_candidates`` service (prevla_interfaces/SampleCandidates)
-for more candidates of the same observation and decides again, asynchronously (the node keeps
-taking messages): a late, refused or malformed answer, no service, or a newer set ends it with
-the scheduler's fallback; with ``overlap`` the next round is requested while one is scored.
-The rules are :class:`~prevla_ros.runtime.resampling_driver.ResamplingDriver`'s; this node
-wires it to the service client and to timers.
+Resampling (``verifier: model``, ``resample: true``): when no candidate passes tau, the node
+asks policy_node's ``sample_candidates`` service for more candidates of the same observation
+and decides again, asynchronously; a late, refused or malformed answer, no service, or a newer
+set ends it with the scheduler's fallback (whose verdict names the candidate executed); with
+``overlap`` the next round is requested while one is scored. The rules are
+:class:`~prevla_ros.runtime.resampling_driver.ResamplingDriver`'s; this node wires it up.
 
-Mode ``imagine``: the verifier gates imagination, not execution. Each candidate set is
-answered with the gated subset on ``imagine_candidates`` (CandidateSet, same stamp and
-policy id; empty when nothing passes): the candidates with P(safe) >= ``imagine_threshold``
-(0: tau), highest predicted advantage first, at most ``imagine_max_candidates``
-(:meth:`Scheduler.gate`), plus a Verdict with ``MODE_IMAGINE`` whose ``accepted_index`` is the
-first forwarded candidate. Nothing is resampled, and neither ``action_chunk`` nor
-``approved_path`` is published: world_model_node (``source: imagine_candidates``) rolls the
-forwarded candidates out.
+Mode ``imagine``: each set is answered on ``imagine_candidates`` (same stamp and policy id;
+empty when nothing passes) with the candidates whose P(safe) >= ``imagine_threshold`` (0: tau),
+best predicted advantage first, at most ``imagine_max_candidates`` (:meth:`Scheduler.gate`),
+plus a ``MODE_IMAGINE`` Verdict whose ``accepted_index`` is the first forwarded one. Nothing is
+resampled, executed or drawn: world_model_node (``source: imagine_candidates``) rolls them out.
 """
 from __future__ import annotations
 
@@ -51,13 +46,14 @@ from rclpy.task import Future
 from visualization_msgs.msg import MarkerArray
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.diagnostics import ERROR, OK, WARN, Diagnostics
+from prevla_ros.nodes.diagnostics import ERROR, OK, WARN, Diagnostics, guarded
 from prevla_ros.nodes.model_swap import ModelSwapper
 from prevla_ros.nodes.observation_topics import subscribe_parts
 from prevla_ros.nodes.params import STREAM_QOS, declare_config
 from prevla_ros.nodes.process import run_node
 from prevla_ros.runtime.configs import VerifierNodeConfig
 from prevla_ros.runtime.engines import LoadedModel, ModelSlot
+from prevla_ros.runtime.limits import InputLimits, candidate_set_problem, summary
 from prevla_ros.runtime.observation import OBSERVATION_WAIT_S, ObservationIntake, ObservationWait
 from prevla_ros.runtime.resampling_driver import Answer, ResamplingDriver, SamplingFailed
 from prevla_ros.runtime.scheduler import OUTCOME_HOLD, Decision, Scheduler, UnavailableScorer
@@ -84,6 +80,7 @@ class VerifierNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("verifier_node", **kwargs)
         self.config = c = declare_config(self, VerifierNodeConfig)
+        self.health, self.guard = guarded(self, c)
         model = c.scheduler.verifier == "model"
         self.scheduler = Scheduler(c.scheduler)
         self.models = ModelSwapper(self, ModelSlot("verifier", build_scorer), self._install,
@@ -95,9 +92,10 @@ class VerifierNode(Node):
                        "last_resample_ms": 0.0, "last_verify_ms": 0.0, "last_outcome": "",
                        "last_p_safe_max": float("nan")}
         self._install(self.models.load(UnavailableScorer) if model else None)  # + thresholds
-        self.intake = ObservationIntake(keep=KEEP_OBSERVATIONS)
+        self.intake = ObservationIntake(keep=KEEP_OBSERVATIONS,
+                                        jump_back_s=c.limits.stamp_jump_back_s)
         # verdicts keep the order of their candidate sets: a newer set answers a waiting one
-        self.waiting = ObservationWait(self.intake, self._decide, self.get_logger().error,
+        self.waiting = ObservationWait(self.intake, self._decide, self.health.error,
                                        in_order=True, assemble=model)
         self._eef, self._last_gripper = None, GRIPPER_OPEN
         self._sampler = self.resampler = None  # imagine mode never resamples: it gates
@@ -117,10 +115,10 @@ class VerifierNode(Node):
         # the model verifier sees what the policy saw; any verifier draws paths from the eef
         subscribe_parts(self, self.intake.assembler.required if model else ("eef",),
                         self.waiting.add, {"eef": self._pose},
-                        instruction=self.intake.assembler if model else None)
+                        instruction=self.intake.assembler if model else None, guard=self.guard)
         if model:
             self.create_timer(OBSERVATION_WAIT_S / 4, self.waiting.expire)
-        Diagnostics(self, self._diagnostics)
+        self.diagnostics = Diagnostics(self, self._diagnostics, self.health, self.guard)
         self.get_logger().info(f"verifier '{self.scheduler.verifier_id}' ({c.scheduler.verifier})"
                                f" in {c.scheduler.mode} mode, tau={self.scheduler.threshold:.3f}")
 
@@ -138,9 +136,12 @@ class VerifierNode(Node):
         return pose
 
     def _on_candidates(self, msg: CandidateSetMsg) -> None:
+        stamp = conv.from_time(msg.header.stamp)
+        if not self.guard.admit("candidates", msg, candidate_set_problem, stamp):
+            return  # over a limit: dropped before any candidate is read (counted, logged)
         scores = (self.config.scheduler.verifier == "model"  # else no observation is needed
                   and getattr(self.scheduler.scorer, "available", True))
-        self.waiting.offer(conv.from_time(msg.header.stamp), msg, wait=scores)
+        self.waiting.offer(stamp, msg, wait=scores)
 
     # --- decision -------------------------------------------------------------------------
     def _decide(self, stamp: int, msg: CandidateSetMsg) -> None:
@@ -169,7 +170,8 @@ class VerifierNode(Node):
         future = self._sampler.call_async(SampleCandidates.Request(
             observation_stamp=conv.to_time(stamp_ns), k=k, temperature=temperature,
             round=round_))
-        future.add_done_callback(lambda f: self.resampler.answered(f, lambda: _read(f)))
+        future.add_done_callback(lambda f: self.resampler.answered(
+            f, lambda: _read(f, self.config.limits)))
         return future
 
     # --- outputs --------------------------------------------------------------------------
@@ -206,8 +208,9 @@ class VerifierNode(Node):
                  hold: str) -> None:
         """Both modes: the verdict, its log lines (``hold`` says what a hold means) and counts."""
         stamp, s = conv.from_time(msg.header.stamp), self._stats
-        for index, why in decision.rejected.items():
-            self.get_logger().error(f"candidate #{index} from '{msg.policy_id}' rejected: {why}")
+        if decision.rejected:  # one line per set, however many were rejected
+            self.health.error(f"stamp {stamp}: {len(decision.rejected)} candidate(s) from "
+                        f"'{msg.policy_id}' rejected: {summary(decision.rejected)}")
         if decision.outcome == OUTCOME_HOLD:
             self.get_logger().warning(f"stamp {stamp}: {hold}: {decision.reason}")
             s["holds"] += 1
@@ -229,15 +232,19 @@ class VerifierNode(Node):
             return ERROR, f"verifier unavailable: {scorer.reason}", values
         if self._stats["decisions"] == 0:
             return WARN, "waiting for candidates", values
-        level = ERROR if self._stats["last_outcome"] == OUTCOME_HOLD else OK
+        # a hold is a safe outcome, not a fault: errors come from the health window
+        level = WARN if self._stats["last_outcome"] == OUTCOME_HOLD else OK
         return level, f"last decision: {self._stats['last_outcome']}", values
 
 
-def _read(future: Future) -> Answer:
-    """A ``sample_candidates`` answer: (the stamp it answers, its candidates)."""
+def _read(future: Future, limits: InputLimits) -> Answer:
+    """A ``sample_candidates`` answer: (the stamp it answers, its candidates); one over the
+    limits is a failed round (counted in ``resample_failures``), never read."""
     response = future.result()
     if not response.ok:
         raise SamplingFailed(f"policy_node could not resample: {response.reason}")
+    if problem := candidate_set_problem(response.candidates, limits):
+        raise SamplingFailed(f"policy_node's answer is over the limits: {problem}")
     return (conv.from_time(response.candidates.header.stamp),
             conv.msg_to_candidate_arrays(response.candidates))
 

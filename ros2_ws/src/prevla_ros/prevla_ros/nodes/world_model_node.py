@@ -16,8 +16,10 @@ in time), each cell frame_size x frame_size (64 px): rviz shows it as an Image d
 the real camera. Chunks whose observation is still arriving wait for it up to
 ``OBSERVATION_WAIT_S`` (:class:`~prevla_ros.runtime.observation.ObservationWait`). Bad input
 (malformed or wrongly sized image, NaN or wrongly shaped chunk, no matching observation) is
-logged in one line and counted; a world model that cannot be loaded is logged once; the node
-stays up either way.
+logged in one line and counted; a message over the input limits (K, chunk length, image side,
+rate, a stamp from the future: :class:`~prevla_ros.runtime.limits.InputLimits`) is dropped
+before it is read, counted and logged at most every few seconds; a world model that cannot be
+loaded is logged once; the node stays up either way.
 """
 from __future__ import annotations
 
@@ -29,12 +31,13 @@ from sensor_msgs.msg import Image
 from visualization_msgs.msg import Marker, MarkerArray
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.diagnostics import ERROR, OK, WARN, Diagnostics
+from prevla_ros.nodes.diagnostics import ERROR, OK, WARN, Diagnostics, guarded
 from prevla_ros.nodes.observation_topics import subscribe_parts
 from prevla_ros.nodes.params import STREAM_QOS, declare_config
 from prevla_ros.nodes.process import run_node
 from prevla_ros.runtime.configs import WorldModelNodeConfig
 from prevla_ros.runtime.imagination import Imaginer, RateGate, tile
+from prevla_ros.runtime.limits import candidate_set_problem, chunk_problem, summary
 from prevla_ros.runtime.observation import OBSERVATION_WAIT_S, ObservationIntake, ObservationWait
 from prevla_ros.runtime.types import Observation
 
@@ -48,20 +51,27 @@ class WorldModelNode(Node):
     def __init__(self, **kwargs) -> None:
         super().__init__("world_model_node", **kwargs)
         self.config = c = declare_config(self, WorldModelNodeConfig)
+        self.health, self.guard = guarded(self, c)
         self.imaginer: Imaginer | None = None
         self.unavailable = ""
         try:
-            self.imaginer, path = Imaginer.from_checkpoint(c.checkpoint, c.device)
+            self.imaginer, checked = Imaginer.from_checkpoint(
+                c.checkpoint, c.device, c.artifacts.allow_unverified_models)
             self.imaginer.every(c.frames_per_chunk)
-            self.get_logger().info(f"world model {path} on {self.imaginer.device}, "
-                                   f"{c.frames_per_chunk} frames per chunk, source {c.source}")
+            log = self.get_logger()
+            (log.warning if checked.problem else log.info)(
+                f"world model {checked.path} on {self.imaginer.device}, sha256 {checked.sha256}, "
+                f"{c.frames_per_chunk} frames per chunk, source {c.source}"
+                + (f"; UNVERIFIED (allow_unverified_models is true): {checked.problem}"
+                   if checked.problem else ""))
         except Exception as exc:  # noqa: BLE001 -- whatever broke, the node stays up
             self.imaginer = None
             self.unavailable = (f"world model {c.checkpoint or '(zoo default)'} unusable: "
                                 f"{exc}")
             self.get_logger().error(f"{self.unavailable}; imagining nothing (restart with a "
                                     "usable checkpoint)")
-        self.intake = ObservationIntake(("agentview", "joints", "eef"), KEEP_OBSERVATIONS)
+        self.intake = ObservationIntake(("agentview", "joints", "eef"), KEEP_OBSERVATIONS,
+                                        c.limits.stamp_jump_back_s)
         self.waiting = ObservationWait(self.intake, self._process, self._error)
         self.rate = RateGate(c.max_rate_hz)
         self._ms_total = 0.0
@@ -71,13 +81,13 @@ class WorldModelNode(Node):
         self._image_pub = self.create_publisher(Image, "imagined/image_raw", STREAM_QOS)
         self._marker_pub = self.create_publisher(MarkerArray, "imagined_path", 5)
         subscribe_parts(self, self.intake.assembler.required, self.waiting.add,
-                        {"agentview": self._image})
+                        {"agentview": self._image}, guard=self.guard)
         if c.source == "approved":
             self.create_subscription(ActionChunkMsg, "action_chunk", self._on_chunk, STREAM_QOS)
         else:
             self.create_subscription(CandidateSetMsg, c.source, self._on_set, STREAM_QOS)
         self.create_timer(OBSERVATION_WAIT_S / 4, self.waiting.expire)
-        Diagnostics(self, self._diagnostics)
+        self.diagnostics = Diagnostics(self, self._diagnostics, self.health, self.guard)
 
     # --- observations ---------------------------------------------------------------------
     def _image(self, msg: Image) -> np.ndarray:
@@ -90,6 +100,8 @@ class WorldModelNode(Node):
     # --- chunks ---------------------------------------------------------------------------
     def _on_chunk(self, msg: ActionChunkMsg) -> None:
         stamp = conv.from_time(msg.header.stamp)
+        if not self.guard.admit("action_chunk", msg, chunk_problem, stamp):
+            return  # over a limit: dropped before it is read (counted, logged)
         try:
             chunks = [conv.msg_to_chunk(msg).actions]
         except ValueError as exc:
@@ -98,9 +110,12 @@ class WorldModelNode(Node):
         self._receive(stamp, chunks)
 
     def _on_set(self, msg: CandidateSetMsg) -> None:
+        stamp = conv.from_time(msg.header.stamp)
+        if not self.guard.admit(self.config.source, msg, candidate_set_problem, stamp):
+            return  # over a limit: dropped before any candidate is read (counted, logged)
         chunks = conv.msg_to_candidate_arrays(msg)
         if chunks:  # an empty gated set: the verifier forwarded nothing, nothing to do
-            self._receive(conv.from_time(msg.header.stamp), chunks)
+            self._receive(stamp, chunks)
 
     def _receive(self, stamp: int, chunks: list[np.ndarray]) -> None:
         if self.imaginer is None:
@@ -117,13 +132,11 @@ class WorldModelNode(Node):
                         f"{len(chunks)} chunk(s) not imagined")
             return
         c = self.config
-        good = []
-        for i, actions in enumerate(chunks):
-            problem = self.imaginer.chunk_problem(actions)
-            if problem:
-                self._error(f"stamp {stamp}: chunk #{i} not imagined: {problem}")
-            else:
-                good.append(actions)
+        problems = {i: p for i, a in enumerate(chunks) if (p := self.imaginer.chunk_problem(a))}
+        if problems:  # one line per message, however many chunks it had
+            self._error(f"stamp {stamp}: {len(problems)} chunk(s) not imagined: "
+                        f"{summary(problems)}")
+        good = [a for i, a in enumerate(chunks) if i not in problems]
         good = good[:c.max_candidates]
         if not good or not self.rate.allow():  # above max_rate_hz: dropped, counted
             return
@@ -155,7 +168,7 @@ class WorldModelNode(Node):
 
     def _error(self, line: str) -> None:
         self._stats["errors"] += 1
-        self.get_logger().error(line)
+        self.health.error(line)
 
     def _diagnostics(self):
         values = {**self._stats, "observations": self.waiting.observations,

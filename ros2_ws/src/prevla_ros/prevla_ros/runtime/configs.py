@@ -11,6 +11,8 @@ import re
 from dataclasses import dataclass
 
 from prevla_ros.runtime.engines.loader import BACKENDS, DEVICES
+from prevla_ros.runtime.health import HealthConfig
+from prevla_ros.runtime.limits import InputLimits
 from prevla_ros.runtime.scheduler_config import SchedulerConfig
 from prevla_ros.runtime.settings import check, section, setting, settings
 
@@ -21,16 +23,27 @@ POLICIES = ("scripted_expert", "vla", "remote")
 
 def _model_help(kind: str, when: str, unusable: str) -> str:
     return (f"{kind} model ({when}): a file (.pt, .onnx, .engine), zoo:NAME from "
-            f"models/zoo/manifest.yaml, or empty for the zoo's default {kind} (sha256-checked); "
-            f"a missing or corrupt file at startup is logged and {unusable}. Changing checkpoint, "
+            f"models/zoo/manifest.yaml, or empty for the zoo's default {kind}; any file is "
+            "sha256-checked against its record (see allow_unverified_models). A missing, corrupt "
+            f"or unverified file at startup is logged and {unusable}. Changing checkpoint, "
             "backend or device at run time hot-swaps the model (reverted if it fails)")
 
 
-BACKEND_HELP = ("runtime backend of the model: " + ", ".join(BACKENDS) + "; the fallback chain "
-                "tensorrt -> onnxruntime -> torch starts at the one named (auto = at the top), "
-                "and a backend that cannot run here logs why and the next is tried")
+BACKEND_HELP = ("runtime backend of the model: " + ", ".join(BACKENDS) + "; auto walks the "
+                "fallback chain tensorrt -> onnxruntime -> torch and logs each backend it skips "
+                "and why; a named backend runs the model or the model is unusable (never a "
+                "silent switch)")
 DEVICE_HELP = ("device of the model: auto (cuda when a GPU is visible, else cpu), cpu, cuda or "
                "cuda:N")
+
+
+def _limits(takes: str, *, hide: tuple[str, ...] = ()):
+    """The node's :class:`InputLimits` section; ``hide``: the bounds of inputs it does not take."""
+    return section(InputLimits, f"bounds of the inputs ({takes})", hidden=hide)
+
+
+def _health():
+    return section(HealthConfig, "how /diagnostics recovers after an error")
 
 
 def _check_device(config, n: str) -> None:
@@ -44,6 +57,22 @@ def _check_engine(config, n: str) -> None:
     check(config.backend in BACKENDS, n, "backend",
           f"must be one of {BACKENDS}, got {config.backend!r}")
     _check_device(config, n)
+
+
+@dataclass
+class ArtifactsConfig:
+    """Which model files may serve (composed into every node that loads one): a file whose
+    sha256 matches no record is refused unless opted in (:mod:`prevla_models.artifacts`)."""
+
+    allow_unverified_models: bool = setting(
+        "load a model file even when its sha256 matches no record (the zoo manifest, or the "
+        "FILE.sha256 sidecar that prevla export, the zoo tools and training write): missing "
+        "or different. false refuses it with one log line naming the file and both digests, "
+        "and the node stays up holding; true loads it and logs that it is unverified", False)
+
+    def __post_init__(self) -> None:
+        check(isinstance(self.allow_unverified_models, bool), type(self).__name__,
+              "allow_unverified_models", f"must be true or false, got {self.allow_unverified_models!r}")
 
 
 @dataclass
@@ -75,6 +104,10 @@ class SimNodeConfig:
                                      "scripted expert; a real robot has none)", True, runtime=True)
     start_delay_s: float = setting("seconds to wait after startup before the first observation "
                                  "(lets subscribers connect)", 0.5)
+    limits: InputLimits = _limits("action_chunk", hide=(
+        "limit_k", "limit_image_side", "limit_instruction_chars", "max_future_stamp_s",
+        "stamp_jump_back_s"))
+    health: HealthConfig = _health()
 
     def __post_init__(self) -> None:
         n = type(self).__name__
@@ -110,6 +143,7 @@ class PolicyNodeConfig:
                             runtime=True)
     backend: str = setting(BACKEND_HELP + " (policy vla)", "auto", runtime=True)
     device: str = setting(DEVICE_HELP + " (policy vla)", "auto", runtime=True)
+    artifacts: ArtifactsConfig = section(ArtifactsConfig, "model file verification (policy vla)")
     remote_url: str = setting("policy server URL (policy remote); an unreachable server is "
                             "logged and answered with hold chunks", "ws://127.0.0.1:8000")
     remote_timeout_s: float = setting("longest wait for a policy server to connect or reply",
@@ -122,6 +156,9 @@ class PolicyNodeConfig:
     seed: int = setting("random seed of the sampler", 0)
     image_size: int = setting("expected camera resolution; other sizes are rejected "
                             "(0 accepts any)", 128)
+    limits: InputLimits = _limits("observation parts, instruction, sample_candidates requests",
+                                  hide=("limit_chunk_length",))
+    health: HealthConfig = _health()
 
     def __post_init__(self) -> None:
         n = type(self).__name__
@@ -132,8 +169,9 @@ class PolicyNodeConfig:
                f"must start with ws:// or wss://, got {self.remote_url!r}")
         check(self.remote_timeout_s > 0, n, "remote_timeout_s",
                f"must be > 0, got {self.remote_timeout_s}")
-        check(1 <= self.num_candidates <= 256, n, "num_candidates",
-               f"must be in [1, 256], got {self.num_candidates}")
+        k_max = min(256, self.limits.limit_k)
+        check(1 <= self.num_candidates <= k_max, n, "num_candidates",
+               f"must be in [1, {k_max}] (256 and limit_k), got {self.num_candidates}")
         check(1 <= self.horizon <= 256, n, "horizon", f"must be in [1, 256], got {self.horizon}")
         check(self.noise_std >= 0, n, "noise_std", f"must be >= 0, got {self.noise_std}")
         check(self.temperature >= 0, n, "temperature",
@@ -150,6 +188,7 @@ class VerifierNodeConfig:
                             "", runtime=True)
     backend: str = setting(BACKEND_HELP + " (verifier model)", "auto", runtime=True)
     device: str = setting(DEVICE_HELP + " (verifier model)", "auto", runtime=True)
+    artifacts: ArtifactsConfig = section(ArtifactsConfig, "model file verification")
     marker_frame: str = setting("frame of the approved-path markers", "world")
     resample: bool = setting("verifier model: when no candidate of a set passes tau, ask "
                            "policy_node for more (its sample_candidates service) within "
@@ -161,6 +200,9 @@ class VerifierNodeConfig:
                                       "fallback", 1.0)
     scheduler: SchedulerConfig = section(SchedulerConfig, "the decision settings",
                                          verifier="model")
+    limits: InputLimits = _limits("candidates, observation parts, instruction, "
+                                  "sample_candidates answers")
+    health: HealthConfig = _health()
 
     def __post_init__(self) -> None:
         n = type(self).__name__
@@ -175,10 +217,12 @@ class WorldModelNodeConfig:
     ``ros2 launch ... use_world_model:=true`` or ``prevla up --world-model``)."""
 
     checkpoint: str = setting("world model: a .pt file, zoo:NAME from models/zoo/manifest.yaml, "
-                            "or empty for the zoo's default world model; a missing or corrupt "
-                            "file is logged and the node stays up imagining nothing (an error "
-                            "in /diagnostics)", "")
+                            "or empty for the zoo's default world model (sha256-checked against "
+                            "its record: see allow_unverified_models); a missing, corrupt or "
+                            "unverified file is logged and the node stays up imagining nothing "
+                            "(an error in /diagnostics)", "")
     device: str = setting(DEVICE_HELP, "auto")
+    artifacts: ArtifactsConfig = section(ArtifactsConfig, "model file verification")
     source: str = setting("chunks to imagine: approved (action_chunk, what the verifier approved), "
                         "candidates (every candidate of the policy's set, ungated) or "
                         "imagine_candidates (the set verifier_node forwards in mode imagine)",
@@ -192,6 +236,9 @@ class WorldModelNodeConfig:
                                "rate is dropped and counted as skipped (0 = no limit)", 5.0)
     frame_id: str = setting("frame_id of the imagined images", "agentview_camera")
     marker_frame: str = setting("frame of the imagined-path markers", "world")
+    limits: InputLimits = _limits("chunks or candidate sets, observation parts",
+                                  hide=("limit_instruction_chars",))
+    health: HealthConfig = _health()
 
     def __post_init__(self) -> None:
         n = type(self).__name__

@@ -25,6 +25,8 @@ class Decision:
     where nothing was scored (passthrough, or the model verifier could not score). After
     resampling (:meth:`Scheduler.run`, :class:`Resampling`) they, ``accepted_index`` and
     ``rejected`` span every candidate of every round, in the order they were drawn.
+    ``accepted_index`` names the candidate whose chunk is published: the accepted one, or for
+    ``fallback_best`` the safest one executed; -1 only for a hold.
     ``verify_ms`` is the time the verifier took (the scoring call for ``model``).
     """
 

@@ -7,11 +7,15 @@ chunk, a column per imagined frame, in time order) that rviz shows beside the re
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from prevla_ros.runtime.chunks import chunk_problem
 from prevla_ros.runtime.types import Observation
+
+if TYPE_CHECKING:
+    from prevla_models.artifacts import Verified
 
 #: Chunks with any |action| above this are not imagined (same limit as the verifier's).
 MAX_ABS_ACTION = 10.0
@@ -33,16 +37,19 @@ class Imaginer:
                                                           cfg.action_dim)
 
     @classmethod
-    def from_checkpoint(cls, spec: str, device: str = "auto") -> tuple["Imaginer", str]:
-        """Load ``spec`` ("" = the zoo's default world model, zoo:NAME or a file); returns the
-        imaginer and the resolved path. Raises FileNotFoundError / ValueError saying why."""
+    def from_checkpoint(cls, spec: str, device: str = "auto",
+                        allow_unverified: bool = False) -> tuple["Imaginer", "Verified"]:
+        """Load ``spec`` ("" = the zoo's default world model, zoo:NAME or a file), sha256-checked
+        against its record (refused if it has none that matches, unless ``allow_unverified``:
+        :mod:`prevla_models.artifacts`); returns the imaginer and the checked file (path,
+        sha256, record or why it is unverified). Raises FileNotFoundError / ValueError saying why."""
         from prevla_models.world_model import load_checkpoint
-        from prevla_models.zoo import resolve
+        from prevla_models.zoo import resolve_file
         from prevla_ros.runtime.engines import resolve_device
 
-        path = resolve(spec, "world_model")
-        model, _ = load_checkpoint(path, map_location="cpu")
-        return cls(model, resolve_device(device)), path
+        checked = resolve_file(spec, "world_model", allow_unverified=allow_unverified)
+        model, _ = load_checkpoint(checked.path, map_location="cpu")
+        return cls(model, resolve_device(device)), checked
 
     def every(self, frames_per_chunk: int) -> int:
         """Actions between two imagined frames; ``frames_per_chunk`` must divide the horizon."""

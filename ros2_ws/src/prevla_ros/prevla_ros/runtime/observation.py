@@ -4,6 +4,13 @@ The simulator (or a robot driver) stamps every part of one observation with the 
 Parts arrive in any order; an observation is complete when every required part for one
 stamp is in. Newer stamps evict older incomplete ones, so a lost message never blocks
 the pipeline for more than one observation.
+
+Stamps going backwards: a part older than the newest observation handed out is a late part
+and ignored, unless it is older by more than ``jump_back_s`` — then the clock jumped back
+(a simulator restarted, a replay looped) and the monotonic check restarts from that stamp
+(counted in ``time_jumps``), so a stream that restarts its clock is served, not dropped.
+:meth:`ObservationAssembler.restart` does the same on a new episode. Stamps from the future
+never get here: the node's :class:`~prevla_ros.runtime.limits.InputGuard` rejects them.
 """
 from __future__ import annotations
 
@@ -19,6 +26,9 @@ PART_NAMES = ("agentview", "wrist", "joints", "eef", "objects")
 #: Longest wait for the rest of an observation that a message answers (topics are not
 #: ordered across each other): then the message is handled without it.
 OBSERVATION_WAIT_S = 1.0
+#: Default of ``InputLimits.stamp_jump_back_s``: a stamp this much older than the newest is a
+#: clock that jumped back, not a late part.
+JUMP_BACK_S = 5.0
 T = TypeVar("T")
 
 
@@ -34,10 +44,12 @@ class ObservationAssembler:
         required: the parts that must arrive (subset of ``PART_NAMES``). "objects" is the
             privileged object-pose part: require it only for the scripted expert.
         max_pending: how many incomplete stamps to keep before evicting the oldest.
+        jump_back_s: a part older than the newest observation handed out by more than this
+            restarts the monotonic check (a clock jump); older by less it is a late part.
     """
 
     def __init__(self, required: tuple[str, ...] = ("agentview", "wrist", "joints", "eef"),
-                 max_pending: int = 4) -> None:
+                 max_pending: int = 4, jump_back_s: float = JUMP_BACK_S) -> None:
         unknown = set(required) - set(PART_NAMES)
         if unknown:
             raise ValueError(f"unknown observation parts {sorted(unknown)}; known: {PART_NAMES}")
@@ -46,7 +58,13 @@ class ObservationAssembler:
         self.required = tuple(required)
         self.max_pending = max_pending
         self.instruction = ""
+        self.jump_back_ns = int(jump_back_s * 1e9)
+        self.time_jumps = 0
         self._pending: dict[int, _Pending] = {}
+        self._last_emitted = -1
+
+    def restart(self) -> None:
+        """Forget the newest stamp handed out (a new episode): any stamp is taken next."""
         self._last_emitted = -1
 
     def add(self, stamp_ns: int, part: str, value: Any) -> Observation | None:
@@ -54,7 +72,10 @@ class ObservationAssembler:
         if part not in PART_NAMES:
             raise ValueError(f"unknown observation part {part!r}; known: {PART_NAMES}")
         if stamp_ns <= self._last_emitted:
-            return None  # late part of an observation already handed out (or older)
+            if self._last_emitted - stamp_ns <= self.jump_back_ns:
+                return None  # late part of an observation already handed out (or older)
+            self.time_jumps += 1  # the clock jumped back: take stamps from this one on
+            self.restart()
         pending = self._pending.setdefault(stamp_ns, _Pending(parts={}))
         pending.parts[part] = value
         # Completion first: evicting first could drop this very stamp (when it is the oldest)
@@ -88,15 +109,21 @@ class RecentObservations:
 
     A verifier scores a candidate set against the observation whose stamp the set carries;
     keeping a few lets a set that arrives after a newer observation still find its own.
+    The one evicted is the oldest by stamp. An observation older than the newest kept by more
+    than ``jump_back_s`` means the clock jumped back: the observations of the old timeline
+    (newer than it by more than ``jump_back_s``) go, or they would outrank every new one.
     """
 
-    def __init__(self, capacity: int = 8) -> None:
+    def __init__(self, capacity: int = 8, jump_back_s: float = JUMP_BACK_S) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be >= 1, got {capacity}")
         self.capacity = capacity
+        self.jump_back_ns = int(jump_back_s * 1e9)
         self._by_stamp: dict[int, Observation] = {}
 
     def add(self, obs: Observation) -> None:
+        for stamp in [s for s in self._by_stamp if s - obs.stamp_ns > self.jump_back_ns]:
+            del self._by_stamp[stamp]  # the timeline before a clock jump back
         self._by_stamp[obs.stamp_ns] = obs
         while len(self._by_stamp) > self.capacity:
             del self._by_stamp[min(self._by_stamp)]
@@ -117,9 +144,9 @@ class ObservationIntake:
     """
 
     def __init__(self, required: tuple[str, ...] = ("agentview", "wrist", "joints", "eef"),
-                 keep: int = 8) -> None:
-        self.assembler = ObservationAssembler(required, keep)
-        self.observations = RecentObservations(keep)
+                 keep: int = 8, jump_back_s: float = JUMP_BACK_S) -> None:
+        self.assembler = ObservationAssembler(required, keep, jump_back_s)
+        self.observations = RecentObservations(keep, jump_back_s)
         self.malformed: dict[int, str] = {}  # stamp -> why its observation was not stored
         self.newest_part = -1  # newest stamp of any part received
         self.keep = keep
@@ -131,13 +158,16 @@ class ObservationIntake:
             ValueError: ``convert()`` failed; the stamp is remembered as malformed (the
                 message says why).
         """
-        self.newest_part = max(self.newest_part, stamp_ns)
+        if stamp_ns > self.newest_part or \
+                self.newest_part - stamp_ns > self.assembler.jump_back_ns:
+            self.newest_part = stamp_ns  # newer, or the clock jumped back
         try:
             value = convert()
         except ValueError as exc:
+            self.malformed.pop(stamp_ns, None)
             self.malformed[stamp_ns] = f"malformed {part}: {exc}"
-            for old in sorted(self.malformed)[:-self.keep]:
-                del self.malformed[old]
+            while len(self.malformed) > self.keep:  # the first reported go first
+                del self.malformed[next(iter(self.malformed))]
             raise ValueError(f"observation {stamp_ns}: {self.malformed[stamp_ns]} (not stored)") from exc
         obs = self.assembler.add(stamp_ns, part, value) if assemble else None
         if obs is not None:

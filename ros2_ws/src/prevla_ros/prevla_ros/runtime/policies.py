@@ -33,20 +33,21 @@ class UnavailablePolicy:
 
 def build_policy(kind: str, horizon: int, seed: int = 0, checkpoint: str = "",
                  remote_url: str = "", remote_timeout_s: float | None = None,
-                 backend: str = "auto", device: str = "cpu"):
+                 backend: str = "auto", device: str = "cpu", allow_unverified: bool = False):
     """A learned or remote policy by kind.
 
     Args:
         kind: "vla" (``checkpoint``: a file, ``zoo:NAME`` or ``""`` for the zoo's default
-            VLA, sha256-checked, run on ``backend`` / ``device`` through the engine fallback
-            chain, :mod:`prevla_ros.runtime.engines`) or "remote" (``remote_url``).
+            VLA, sha256-checked against its record, refused when it has none that matches unless
+            ``allow_unverified``; run on ``backend`` / ``device`` through the engines,
+            :mod:`prevla_ros.runtime.engines`) or "remote" (``remote_url``).
         horizon: actions per chunk (the VLA's comes from its checkpoint).
         seed: sampling seed.
         remote_timeout_s: connect and reply timeout of a remote policy (None: its defaults).
 
     Raises:
         FileNotFoundError / ValueError / EngineError: a VLA model that is missing, unusable
-            on every backend, or fails its zoo sha256 check.
+            on every backend, or unverified (its sha256 matches no record).
     """
     if kind == "remote":
         from prevla_ros.runtime.remote_policy import RemotePolicyConfig, WebsocketPolicy
@@ -58,6 +59,7 @@ def build_policy(kind: str, horizon: int, seed: int = 0, checkpoint: str = "",
         from prevla_models.vla_policy import VLAPolicy  # torch: only when a VLA is asked for
         from prevla_ros.runtime.engines import load_model
 
-        return VLAPolicy(load_model("vla", checkpoint, backend, device).runner, seed=seed)
+        return VLAPolicy(load_model("vla", checkpoint, backend, device,
+                                    allow_unverified=allow_unverified).runner, seed=seed)
     raise ValueError(f"unknown policy kind {kind!r}; expected vla or remote (the simulator's "
                      "scripted_expert: prevla_sim.expert_policy.build_policy)")

@@ -184,7 +184,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Serve a prevla policy over openpi's websocket protocol.")
     parser.add_argument("--policy", choices=["vla"], default="vla", help="which policy to serve")
     parser.add_argument("--checkpoint", default="",
-                        help="VLA checkpoint: file, zoo:NAME, or empty for the zoo default")
+                        help="VLA checkpoint: file, zoo:NAME, or empty for the zoo default "
+                             "(sha256-checked against its record: zoo manifest or FILE.sha256)")
+    parser.add_argument("--allow-unverified-models", action="store_true",
+                        help="serve a checkpoint whose sha256 matches no record (logged)")
     parser.add_argument("--device", default="cpu", help="torch device")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     parser.add_argument("--host", default="127.0.0.1", help="bind address")
@@ -197,8 +200,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from prevla_models import zoo
 
-    policy = VLAPolicy.from_checkpoint(zoo.resolve(args.checkpoint, "vla"), device=args.device,
-                                       seed=args.seed)
+    checked = zoo.resolve_file(args.checkpoint, "vla", allow_unverified=args.allow_unverified_models)
+    if checked.problem:
+        log.warning("serving an UNVERIFIED model (--allow-unverified-models): %s", checked.problem)
+    policy = VLAPolicy.from_checkpoint(checked.path, device=args.device, seed=args.seed)
     server = serve_policy(policy, args.host, args.port, batched=not args.single_sample)
     log.info("serving policy %r on %s", policy.policy_id, server.url)
     try:

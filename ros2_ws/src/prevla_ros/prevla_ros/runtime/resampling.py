@@ -58,7 +58,9 @@ class Resampling:
         self.verify_ms = 0.0
         self.decision: Decision | None = None  # the latest round's
         self._history: list[Decision] = []  # every round's, in order
-        self._best: tuple[float, np.ndarray] | None = None
+        # the safest scored candidate so far: (P(safe), actions, index over every round's)
+        self._best: tuple[float, np.ndarray, int] | None = None
+        self._considered = 0  # candidates of the rounds before the latest one
         self._done = False
         self._final: Decision | None = None
 
@@ -120,6 +122,8 @@ class Resampling:
         self.samples, self.rounds = self.samples + len(candidates), self.rounds + 1
         decision = self.decision = self._scheduler.decide(candidates, stamp_ns, last_gripper,
                                                           source, observation)
+        offset = self._considered  # this round's first candidate, over every round's
+        self._considered += len(decision.safety_probs)
         self._history.append(decision)
         self.verify_ms += decision.verify_ms
         scored = decision.scored()  # invalid candidates never count, not even as a fallback
@@ -129,7 +133,7 @@ class Resampling:
         i = int(scored[np.argmax(decision.safety_probs[scored])])
         if self._best is None or decision.safety_probs[i] > self._best[0]:
             self._best = (float(decision.safety_probs[i]),
-                          np.asarray(candidates[i], dtype=np.float32))
+                          np.asarray(candidates[i], dtype=np.float32), offset + i)
         if self._budget_spent(self.rounds, self.samples):
             self._fall_back(f"budget spent ({self.rounds} rounds, {self.samples} samples)")
 
@@ -146,13 +150,14 @@ class Resampling:
 
     def _fall_back(self, head: str) -> None:
         """The highest-P(safe) candidate seen if it reaches ``fallback_min_p_safe``, else the
-        latest round's hold; ``head`` starts the reason."""
+        latest round's hold; ``head`` starts the reason. A fallback's ``accepted_index`` names
+        the candidate executed (its index over every round's candidates)."""
         self._done = True
         decision, best = self.decision, self._best
         stamp_ns, _, source, _ = self._args
         if best is not None and best[0] >= self._scheduler.config.fallback_min_p_safe:
             decision.chunk = ActionChunk(best[1], source, stamp_ns)
-            decision.outcome, decision.accepted_index = OUTCOME_FALLBACK, -1
+            decision.outcome, decision.accepted_index = OUTCOME_FALLBACK, best[2]
             decision.reason = (f"{head}: fallback to the safest candidate, "
                                f"p_safe={best[0]:.3f}; " + decision.reason)
         else:
@@ -171,7 +176,7 @@ class Resampling:
         for d in self._history:
             rejected.update({offset + i: why for i, why in d.rejected.items()})
             offset += len(d.safety_probs)
-        if decision.accepted_index >= 0:
+        if decision.outcome == OUTCOME_ACCEPTED:  # a fallback's index already spans every round
             decision.accepted_index += offset - len(decision.safety_probs)
         decision.safety_probs = np.concatenate([d.safety_probs for d in self._history])
         decision.advantages = np.concatenate([d.advantages for d in self._history])

@@ -31,6 +31,7 @@ import numpy as np
 from prevla_ros.runtime.chunks import chunk_problem, hold_chunk
 from prevla_ros.runtime.decision import (  # noqa: F401 (re-exported: a leaf module, so
     OUTCOME_ACCEPTED, OUTCOME_FALLBACK, OUTCOME_HOLD, Decision)  # resampling needs no scheduler)
+from prevla_ros.runtime.limits import summary
 from prevla_ros.runtime.resampling import Resampling
 from prevla_ros.runtime.scheduler_config import SchedulerConfig
 from prevla_ros.runtime.types import GRIPPER_OPEN, ActionChunk, Observation, Scorer
@@ -233,8 +234,8 @@ class Scheduler:
 
     @staticmethod
     def _no_valid_reason(k: int, rejected: dict[int, str]) -> str:
-        return ("no candidates" if k == 0 else "no valid candidate: " + "; ".join(
-            f"#{i}: {why}" for i, why in sorted(rejected.items())))
+        # one bounded line, however many candidates there were (K is bounded by limit_k too)
+        return "no candidates" if k == 0 else "no valid candidate: " + summary(rejected)
 
     def _score(self, candidates: list[np.ndarray], valid: list[int],
                observation: Observation | None, stamp_ns: int, safety: np.ndarray,

@@ -3,7 +3,8 @@
 A swap has two halves so the node keeps serving while the new model loads:
 
 1. :meth:`ModelSlot.prepare` (any thread, slow): load the new model through the fallback chain
-   (sha256 checked against the zoo manifest, and against ``expected_sha256`` when given),
+   (sha256 checked against its records, the zoo manifest or its sidecar, an unverified file
+   refused unless ``allow_unverified``; and against ``expected_sha256`` when given),
    check its signature against the running one (kind, chunk horizon, action size, cameras),
    run it once on zero inputs (warm-up; output names, shapes and finiteness checked) and build
    the node's adapter. Any failure raises and leaves the running model untouched.
@@ -79,12 +80,13 @@ class ModelSlot:
         self._lock = threading.Lock()  # one prepare at a time
 
     def prepare(self, spec: str, backend: str = "auto", device: str = "cpu", threads: int = 0,
-                expected_sha256: str = "") -> Staged:
+                expected_sha256: str = "", allow_unverified: bool = False) -> Staged:
         """Load, check and warm up a replacement (see the module docstring); raises on any failure."""
         if not self._lock.acquire(blocking=False):
             raise RuntimeError("another model swap is in progress")
         try:
-            loaded = load_model(self.kind, spec, backend, device, threads)
+            loaded = load_model(self.kind, spec, backend, device, threads,
+                                allow_unverified=allow_unverified)
             if expected_sha256 and loaded.sha256 != expected_sha256.lower():
                 raise ValueError(f"sha256 of {loaded.path} is {loaded.sha256}, expected {expected_sha256}")
             self.check_signature(loaded.runner.meta)
