@@ -301,3 +301,15 @@ def test_split_with_one_episode_per_task_holds_out_whole_episodes():
     d = synthetic(n_eps=2)  # tasks 0 and 1, one episode each
     train, val = split_episodes(d, 0.2, seed=0)
     assert len(train) == 1 and len(val) == 1 and set(train) | set(val) == {0, 1}
+
+
+def test_ceiling_spread_removes_binomial_noise():
+    from prevla_training.ceiling import aggregate, decision_stats
+
+    rng = np.random.default_rng(0)
+    # every candidate has the same true Q = 0.5: the observed spread is noise, the estimate ~0
+    same = [decision_stats((rng.random((8, 4)) < 0.5).astype(int), rng, n_perm=200) for _ in range(400)]
+    assert abs(aggregate(same)["signal_var"]) < 0.01
+    # half the candidates always succeed, half never: true sd 0.5, no noise
+    split = decision_stats(np.repeat([[1] * 4, [0] * 4], 4, axis=0), rng, n_perm=200)
+    assert split["noise_var"] == 0 and split["signal_var"] == pytest.approx(0.25)

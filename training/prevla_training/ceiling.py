@@ -11,7 +11,10 @@ mean estimates Q_i = P(success | run candidate i, then the policy). Per decision
 * ``oracle_in_sample``: max_i Q_i, the optimistic (winner's-curse) bound, for reference;
 * ``differs``: whether the candidates' success rates differ beyond continuation noise: a
   permutation test of the between-candidate variance of the Q_i (outcomes shuffled across
-  candidates), p < ``alpha``.
+  candidates), p < ``alpha``;
+* ``q_spread_sd``: the standard deviation of the *true* Q over a decision's candidates, by the
+  method of moments (observed variance of the Q_i minus the binomial noise M continuations
+  leave in it), averaged over decisions: how much there is to select from.
 
 Aggregates (mean and 95% interval over decisions) per task, per phase and overall, written as
 JSON and a markdown table:
@@ -60,9 +63,13 @@ def decision_stats(success: np.ndarray, rng: np.random.Generator, n_perm: int = 
     s = np.asarray(success, float)
     q = s.mean(1)
     p = permutation_p(s, n_perm, rng) if 0 < s.mean() < 1 else 1.0
+    k, m = s.shape
+    # var over candidates of the estimates = var of the true Q + (K-1)/K * mean binomial noise;
+    # q(1-q)/(M-1) is unbiased for Q(1-Q)/M, so their difference estimates the true spread
+    noise = (k - 1) / k * float(np.mean(q * (1 - q))) / (m - 1) if m > 1 else math.nan
     return dict(policy=float(q[0]), random=float(q.mean()), oracle=cross_fitted_oracle(s),
                 oracle_in_sample=float(q.max()), worst=float(q.min()), p_value=p, differs=bool(p < alpha),
-                noise_var=float(np.mean(q * (1 - q)) / s.shape[1]), between_var=float(q.var()))
+                noise_var=noise, between_var=float(q.var()), signal_var=float(q.var()) - noise)
 
 
 def load_branches(root: str | Path) -> list[dict]:
@@ -115,8 +122,10 @@ def aggregate(stats: list[dict]) -> dict:
     for key in ("policy", "random", "oracle", "oracle_in_sample", "worst"):
         out[key] = _mean_ci([s[key] for s in stats])
     out["gain"] = _mean_ci([s["oracle"] - s["policy"] for s in stats])
-    out["noise_var"] = float(np.mean([s["noise_var"] for s in stats])) if stats else math.nan
-    out["between_var"] = float(np.mean([s["between_var"] for s in stats])) if stats else math.nan
+    for key in ("noise_var", "between_var", "signal_var"):
+        out[key] = float(np.mean([s[key] for s in stats])) if stats else math.nan
+    # the spread of the true Q over a decision's candidates (its sd; 0 when noise explains it all)
+    out["q_spread_sd"] = math.sqrt(max(0.0, out["signal_var"])) if stats else math.nan
     return out
 
 
@@ -146,12 +155,13 @@ def format_report(rep: dict) -> str:
 
     lines = [f"### Selection ceiling: K={rep['candidates']}, {rep['continuations']} continuations per "
              f"candidate, {rep['overall']['decisions']} decisions of {rep['episodes']} episodes", "",
-             "| group | decisions | differ beyond noise | policy's pick | random | oracle (cross-fitted) "
-             "| gain oracle - policy | oracle in-sample |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| group | decisions | differ beyond noise | Q spread sd | policy's pick | random | oracle (cross-fitted) "
+             "| gain oracle - policy | oracle in-sample |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     groups = [("**all**", rep["overall"])] + [(f"task {t}", a) for t, a in rep["by_task"].items()] \
         + [(p, a) for p, a in rep["by_phase"].items()]
     for name, a in groups:
-        lines.append(f"| {name} | {a['decisions']} | {100 * a['differs']:.0f}% | {pct(a['policy'])} | "
+        lines.append(f"| {name} | {a['decisions']} | {100 * a['differs']:.0f}% | {100 * a['q_spread_sd']:.0f} | "
+                     f"{pct(a['policy'])} | "
                      f"{pct(a['random'])} | {pct(a['oracle'])} | {pct(a['gain'])} | {pct(a['oracle_in_sample'])} |")
     lines.append(f"\nsuccess rates in % (mean [95% interval] over decisions); differ: permutation test "
                  f"p < {rep['alpha']}; {rep['continuation_steps']} simulated continuation steps")
