@@ -10,7 +10,7 @@ IFACE_SRC := $(wildcard $(IFACES)/msg/*.msg $(IFACES)/srv/*.srv) $(IFACES)/CMake
 export MUJOCO_GL ?= egl
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo up test test-fast expert-eval verifier-data train-verifier train-world-model export bench bench-verifier bench-engines bench-scheduler bench-world-model clean help
+.PHONY: install demo up test test-fast ceiling closed-loop expert-eval verifier-data train-verifier train-world-model export bench bench-verifier bench-engines bench-scheduler bench-world-model clean help
 help:
 	@echo "make demo    install (if needed) and run a LIBERO-Spatial episode through the ROS 2 nodes"
 	@echo "make test    install (if needed) and run the test suite"
@@ -73,6 +73,22 @@ train-verifier: install
 	$(VENV)/bin/prevla train-verifier --data $(VERIFIER_DATA) --steps $(VERIFIER_STEPS) --num-threads 1 --variant no_calib --out outputs/verifier/no_calib & \
 	$(VENV)/bin/prevla train-verifier --data $(VERIFIER_DATA) --steps $(VERIFIER_STEPS) --num-threads 1 --variant mean_pool --out outputs/verifier/mean_pool; wait
 	$(VENV)/bin/prevla train-verifier --table outputs/verifier/{full,bce,no_calib,mean_pool}/metrics.json
+
+# Issue 15: outcome-grounded labels (init states >= 10) and the selection ceiling they measure
+BRANCH_DATA ?= outputs/branches/libero_spatial
+BRANCH_EPISODES ?= 2
+ceiling: install
+	$(VENV)/bin/prevla branch --suite libero_spatial --episodes-per-task $(BRANCH_EPISODES) --num-candidates 8 \
+		--continuations 4 --branch-every 4 --workers 2 --out $(BRANCH_DATA)
+	$(VENV)/bin/prevla ceiling --data $(BRANCH_DATA) --out docs/results/ceiling_spatial.json
+
+# the closed-loop table: every selection arm over the same K = 8 candidates and seeds, init states
+# 0-9 twice (20 episodes per task and arm); finished (task, arm) jobs resume from outputs/eval/
+closed-loop: install
+	$(VENV)/bin/prevla eval --suite libero_spatial --policy vla --num-candidates 8 --episodes-per-task 20 \
+		--init-count 10 --arms policy,random,consensus,verifier,verifier_advantage --workers 2 \
+		--out outputs/eval/spatial_final.json
+	cp outputs/eval/spatial_final.json outputs/eval/spatial_final.md docs/results/
 
 # ONNX exports of the zoo defaults (parity-checked against torch on the recorded inputs, registered in
 # the manifest); on a GPU machine add: $(VENV)/bin/prevla export --kind verifier --to tensorrt

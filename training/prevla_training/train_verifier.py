@@ -78,6 +78,9 @@ class TrainVerifierConfig(TrainLoopConfig):
             self.safety = SafetySpec(**self.safety)
         if isinstance(self.model, dict):
             self.model = VerifierConfig(**self.model)
+        if self.init_from and self.variant != "full":
+            raise ValueError("TrainVerifierConfig.init_from: a pretrained model keeps its architecture and "
+                             f"objective; train variant {self.variant!r} from scratch")
         if self.labels not in ("critic", "mc"):
             raise ValueError(f"TrainVerifierConfig.labels must be 'critic' or 'mc', got {self.labels!r}")
         if not (0 <= self.failure_q < 1 and 0 < self.failure_gap <= 1):
@@ -255,7 +258,8 @@ def ablation_table(results: list[dict]) -> str:
         v = r["val"]
         q = (" / ".join(_fmt(v[k], True) for k in ("q_policy", "q_gate", "q_rank", "q_best"))
              if "q_policy" in v else "-")
-        lines.append(f"| {r['variant']} | {r['config'].get('labels', 'critic')} | {_fmt(v['auroc_unsafe'])} | "
+        name = r["variant"] + (f" from {r['config']['init_from']}" if r["config"].get("init_from") else "")
+        lines.append(f"| {name} | {r['config'].get('labels', 'critic')} | {_fmt(v['auroc_unsafe'])} | "
                      f"{_fmt(v['auprc_unsafe'])} | {_fmt(v['ece'])} | "
                      f"{_fmt(v['threshold'])} | {_fmt(v['unsafe_recall'], True)} | {_fmt(v['false_reject_rate'], True)} | "
                      f"{_fmt(v['spearman_advantage'])} | {_fmt(v['win_rate'], True)} | "
