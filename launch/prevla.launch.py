@@ -12,6 +12,11 @@ For a machine with a full ROS 2 install (``launch`` and ``launch_ros`` come with
     ros2 launch prevla_ros prevla.launch.py use_world_model:=true
     ros2 launch prevla_ros prevla.launch.py --show-args
 
+Every node is respawned when it dies (``respawn``/``respawn_delay``/``respawn_max_retries``: the
+policy of ``prevla up --processes``, whose defaults these constants are; launch keeps the delay
+fixed where prevla up doubles it per restart in a row) and stopped by launch's SIGINT, SIGTERM,
+SIGKILL sequence on shutdown. Peers ride through a restart (holds, re-published observations).
+
 Every node parameter lives in ``params_file`` (default: the installed ``prevla.params.yaml``).
 The launch arguments below override their parameter in that file and default to the node's
 own default, so set those parameters with the argument, everything else in the file.
@@ -28,6 +33,11 @@ from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 
 PACKAGE = 'prevla_ros'
+# The respawn policy of every node (SupervisorConfig's defaults: respawn, respawn_delay_s,
+# max_restarts; tests/unit/test_launch_consistency.py checks they agree).
+RESPAWN = True
+RESPAWN_DELAY = 1.0
+RESPAWN_MAX_RETRIES = 5
 
 
 def generate_launch_description():
@@ -102,6 +112,7 @@ def generate_launch_description():
     # values of its declared default's type.
     sim_node = Node(
         package=PACKAGE, executable='sim_node', name='sim_node', output='screen',
+        respawn=RESPAWN, respawn_delay=RESPAWN_DELAY, respawn_max_retries=RESPAWN_MAX_RETRIES,
         condition=IfCondition(LaunchConfiguration('use_sim')),
         parameters=[params_file, {
             'suite': ParameterValue(LaunchConfiguration('suite'), value_type=str),
@@ -111,6 +122,7 @@ def generate_launch_description():
         }])
     policy_node = Node(
         package=PACKAGE, executable='policy_node', name='policy_node', output='screen',
+        respawn=RESPAWN, respawn_delay=RESPAWN_DELAY, respawn_max_retries=RESPAWN_MAX_RETRIES,
         parameters=[params_file, {
             'policy': ParameterValue(LaunchConfiguration('policy'), value_type=str),
             'checkpoint': ParameterValue(LaunchConfiguration('checkpoint'), value_type=str),
@@ -121,6 +133,7 @@ def generate_launch_description():
         }])
     verifier_node = Node(
         package=PACKAGE, executable='verifier_node', name='verifier_node', output='screen',
+        respawn=RESPAWN, respawn_delay=RESPAWN_DELAY, respawn_max_retries=RESPAWN_MAX_RETRIES,
         parameters=[params_file, {
             'verifier': ParameterValue(LaunchConfiguration('verifier'), value_type=str),
             'threshold': ParameterValue(LaunchConfiguration('threshold'), value_type=float),
@@ -131,7 +144,9 @@ def generate_launch_description():
 
     world_model_node = Node(
         package=PACKAGE, executable='world_model_node', name='world_model_node',
-        output='screen', condition=IfCondition(LaunchConfiguration('use_world_model')),
+        output='screen',
+        respawn=RESPAWN, respawn_delay=RESPAWN_DELAY, respawn_max_retries=RESPAWN_MAX_RETRIES,
+        condition=IfCondition(LaunchConfiguration('use_world_model')),
         parameters=[params_file])
 
     return LaunchDescription(arguments + [sim_node, policy_node, verifier_node,

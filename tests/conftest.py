@@ -18,6 +18,25 @@ os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("LIBERO_CONFIG_PATH", os.path.join(_TMP, "libero_config"))
 
+try:  # the property-based tests (test_fuzz_*.py); hypothesis is a test dependency
+    from hypothesis import HealthCheck
+    from hypothesis import settings as _hypothesis
+except ImportError:  # pragma: no cover -- a venv without the test extra
+    _hypothesis = None
+if _hypothesis is not None:
+    # No example database (no failing example replayed from an earlier run: a run's result is
+    # its own) and no deadline (a shared 2-core machine). Under CI the examples are
+    # derandomized: the same ones every run, so a red CI reproduces; elsewhere each run explores
+    # new ones. HYPOTHESIS_PROFILE picks either.
+    # too_slow off too: example generation slows down when the cores are busy, not the code.
+    slow = [HealthCheck.too_slow]
+    _hypothesis.register_profile("ci", database=None, deadline=None, derandomize=True,
+                                 print_blob=True, suppress_health_check=slow)
+    _hypothesis.register_profile("dev", database=None, deadline=None, print_blob=True,
+                                 suppress_health_check=slow)
+    _hypothesis.load_profile(os.environ.get("HYPOTHESIS_PROFILE",
+                                            "ci" if os.environ.get("CI") else "dev"))
+
 
 class RosHarness:
     """A private rclpy context + executor; nodes added to it are spun by ``wait_for``."""

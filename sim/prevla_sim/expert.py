@@ -180,6 +180,8 @@ class ScriptedExpert:
 
     # ------------------------------------------------------------------ geometry helpers
     def _body(self, obs: Observation, name: str) -> _Body:
+        if name not in obs.objects:
+            raise ValueError(f"the observation's sim_state has no {name!r} (has {sorted(obs.objects)[:8]})")
         pose = obs.objects[name]
         lo, hi = self.extents.get(name) or self.extents.get(category(name)) or _FALLBACK_EXTENT
         lo, hi = np.asarray(lo, float), np.asarray(hi, float)

@@ -73,10 +73,13 @@ def suite_instructions(suite: str) -> list[str]:
 
 
 def task_bddl_path(suite: str, task_id: int) -> str:
-    """Absolute path of the BDDL file of (suite, task_id)."""
+    """Absolute path of the BDDL file of (suite, task_id) (ValueError for a task not in the suite)."""
     from libero.libero import get_libero_path
 
-    task = _benchmark(suite).get_task(task_id)
+    n = suite_num_tasks(suite)
+    if not 0 <= int(task_id) < n:
+        raise ValueError(f"task_id: {task_id} out of range for {suite} ({n} tasks)")
+    task = _benchmark(suite).get_task(int(task_id))
     return os.path.join(get_libero_path("bddl_files"), task.problem_folder, task.bddl_file)
 
 

@@ -20,6 +20,7 @@ except ModuleNotFoundError:  # Python 3.10
 
 from prevla_ros.runtime.configs import NODE_CONFIGS
 from prevla_ros.runtime.settings import build, settings
+from prevla_ros.runtime.supervisor import SupervisorConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 LAUNCH_FILE = ROOT / "launch" / "prevla.launch.py"
@@ -225,6 +226,17 @@ def test_world_model_node_starts_only_when_asked(nodes, arguments):
     assert isinstance(condition, ast.Call) and _name(condition.func) == "IfCondition"
     assert _launch_config_name(condition.args[0]) == "use_world_model"
     assert _literal(_kw(arguments["use_world_model"], "default_value"), {}) == "false"
+
+
+@pytest.mark.parametrize("node", sorted(NODE_CONFIGS))
+def test_every_node_is_respawned_with_prevla_ups_policy(nodes, constants, node):
+    # launch's respawn / respawn_delay / respawn_max_retries are `prevla up --processes`'s
+    # respawn / respawn_delay_s / max_restarts: one restart policy, whichever starts the graph.
+    policy = SupervisorConfig()
+    call = nodes[node]
+    assert _literal(_kw(call, "respawn"), constants) is policy.respawn is True, node
+    assert _literal(_kw(call, "respawn_delay"), constants) == policy.respawn_delay_s, node
+    assert _literal(_kw(call, "respawn_max_retries"), constants) == policy.max_restarts, node
 
 
 def test_default_params_file_is_the_installed_one(tree):

@@ -24,6 +24,15 @@ def test_every_parameter_is_documented_with_its_default_and_help():
             assert params_doc._cell(s.help) in section, (node, s.name)
 
 
+def test_the_supervisor_flags_are_documented_but_are_no_ros_parameters():
+    from prevla_ros.runtime.supervisor import SupervisorConfig
+
+    doc = params_doc.DOC.read_text().split("## prevla up --processes (supervisor)\n", 1)[1]
+    for s in settings(SupervisorConfig).values():
+        assert params_doc._row(s) in doc, s.name
+    assert not set(settings(SupervisorConfig)) & set(yaml.safe_load(params_doc.params_yaml()))
+
+
 def test_yaml_defaults_round_trip_with_their_types():
     values = yaml.safe_load(params_doc.params_yaml())
     for node, cls in NODE_CONFIGS.items():

@@ -14,18 +14,20 @@
     prevla params [--write]                   check / regenerate the parameter docs and YAML
 
 The graph runs composed in one process (one rclpy executor, the default: lowest latency)
-or, with ``--processes``, as one OS process per node talking over Fast DDS.
+or, with ``--processes``, as one OS process per node talking over Fast DDS, supervised: a node
+that dies is restarted with backoff (``--respawn...`` flags, :mod:`prevla_ros.runtime.supervisor`).
+SIGINT and SIGTERM stop either graph cleanly (exit 0).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from prevla_ros.runtime.settings import settings
 
 NODES = ("sim_node", "policy_node", "verifier_node")
 
@@ -52,20 +54,27 @@ def _ros_args(args: argparse.Namespace) -> list[str]:
 
 
 class Graph:
-    """The three nodes (four with ``--world-model``), composed in this process or started as
-    child processes."""
+    """The three nodes (four with ``--world-model``), composed in this process or, with
+    ``--processes``, started as supervised child processes (:mod:`prevla_ros.runtime.supervisor`:
+    a node that dies is restarted with backoff; one given up on raises ``GraphFailed``)."""
 
     def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.supervisor = None
+        self.executor = None
+        self.nodes = []
+
+    def start(self) -> None:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
+        from rclpy.signals import SignalHandlerOptions
 
-        self.args = args
-        self.processes: list[subprocess.Popen] = []
-        rclpy.init(args=_ros_args(args))
+        # SIGINT/SIGTERM are StopSignals' (the caller's): rclpy's own handlers would shut the
+        # context down under the executor (ExternalShutdownException) before the children stop.
+        rclpy.init(args=_ros_args(self.args), signal_handler_options=SignalHandlerOptions.NO)
         self.executor = SingleThreadedExecutor()
-        self.nodes = []
-        overrides = _overrides(args)
-        if args.processes:
+        overrides = _overrides(self.args)
+        if self.args.processes:
             self._start_processes(overrides)
         else:
             self._compose(overrides)
@@ -86,48 +95,70 @@ class Graph:
             classes.insert(0, ("world_model_node", WorldModelNode))
         for name, cls in classes:
             params = [Parameter(k, value=v) for k, v in overrides[name].items()]
-            node = cls(parameter_overrides=params)
-            self.nodes.append(node)
-            self.executor.add_node(node)
+            self.add(cls(parameter_overrides=params))
 
     def _start_processes(self, overrides: dict[str, dict[str, object]]) -> None:
+        from prevla_ros.runtime.supervisor import NodeSpec, Supervisor
+
         names = NODES + (("world_model_node",) if getattr(self.args, "world_model", False) else ())
+        specs = []
         for name in names:
             cmd = [sys.executable, "-m", f"prevla_ros.nodes.{name}"] + _ros_args(self.args)
             for key, value in overrides[name].items():
                 cmd += ["-p", f"{key}:={_param_literal(value)}"]
-            self.processes.append(subprocess.Popen(cmd))
+            specs.append(NodeSpec(name, cmd))
+        _log_to_stderr("prevla.supervisor")
+        self.supervisor = Supervisor(specs, self.args.supervisor)
+        self.supervisor.start()
 
     def add(self, node) -> None:
         self.nodes.append(node)
         self.executor.add_node(node)
 
-    def spin_until(self, done, timeout_s: float | None = None) -> bool:
+    def spin_until(self, done, stop, timeout_s: float | None = None) -> bool:
+        """Spin until ``done()``, a stop signal (``stop.received``) or ``timeout_s``; whether
+        ``done()``. Raises ``GraphFailed`` when a node process is given up on."""
+        from rclpy.executors import ExternalShutdownException
+
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        while not done():
+        while not done() and not stop.received:
             if deadline is not None and time.monotonic() > deadline:
                 return False
-            dead = [p for p in self.processes if p.poll() is not None]
-            if dead:
-                raise RuntimeError(f"node process exited with code {dead[0].returncode}")
-            self.executor.spin_once(timeout_sec=0.1)
-        return True
+            if self.supervisor is not None:
+                self.supervisor.poll()
+            try:
+                self.executor.spin_once(timeout_sec=0.1)
+            except ExternalShutdownException:  # the context was shut down: a stop, not a crash
+                break
+        return bool(done())
 
     def shutdown(self) -> None:
+        """Stop the node processes (SIGINT, SIGTERM, SIGKILL), then the composed nodes."""
         import rclpy
 
-        for p in self.processes:  # SIGINT first, as ros2 launch does: a clean rclpy shutdown
-            p.send_signal(signal.SIGINT)
-        for p in self.processes:
-            try:
-                p.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        if self.supervisor is not None:
+            self.supervisor.stop()
         for node in self.nodes:
             self.executor.remove_node(node)
             node.destroy_node()
+        if self.executor is not None:
+            self.executor.shutdown()
         if rclpy.ok():
             rclpy.shutdown()
+
+
+def _log_to_stderr(name: str) -> None:
+    """One line per record on stderr, in the nodes' format (``[WARN] [time] [supervisor]: ...``)."""
+    import logging
+
+    log = logging.getLogger(name)
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter(
+            "[%(levelname)s] [%(created).9f] [" + name.rsplit(".", 1)[-1] + "]: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
 
 
 def _param_literal(value: object) -> str:
@@ -136,15 +167,33 @@ def _param_literal(value: object) -> str:
     return str(value)
 
 
-def cmd_up(args: argparse.Namespace) -> int:
-    graph = Graph(args)
+def run_graph(args: argparse.Namespace, done=lambda: False, add=None,
+              timeout_s: float | None = None) -> tuple[bool, int]:
+    """Start the graph, spin until ``done()`` / SIGINT / SIGTERM / ``timeout_s``, shut it down.
+    Returns (``done()``, exit code): 0, or 1 when a node process was given up on (the
+    supervisor's log line names it). ``add(graph)`` adds in-process nodes (a monitor)."""
+    from prevla_ros.runtime.supervisor import GraphFailed, StopSignals
+
+    graph, finished, rc = Graph(args), False, 0
     try:
-        graph.spin_until(lambda: False)
+        with StopSignals() as stop:
+            try:
+                with stop.interruptible():  # a signal while nodes are built interrupts it
+                    graph.start()
+                    if add is not None:
+                        add(graph)
+                finished = graph.spin_until(done, stop, timeout_s)
+            except GraphFailed:
+                rc = 1
+            finally:
+                graph.shutdown()
     except KeyboardInterrupt:
         pass
-    finally:
-        graph.shutdown()
-    return 0
+    return finished, rc
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    return run_graph(args)[1]
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -153,20 +202,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out) / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    graph = Graph(args)
-    monitor = EpisodeMonitor(out, expected_episodes=args.episodes)
-    graph.add(monitor)
-    try:
-        finished = graph.spin_until(lambda: monitor.finished, timeout_s=args.timeout_s)
-    except KeyboardInterrupt:
-        finished = False
-    finally:
-        graph.shutdown()
+    monitors = []
+
+    def add_monitor(graph: Graph) -> None:
+        monitors.append(EpisodeMonitor(out, expected_episodes=args.episodes))
+        graph.add(monitors[0])
+
+    finished, rc = run_graph(args, lambda: monitors[0].finished, add_monitor, args.timeout_s)
+    if not monitors:  # stopped before the graph was up
+        return 1
+    monitor = monitors[0]
     summary = monitor.summary(wall_s=time.monotonic() - started, finished=finished)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(monitor.table())
     print(f"success {summary['successes']}/{summary['episodes']} in {summary['wall_s']:.1f} s; "
           f"outputs in {out}/ (summary.json, episodes.jsonl, verdicts.jsonl, frames/*.png)")
+    if rc:
+        return rc
     if not finished:
         print(f"demo did not finish within {args.timeout_s} s", file=sys.stderr)
         return 1
@@ -201,7 +253,6 @@ def _graph_options(p: argparse.ArgumentParser, default_episodes: int | None) -> 
     p.add_argument("--params-file", type=Path, default=None,
                    help="ROS 2 params YAML (e.g. launch/prevla.params.yaml)")
     from prevla_ros.runtime.configs import NODE_CONFIGS
-    from prevla_ros.runtime.settings import settings
 
     for node, names in GRAPH_FLAGS.items():
         known = settings(NODE_CONFIGS[node])
@@ -214,7 +265,27 @@ def _graph_options(p: argparse.ArgumentParser, default_episodes: int | None) -> 
                    help="also run world_model_node (imagined frames for rviz; its parameters "
                         "come from --params-file)")
     p.add_argument("--processes", action="store_true",
-                   help="one OS process per node instead of one composed process")
+                   help="one OS process per node instead of one composed process, supervised: "
+                        "a node that dies is restarted (the flags below)")
+    from prevla_ros.runtime.supervisor import SupervisorConfig
+
+    for s in settings(SupervisorConfig).values():
+        flag = "--" + s.name.replace("_", "-")
+        text = f"--processes: {s.help} (default {s.default!r})"
+        if s.type is bool:
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            p.add_argument(flag, type=s.type, default=None, help=text)
+
+
+def _supervisor_config(args: argparse.Namespace):
+    """The ``--respawn...`` flags as a :class:`SupervisorConfig` (ValueError names a bad one)."""
+    from prevla_ros.runtime.settings import build
+    from prevla_ros.runtime.supervisor import SupervisorConfig
+
+    values = vars(args)
+    return build(SupervisorConfig, {name: values[name] for name in settings(SupervisorConfig)
+                                    if values.get(name) is not None})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -234,6 +305,10 @@ def main(argv: list[str] | None = None) -> int:
     for verb, (_, text) in DELEGATED.items():
         sub.add_parser(verb, help=f"{text} (see --help there)")
     args = parser.parse_args(argv)
+    try:
+        args.supervisor = _supervisor_config(args)
+    except ValueError as exc:  # a bad flag stops here, naming the setting
+        parser.error(str(exc))
     return {"up": cmd_up, "demo": cmd_demo}[args.command](args)
 
 

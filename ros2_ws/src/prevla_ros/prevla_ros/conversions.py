@@ -16,6 +16,7 @@ from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
+from prevla_ros.runtime.limits import MAX_STAMP_NS, MIN_STAMP_NS
 from prevla_ros.runtime.scheduler import Decision
 from prevla_ros.runtime.types import ActionChunk, CandidateSet, ObjectPose
 
@@ -28,6 +29,11 @@ OSC_POS_SCALE = 0.05
 
 # --- time ---------------------------------------------------------------------------------
 def to_time(stamp_ns: int) -> Time:
+    """A stamp as a Time; ``ValueError`` for one no Time can carry (its int32 seconds would
+    wrap on the wire: an answer would name another stamp)."""
+    if not MIN_STAMP_NS <= stamp_ns <= MAX_STAMP_NS:
+        raise ValueError(f"stamp {stamp_ns} ns is outside what builtin_interfaces/Time can "
+                         f"carry ([{MIN_STAMP_NS}, {MAX_STAMP_NS}])")
     return Time(sec=int(stamp_ns // 1_000_000_000), nanosec=int(stamp_ns % 1_000_000_000))
 
 

@@ -21,6 +21,7 @@ import yaml
 
 from prevla_ros.runtime.configs import NODE_CONFIGS
 from prevla_ros.runtime.settings import Setting, settings
+from prevla_ros.runtime.supervisor import SupervisorConfig
 
 ROOT = Path(__file__).resolve().parents[4]
 DOC, PARAMS = ROOT / "docs" / "parameters.md", ROOT / "launch" / "prevla.params.yaml"
@@ -71,6 +72,13 @@ def parameters_md() -> str:
         parts += [f"## {node}", "", summary, "",
                   "| parameter | default | changes | description |", "|---|---|---|---|",
                   *(_row(s) for s in settings(cls).values()), ""]
+    parts += ["## prevla up --processes (supervisor)", "",
+              "From `prevla_ros/runtime/supervisor.py`. Not ROS parameters: `prevla up` / "
+              "`prevla demo` flags (`--respawn-delay-s 2`, "
+              "`--no-respawn`), the node processes' restart policy; the launch file declares the "
+              "same one (`respawn`, `respawn_delay`, `respawn_max_retries`).", "",
+              "| flag | default | changes | description |", "|---|---|---|---|",
+              *(_row(s) for s in settings(SupervisorConfig).values()), ""]
     return "\n".join(parts)
 
 

@@ -41,6 +41,12 @@ from prevla_ros.runtime.types import (GRIPPER_OPEN, ActionChunk, CandidateSet, O
                                       Policy)
 from prevla_sim.expert_policy import ScriptedExpertPolicy, build_policy
 
+#: What a policy raises for a task or an observation it cannot serve: the node answers with a
+#: hold and stays up. ValueError and RuntimeError are the Policy contract; the scripted expert
+#: (LIBERO underneath) also raises KeyError for a goal object missing from sim_state and
+#: IndexError for a task id past its suite's end (episode_status), both sent by a peer.
+POLICY_ERRORS = (ValueError, RuntimeError, KeyError, IndexError)
+
 
 def make_policy(config: PolicyNodeConfig, log,
                 models: ModelSwapper) -> tuple[Policy, tuple[str, ...]]:
@@ -120,8 +126,9 @@ class PolicyNode(Node):
                     self.policy.set_task(msg.suite, int(msg.task_id))
                 else:
                     self.policy.reset()
-            except (ValueError, KeyError) as exc:
-                self.health.error(f"cannot set task {msg.suite}/{msg.task_id}: {exc}")
+            except POLICY_ERRORS as exc:
+                self.health.error(f"cannot set task {msg.suite}/{msg.task_id}: "
+                                  f"{type(exc).__name__}: {exc}")
             if self._deferred is not None:
                 obs, self._deferred = self._deferred, None
                 self._on_observation(obs)
@@ -145,8 +152,8 @@ class PolicyNode(Node):
         self._last_obs = obs
         try:
             cs = self._sample(obs, self.config.num_candidates, self.config.temperature, 0)
-        except (ValueError, RuntimeError) as exc:
-            self._hold(obs.stamp_ns, f"policy failed: {exc}")
+        except POLICY_ERRORS as exc:
+            self._hold(obs.stamp_ns, f"policy failed: {type(exc).__name__}: {exc}")
             return
         self._last_gripper = float(cs.chunks[0].actions[-1, -1])
         self._pub.publish(conv.candidates_to_msg(cs))
@@ -167,8 +174,8 @@ class PolicyNode(Node):
         try:
             cs = self._sample(obs, max(1, int(request.k)), float(request.temperature),
                               int(request.round))
-        except (ValueError, RuntimeError) as exc:
-            response.ok, response.reason = False, f"policy failed: {exc}"
+        except POLICY_ERRORS as exc:
+            response.ok, response.reason = False, f"policy failed: {type(exc).__name__}: {exc}"
             return response
         response.ok, response.candidates = True, conv.candidates_to_msg(cs)
         return response

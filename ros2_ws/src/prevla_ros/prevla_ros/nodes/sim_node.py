@@ -215,7 +215,9 @@ class SimNode(Node):
         return OK, "all episodes finished" if self._finished else "running", values
 
     def destroy_node(self) -> None:
-        self.env.close()
+        env = getattr(self, "env", None)  # None: stopped while the environment was being built
+        if env is not None:
+            env.close()
         super().destroy_node()
 
 

@@ -36,6 +36,10 @@ MAX_OBJECTS = 256
 MAX_BYTES_PER_PIXEL = 4
 #: At most one log line per this many seconds for rejected messages.
 LOG_EVERY_S = 5.0
+#: The stamps a builtin_interfaces/Time can carry (int32 seconds, 0 <= nanosec < 1e9). A peer's
+#: Time may declare nanosec >= 1e9, and so a stamp past MAX_STAMP_NS that no answer can carry.
+MIN_STAMP_NS = -2**31 * 10**9
+MAX_STAMP_NS = (2**31 - 1) * 10**9 + 999_999_999
 
 OVERSIZE, RATE, STAMP = "oversize", "rate", "stamp"
 
@@ -172,7 +176,11 @@ PART_PROBLEMS: dict[str, Callable[[Any, InputLimits], str | None] | None] = {
 
 def future_problem(stamp_ns: int, now_ns: int, max_future_s: float) -> str | None:
     """A stamp more than ``max_future_s`` ahead of ``now_ns``, or None (``now_ns`` 0: a clock
-    not started yet, e.g. sim time before /clock, checks nothing)."""
+    not started yet, e.g. sim time before /clock, checks nothing but a stamp past
+    ``MAX_STAMP_NS``, which no answer could carry)."""
+    if stamp_ns > MAX_STAMP_NS:
+        return (f"stamp {stamp_ns} is past what builtin_interfaces/Time can carry "
+                f"({MAX_STAMP_NS}): its nanosec field is >= 1e9")
     if now_ns > 0 and stamp_ns - now_ns > max_future_s * 1e9:
         return (f"stamp {stamp_ns} is {(stamp_ns - now_ns) / 1e9:.3f} s ahead of the clock "
                 f"(> max_future_stamp_s {max_future_s})")

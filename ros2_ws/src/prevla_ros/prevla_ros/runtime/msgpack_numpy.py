@@ -86,7 +86,15 @@ def unpack_array(obj: dict) -> Any:
         return np.ndarray(buffer=data, dtype=dtype, shape=shape)
     if b"__npgeneric__" in obj:
         dtype = _parse_dtype(obj.get(b"dtype"))
-        return dtype.type(obj.get(b"data"))
+        data = obj.get(b"data")
+        if not isinstance(data, (bool, int, float, str, bytes)):  # openpi sends ``x.item()``
+            raise ArrayCodecError(f"numpy scalar data must be a plain scalar, got "
+                                  f"{type(data).__name__}")
+        try:  # e.g. 1000 as int8: OverflowError, which is no ValueError
+            return dtype.type(data)
+        except (OverflowError, TypeError, ValueError) as exc:
+            raise ArrayCodecError(f"numpy scalar of dtype {dtype.str} cannot hold the "
+                                  f"{type(data).__name__} sent: {exc}") from exc
     return obj
 
 
