@@ -86,7 +86,8 @@ ceiling: install
 # 0-9 twice (20 episodes per task and arm); finished (task, arm) jobs resume from outputs/eval/
 closed-loop: install
 	$(VENV)/bin/prevla eval --suite libero_spatial --policy vla --num-candidates 8 --episodes-per-task 20 \
-		--init-count 10 --arms policy,random,consensus,verifier,verifier_advantage --workers 2 \
+		--init-count 10 --arms policy,random,consensus,verifier,verifier_advantage \
+		--verifier zoo:verifier_libero_spatial_mc --workers 2 \
 		--out outputs/eval/spatial_final.json
 	cp outputs/eval/spatial_final.json outputs/eval/spatial_final.md docs/results/
 
