@@ -106,12 +106,13 @@ def load_branches(root: str | Path) -> list[dict]:
     return rows
 
 
-def _mean_ci(x: list[float]) -> list[float]:
+def _mean_ci(x: list[float], lo: float = 0.0, hi: float = 1.0) -> list[float]:
+    """[mean, low, high]: the normal 95% interval of a mean, clipped to the range [lo, hi]."""
     x = np.asarray(x, float)
     if len(x) < 2:
         return [float(x.mean()) if len(x) else math.nan] * 3
     half = 1.96 * x.std(ddof=1) / math.sqrt(len(x))
-    return [float(x.mean()), float(x.mean() - half), float(x.mean() + half)]
+    return [float(x.mean()), float(max(lo, x.mean() - half)), float(min(hi, x.mean() + half))]
 
 
 def aggregate(stats: list[dict]) -> dict:
@@ -121,7 +122,7 @@ def aggregate(stats: list[dict]) -> dict:
     out = dict(decisions=n, differs=k / max(1, n), differs_ci95=list(wilson_interval(k, n)))
     for key in ("policy", "random", "oracle", "oracle_in_sample", "worst"):
         out[key] = _mean_ci([s[key] for s in stats])
-    out["gain"] = _mean_ci([s["oracle"] - s["policy"] for s in stats])
+    out["gain"] = _mean_ci([s["oracle"] - s["policy"] for s in stats], -1.0, 1.0)
     for key in ("noise_var", "between_var", "signal_var"):
         out[key] = float(np.mean([s[key] for s in stats])) if stats else math.nan
     # the spread of the true Q over a decision's candidates (its sd; 0 when noise explains it all)
