@@ -10,7 +10,7 @@ IFACE_SRC := $(wildcard $(IFACES)/msg/*.msg $(IFACES)/srv/*.srv) $(IFACES)/CMake
 export MUJOCO_GL ?= egl
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo up test test-fast ceiling closed-loop expert-eval verifier-data train-verifier train-world-model export bench bench-verifier bench-engines bench-scheduler bench-world-model clean help
+.PHONY: install demo up test test-fast ceiling closed-loop expert-eval verifier-data train-verifier train-world-model export bench bench-verifier bench-engines bench-scheduler bench-world-model soak clean help
 help:
 	@echo "make demo    install (if needed) and run a LIBERO-Spatial episode through the ROS 2 nodes"
 	@echo "make test    install (if needed) and run the test suite"
@@ -23,6 +23,7 @@ help:
 	@echo "make train-world-model train the world model on demos + VLA rollouts (~20 min)"
 	@echo "make bench-world-model imagination error over horizon, verifier-gated vs ungated, in LIBERO"
 	@echo "make export        export the zoo's default VLA and verifier to ONNX (parity-checked, into models/zoo)"
+	@echo "make soak          run the graph (--processes) for SOAK_MIN minutes: RSS, latency p50/p99, losses per node"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -110,6 +111,17 @@ bench-engines: install
 
 bench-scheduler: install
 	$(PY) -m prevla_training.bench_scheduler --out outputs/bench/scheduler.json
+
+# Soak (issue 17): the graph under `prevla up --processes`, episodes back to back, for SOAK_MIN
+# minutes (60 for the record); RSS per node, decision latency p50/p99 per window, message loss.
+# SOAK_ARGS go to the graph (prevla up options).
+SOAK_MIN ?= 60
+SOAK_WARMUP_MIN ?= 5
+SOAK_ARGS ?= --policy vla --verifier model
+SOAK_OUT ?= outputs/bench/soak.json
+soak: install
+	$(PY) -m prevla_training.bench_soak --minutes $(SOAK_MIN) --warmup-minutes $(SOAK_WARMUP_MIN) \
+		--out $(SOAK_OUT) $(SOAK_ARGS)
 
 bench-verifier: install
 	$(PY) -m prevla_training.bench_verifier --out outputs/bench/verifier_latency.json

@@ -20,16 +20,21 @@ Wraps LIBERO's ``OffScreenRenderEnv`` so that
   the MuJoCo state, not those placements. ``reset`` seeds that draw from the episode's
   identity (``fixture_seed``) and puts the caller's global RNG back, so an episode replays
   bit-identically in any process, whatever ran before it.
+* every reset is a hard reset (the model and render context are rebuilt); what it frees is
+  handed back to the OS (``release_freed_heap``), or a long-running process grows by ~9 MB
+  per episode.
 """
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import functools
 import io
 import os
 import tempfile
 import zlib
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -93,6 +98,33 @@ def _init_states(suite: str, task_id: int) -> np.ndarray:
 def num_init_states(suite: str, task_id: int) -> int:
     """Number of official init states of (suite, task_id) (50 for the standard suites)."""
     return int(_init_states(suite, task_id).shape[0])
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's ``malloc_trim`` (None where the C library has none: musl, macOS)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError):
+        return None
+
+
+def release_freed_heap() -> bool:
+    """Return the memory the C allocator holds free to the OS; whether it could (glibc).
+
+    Every LIBERO reset is a hard reset: robosuite frees the MuJoCo model, its data and the
+    offscreen render context (an EGL context, whose llvmpipe threads go with it) and builds
+    them anew. glibc can keep what was freed in its per-thread arenas instead of returning it:
+    in sim_node RSS grew by ~9 MB per episode while the memory in use stayed the same
+    (malloc in use 468 MB throughout, free-but-held 474 -> 663 MB and RSS 2026 -> 2280 MB over
+    12 episodes; with this call after each reset RSS stayed at ~1655 MB). ``malloc_trim(0)``
+    hands the free pages of every arena back (5-150 ms here, against ~2 s for the reset).
+    """
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def fixture_seed(suite: str, task_id: int, init_state: int) -> int:
@@ -201,6 +233,7 @@ class LiberoEnv:
             self._env.reset()  # hard reset rebuilds the observables, cameras enabled again
         finally:
             np.random.set_state(rng_state)
+        release_freed_heap()  # what the hard reset freed (see the function)
         self._set_cameras(False)
         self._env.set_init_state(self._init_states[idx])
         for _ in range(self.cfg.settle_steps):

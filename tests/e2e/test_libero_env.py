@@ -1,6 +1,7 @@
 """LIBERO adapter against the real simulator (one rendering env shared by the module, ~40 s)."""
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -90,6 +91,20 @@ def test_episode_is_a_function_of_its_init_state_alone(env):
     assert np.array_equal(np.random.get_state()[1], before)  # the caller's RNG is untouched
     for a, b in zip(first, second):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc: Linux only")
+def test_reset_gives_freed_memory_back(env):
+    """Issue 17: sim_node grew ~9 MB per episode because every (hard) reset left what it freed
+    in glibc's arenas. A reset now returns free memory to the OS: 200 MB left freed-but-held
+    beforehand (as earlier resets did) is gone from RSS after one reset."""
+    from tests.unit.test_heap_release import hold_freed_memory, rss_mb
+
+    env.reset(0)
+    hold_freed_memory(200)
+    held = rss_mb()
+    env.reset(0)
+    assert held - rss_mb() > 150, f"RSS {held:.0f} MB before the reset, {rss_mb():.0f} after"
 
 
 def test_step_does_not_render_and_counts(env):

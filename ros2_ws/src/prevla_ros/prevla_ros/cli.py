@@ -288,6 +288,19 @@ def _supervisor_config(args: argparse.Namespace):
                                     if values.get(name) is not None})
 
 
+def up_args(argv: list[str]) -> argparse.Namespace:
+    """``prevla up``'s options parsed from ``argv``, ready for :func:`run_graph` (for scripts
+    that run the graph, e.g. ``prevla_training.bench_soak``); a bad option exits 2."""
+    parser = argparse.ArgumentParser(prog="prevla up")
+    _graph_options(parser, None)
+    args = parser.parse_args(argv)
+    try:
+        args.supervisor = _supervisor_config(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     os.environ.setdefault("MUJOCO_GL", "egl")
