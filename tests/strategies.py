@@ -134,3 +134,19 @@ def candidate_set_msgs(draw, max_k: int = 6, stamp: int | None = None, sizes=SIZ
         candidates=[draw(chunk_msgs(stamp=stamp, sizes=sizes)) for _ in range(k)],
         temperatures=draw(st.lists(ANY_F32, max_size=max_k + 2)),
         seeds=draw(st.lists(U32, max_size=max_k + 2)), policy_id=draw(TEXT), round=draw(U32)))
+
+
+class Unreadable:
+    """A sequence whose length is known but whose items must never be read (O(1) checks)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        raise AssertionError("an over-limit message was iterated")
+
+    def __getitem__(self, i):
+        raise AssertionError("an over-limit message was read")

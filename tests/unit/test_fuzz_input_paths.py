@@ -31,28 +31,12 @@ from prevla_ros.runtime.observation import (PART_NAMES, ObservationAssembler, Ob
 from prevla_ros.runtime.scheduler import OUTCOME_ACCEPTED, OUTCOME_HOLD, Scheduler
 from prevla_ros.runtime.scheduler_config import SchedulerConfig
 from prevla_ros.runtime.types import ACTION_DIM
-from tests.strategies import (ANY_F32, POSES, SIZE, TEXT, U32, candidate_set_msgs, chunk_msgs,
+from tests.strategies import (ANY_F32, POSES, SIZE, TEXT, U32, Unreadable, candidate_set_msgs, chunk_msgs,
                               image_msgs, joint_state_msgs, pose, sim_state_msgs, wire)
 
 FAST = settings(max_examples=100, deadline=None)
 SLOWER = settings(max_examples=50, deadline=None,
                   suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
-class Unreadable:
-    """A sequence whose length is known but whose items must never be read."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        raise AssertionError("an element of an over-limit message was read")
-
-    def __getitem__(self, i):
-        raise AssertionError("an element of an over-limit message was read")
 
 
 class Counted(list):

@@ -8,6 +8,7 @@ from types import SimpleNamespace as NS
 import pytest
 
 from prevla_ros.runtime.health import Health, HealthConfig
+from tests.strategies import Unreadable
 from prevla_ros.runtime.limits import (MAX_ACTION_DIM, InputGuard, InputLimits, Throttle,
                                        TokenBucket, candidate_set_problem, chunk_problem,
                                        future_problem, image_problem, joint_state_problem,
@@ -15,22 +16,6 @@ from prevla_ros.runtime.limits import (MAX_ACTION_DIM, InputGuard, InputLimits, 
 
 LIMITS = InputLimits()
 NOW_NS = 1_700_000_000 * 10**9
-
-
-class Unreadable:
-    """A sequence whose length is known but whose items must never be read (O(1) checks)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        raise AssertionError("an over-limit message was iterated")
-
-    def __getitem__(self, i):
-        raise AssertionError("an over-limit message was read")
 
 
 def _chunk(h: int = 8, d: int = 7, n: int | None = None) -> NS:
