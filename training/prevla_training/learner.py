@@ -139,6 +139,8 @@ class Learner:
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.step_count = 0
+        #: False keeps the gradient buffers between steps (zeroed in place): a static pool.
+        self.grads_to_none = True
         self._set_lr()
 
     @property
@@ -158,7 +160,7 @@ class Learner:
     def step(self, loss: torch.Tensor) -> float:
         """One update from ``loss``: backward (scaled under fp16), clip, optimiser step, next lr.
         Returns the gradient norm before clipping."""
-        self.opt.zero_grad(set_to_none=True)
+        self.opt.zero_grad(set_to_none=self.grads_to_none)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.opt)
         norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip or float("inf"))

@@ -9,6 +9,7 @@
     prevla label-candidates ...               label verifier candidates by branching in LIBERO
     prevla branch ...                         outcome labels: branch K candidates, policy to the end
     prevla ceiling ...                        what any chunk selector could gain (from branch)
+    prevla rl ...                             D-VLA: fine-tune the VLA with async PPO on Ray
     prevla train-verifier ...                 train the verifier (+ ablations table)
     prevla export MODEL --to onnx|tensorrt    export a model (parity-checked) into the zoo
     prevla params [--write]                   check / regenerate the parameter docs and YAML
@@ -234,6 +235,7 @@ DELEGATED = {
     "label-candidates": ("prevla_training.candidates", "label verifier candidates by branching in LIBERO"),
     "branch": ("prevla_training.branching", "outcome labels: branch K candidates, then the policy to the end"),
     "ceiling": ("prevla_training.ceiling", "what any chunk selector could gain, from branch outputs"),
+    "rl": ("prevla_training.rl.driver", "D-VLA: asynchronous distributed RL of the VLA on Ray"),
     "train-verifier": ("prevla_training.train_verifier", "train the verifier on labelled candidates"),
     "train-world-model": ("prevla_training.train_world_model", "train the world model on demos and policy rollouts"),
     "export": ("prevla_training.export", "export a model to ONNX / TensorRT, parity-checked, into the zoo"),
