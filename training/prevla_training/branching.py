@@ -137,7 +137,8 @@ def _save_part(path: Path, arrays: dict) -> None:
     os.replace(tmp, path)
 
 
-def _load_part(path: Path) -> dict:
+def load_part(path: Path) -> dict:
+    """One decision part (``init<II>.parts/dNN.npz``) as a dict of arrays (``outcome/<f>`` keys restored)."""
     with np.load(path) as z:
         return {k.replace("__", "/"): z[k] for k in z.files}
 
@@ -185,7 +186,7 @@ def assemble(parts: Path, path: Path, attrs: dict) -> int:
     """Write the episode file from its decision parts (atomic); returns the decisions written."""
     import h5py
 
-    rows = [_load_part(parts / f"d{d:02d}.npz") for d in attrs["branched"]]
+    rows = [load_part(parts / f"d{d:02d}.npz") for d in attrs["branched"]]
     tmp = path.with_name(path.name + ".tmp")
     with h5py.File(tmp, "w") as f:
         if rows:

@@ -39,9 +39,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import queue
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -49,7 +47,8 @@ from pathlib import Path
 import numpy as np
 
 from prevla_training.cli_args import add_config_args, parse_config
-from prevla_training.demos import _BarSink, parse_tasks
+from prevla_training.demos import parse_tasks
+from prevla_training.jobs import map_jobs, progress_sink
 
 @dataclass
 class LabelConfig:
@@ -69,6 +68,9 @@ class LabelConfig:
     gamma: float = field(default=0.99, metadata={"help": "per-step discount of the sparse success reward"})
     seed: int = field(default=0, metadata={"help": "seed of sampling and perturbations"})
     workers: int = field(default=2, metadata={"help": "processes (one task each); 0 = in-process"})
+    ray_address: str = field(default="", metadata={
+        "help": "'' = local processes; 'local' = a local Ray cluster of --workers CPUs; "
+                "'auto' or host:port = a running Ray cluster (one CPU per task)"})
 
     def __post_init__(self) -> None:
         for name, lo in (("episodes_per_task", 1), ("first_init_state", 0), ("k_policy", 1),
@@ -230,23 +232,17 @@ def label_candidates(cfg: LabelConfig) -> dict:
     Path(cfg.out).mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     bar = tqdm(total=len(jobs) * cfg.episodes_per_task, desc=f"label {cfg.suite}", unit="ep")
+    rows = []
     try:
-        if cfg.workers == 0:
-            rows = [label_task(dict(j, progress=_BarSink(bar))) for j in jobs]
-        else:
-            ctx = mp.get_context("spawn")
-            with ctx.Manager() as manager:
-                progress = manager.Queue()
-                with ctx.Pool(cfg.workers) as pool:
-                    pending = pool.map_async(label_task, [dict(j, progress=progress) for j in jobs], chunksize=1)
-                    while not pending.ready():
-                        try:
-                            bar.update(progress.get(timeout=0.5))
-                        except queue.Empty:
-                            pass
-                    rows = pending.get()
+        with progress_sink(bar.update, cfg.workers, cfg.ray_address) as progress:
+            for row in map_jobs(label_task, [dict(j, progress=progress) for j in jobs], cfg.workers,
+                                cfg.ray_address):
+                rows.append(row)
+                if cfg.ray_address:  # no live progress from a cluster: the task's episodes now
+                    bar.update(row["episodes"])
     finally:
         bar.close()
+    rows.sort(key=lambda r: task_ids.index(r["task_id"]))  # task order, not completion order
     summary = dict(config=asdict(cfg), wall_time_s=round(time.perf_counter() - t0, 1), tasks=rows)
     (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary["tasks"]))

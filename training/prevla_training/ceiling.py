@@ -78,7 +78,7 @@ def load_branches(root: str | Path) -> list[dict]:
     import h5py
 
     from prevla_sim.expert import PHASES
-    from prevla_training.branching import _load_part
+    from prevla_training.branching import load_part
 
     paths = sorted(glob.glob(os.path.join(str(root), "task*", "init*.hdf5")))
     parts = sorted(p for p in glob.glob(os.path.join(str(root), "task*", "init*.parts", "d*.npz"))
@@ -87,7 +87,7 @@ def load_branches(root: str | Path) -> list[dict]:
         raise FileNotFoundError(f"no branched episodes under {root} (run `prevla branch` first)")
     rows = []
     for p in parts:
-        z = _load_part(Path(p))
+        z = load_part(Path(p))
         episode = Path(p).parent
         rows.append(dict(task_id=int(episode.parent.name[4:]), init_state=int(episode.name[4:6]),
                          decision=int(z["decision"]), step=int(z["step"]), phase=PHASES[int(z["phase"])],

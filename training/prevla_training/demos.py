@@ -2,7 +2,8 @@
 
 One file per task, named like LIBERO's (``<task_name>_demo.hdf5``), so ``DemoDataset`` reads
 ours and the official datasets alike. Every control step is observed (both cameras rendered),
-as in LIBERO's files. ROS-free, no ray: ``multiprocessing`` (spawn), one task per worker.
+as in LIBERO's files. ROS-free; one task per worker, on local processes (spawn) or a Ray
+cluster (``--ray-address``, ``prevla_training.jobs``).
 
 Resumable: demos go to ``<task_name>_demo.hdf5.part`` as they complete (flushed); the file is
 renamed when the task is done. A rerun counts the demos already there and records only the
@@ -15,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
 import os
-import queue
 import re
 import time
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 
 from prevla_training.demos_read import (DemoDataset, PROPRIO_DIM, open_hdf5,  # noqa: F401
                                         proprio_from_observation, quat2axisangle)
+from prevla_training.jobs import map_jobs, progress_sink
 
 #: Image convention of the stored images (robosuite's raw offscreen render: upside down).
 IMAGE_CONVENTION = "opengl"
@@ -247,19 +247,10 @@ def record_task(job: dict) -> dict:
     return stats
 
 
-class _BarSink:
-    """Queue-like progress sink for in-process runs (``workers=0``)."""
-
-    def __init__(self, bar) -> None:
-        self.bar = bar
-
-    def put(self, n: int) -> None:
-        self.bar.update(n)
-
-
 def record_demos(suite: str, task_ids: list[int] | None, demos_per_task: int, out_dir: str | Path,
                  workers: int, horizon: int = 8, noise_std: float = 0.0, image_size: int = 128,
-                 seed: int = 0, max_attempts_factor: int = 3, first_init_state: int = 10) -> dict:
+                 seed: int = 0, max_attempts_factor: int = 3, first_init_state: int = 10,
+                 ray_address: str = "") -> dict:
     """Record successful scripted-expert demos for ``task_ids`` of ``suite`` into ``out_dir``.
 
     Args:
@@ -275,6 +266,8 @@ def record_demos(suite: str, task_ids: list[int] | None, demos_per_task: int, ou
         max_attempts_factor: give up on a task after this many attempts per wanted demo.
         first_init_state: demos start from official init states ``first_init_state, ...``
             (cycling); the default 10 keeps init states 0-9, used by ``prevla eval``, unseen.
+        ray_address: '' = ``workers`` local processes; 'local' = a local Ray cluster of
+            ``workers`` CPUs; 'auto' or host:port = a running Ray cluster (one CPU per task).
 
     Returns:
         The summary dict (also written to ``out_dir/summary.json``).
@@ -299,26 +292,19 @@ def record_demos(suite: str, task_ids: list[int] | None, demos_per_task: int, ou
     jobs = [dict(base, task_id=t) for t in task_ids]
     t_start = time.perf_counter()
     bar = tqdm(total=len(jobs) * demos_per_task, desc=f"demos {suite}", unit="demo")
+    n_workers = max(0, workers)  # <= 0: in this process
+    rows = []
     try:
-        if workers <= 0:
-            rows = []
-            for job in jobs:
-                rows.append(record_task(dict(job, progress=_BarSink(bar))))
-        else:
-            ctx = mp.get_context("spawn")  # fresh interpreters: no inherited GL/MuJoCo state
-            with ctx.Manager() as manager:
-                progress = manager.Queue()
-                with ctx.Pool(processes=workers) as pool:
-                    pending = pool.map_async(record_task, [dict(j, progress=progress) for j in jobs],
-                                             chunksize=1)
-                    while not pending.ready():
-                        try:
-                            bar.update(progress.get(timeout=0.5))
-                        except queue.Empty:
-                            pass
-                    rows = pending.get()  # re-raises a worker's exception here
+        with progress_sink(bar.update, n_workers, ray_address) as progress:
+            for row in map_jobs(record_task, [dict(j, progress=progress) for j in jobs], n_workers,
+                                ray_address):  # a worker's exception is re-raised here
+                rows.append(row)
+                if ray_address:  # no live progress from a cluster: the task's new demos now
+                    bar.update(row["new_demos"])
     finally:
         bar.close()
+    order = {t: i for i, t in enumerate(task_ids)}
+    rows.sort(key=lambda r: order[r["task_id"]])  # task order, not completion order
     summary = dict(base, workers=workers, wall_time_s=round(time.perf_counter() - t_start, 1),
                    tasks=rows)
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -346,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", default=None, help="task ids, e.g. 0-9 or 0,3 (default: all)")
     p.add_argument("--demos-per-task", type=int, default=10, help="successful demos per task")
     p.add_argument("--workers", type=int, default=2, help="parallel processes (0: in-process)")
+    p.add_argument("--ray-address", default="",
+                   help="'' = local processes; 'local' = a local Ray cluster of --workers CPUs; "
+                        "'auto' or host:port = a running Ray cluster (one CPU per task)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--noise-std", type=float, default=0.0,
                    help="Gaussian noise std on the 6 motion dims of every action")
@@ -362,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     record_demos(a.suite, parse_tasks(a.tasks, suite_num_tasks(a.suite)), a.demos_per_task,
                  a.out, a.workers, horizon=a.horizon, noise_std=a.noise_std,
                  image_size=a.image_size, seed=a.seed, max_attempts_factor=a.max_attempts_factor,
-                 first_init_state=a.first_init_state)
+                 first_init_state=a.first_init_state, ray_address=a.ray_address)
     return 0
 
 

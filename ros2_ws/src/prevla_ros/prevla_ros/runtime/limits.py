@@ -138,22 +138,22 @@ def image_problem(msg, limits: InputLimits) -> str | None:
     return None
 
 
+def _chars_problem(what: str, n: int, limits: InputLimits) -> str | None:
+    """``what`` of ``n`` characters over ``limit_instruction_chars``, or None."""
+    if n > limits.limit_instruction_chars:
+        return f"{what} of {n} characters > limit_instruction_chars {limits.limit_instruction_chars}"
+    return None
+
+
 def text_problem(text: str, limits: InputLimits) -> str | None:
     """An instruction over ``limit_instruction_chars``, or None."""
-    n = len(text)
-    if n > limits.limit_instruction_chars:
-        return f"instruction of {n} characters > limit_instruction_chars " \
-               f"{limits.limit_instruction_chars}"
-    return None
+    return _chars_problem("instruction", len(text), limits)
 
 
 def status_problem(msg, limits: InputLimits) -> str | None:
     """An EpisodeStatus whose texts are over ``limit_instruction_chars``, or None."""
     n = max(len(msg.suite), len(msg.state), len(msg.instruction), len(msg.detail))
-    if n > limits.limit_instruction_chars:
-        return f"episode_status text of {n} characters > limit_instruction_chars " \
-               f"{limits.limit_instruction_chars}"
-    return None
+    return _chars_problem("episode_status text", n, limits)
 
 
 def joint_state_problem(msg, limits: InputLimits) -> str | None:
