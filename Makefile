@@ -10,7 +10,7 @@ IFACE_SRC := $(wildcard $(IFACES)/msg/*.msg $(IFACES)/srv/*.srv) $(IFACES)/CMake
 export MUJOCO_GL ?= egl
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo up test test-fast ceiling closed-loop expert-eval verifier-data train-verifier train-world-model export bench bench-verifier bench-engines bench-scheduler bench-world-model soak clean help
+.PHONY: install demo up test test-fast ceiling closed-loop expert-eval verifier-data train-verifier train-world-model export bench bench-verifier bench-engines bench-scheduler bench-world-model soak rl bench-rl clean help
 help:
 	@echo "make demo    install (if needed) and run a LIBERO-Spatial episode through the ROS 2 nodes"
 	@echo "make test    install (if needed) and run the test suite"
@@ -24,6 +24,8 @@ help:
 	@echo "make bench-world-model imagination error over horizon, verifier-gated vs ungated, in LIBERO"
 	@echo "make export        export the zoo's default VLA and verifier to ONNX (parity-checked, into models/zoo)"
 	@echo "make soak          run the graph (--processes) for SOAK_MIN minutes: RSS, latency p50/p99, losses per node"
+	@echo "make rl            D-VLA: fine-tune the zoo VLA with async PPO on a local Ray (RL_ARGS: prevla rl options)"
+	@echo "make bench-rl      D-VLA: async vs sync throughput, weight replication, learner memory (tables + JSON)"
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -122,6 +124,18 @@ SOAK_OUT ?= outputs/bench/soak.json
 soak: install
 	$(PY) -m prevla_training.bench_soak --minutes $(SOAK_MIN) --warmup-minutes $(SOAK_WARMUP_MIN) \
 		--out $(SOAK_OUT) $(SOAK_ARGS)
+
+# D-VLA (issue 16). `make rl` trains on init states >= 10 only; RL_ARGS are prevla rl options
+# (e.g. --address auto for a running cluster, --runners 8 on a bigger machine, --resume).
+RL_ARGS ?= --tasks 5,7,9 --runners 1 --envs-per-runner 2 --steps 60
+rl: install
+	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(VENV)/bin/prevla rl --out-dir outputs/rl/spatial $(RL_ARGS)
+
+BENCH_RL_ARGS ?= --updates 6 --runner-counts 1,2 --tasks 5,7,9
+bench-rl: install
+	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(PY) -m prevla_training.bench_rl --out outputs/bench/rl.json $(BENCH_RL_ARGS)
+	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(PY) -m prevla_training.bench_replication --out outputs/bench/replication.json
+	$(PY) -m prevla_training.bench_memory --out outputs/bench/memory.json
 
 bench-verifier: install
 	$(PY) -m prevla_training.bench_verifier --out outputs/bench/verifier_latency.json

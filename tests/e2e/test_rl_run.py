@@ -12,7 +12,7 @@ ray = pytest.importorskip("ray")
 
 from prevla_models.vla import load_checkpoint  # noqa: E402
 from prevla_training.rl.config import RLConfig  # noqa: E402
-from prevla_training.rl.driver import Run, main, start_ray  # noqa: E402
+from prevla_training.rl.driver import Run, RunFailed, main, start_ray  # noqa: E402
 
 pytestmark = pytest.mark.libero
 
@@ -68,3 +68,13 @@ def test_a_killed_runner_is_replaced_and_the_run_goes_on(ray_env, tmp_path):
     assert ray.get(run.learner.update.remote())["version"] == 2  # fed by the new runner
     for r in run.runners:
         r.stop.remote()
+
+
+def test_a_dead_inference_server_stops_the_run_with_one_clear_error(ray_env, tmp_path):
+    cfg = RLConfig(tasks="0", runners=1, envs_per_runner=1, max_steps=16, batch_size=2, steps=50,
+                   runner_cpus=1, server_cpus=0.5, learner_cpus=0.5, out_dir=str(tmp_path / "run"))
+    start_ray("")
+    run = Run(cfg)
+    ray.kill(run.servers[0], no_restart=True)
+    with pytest.raises(RunFailed, match="InferenceServer"):
+        run.train()

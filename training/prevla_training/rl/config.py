@@ -52,6 +52,7 @@ class RLConfig(TrainLoopConfig):
     max_lag: int = _f(2, "Most versions a decision may trail the learner; older ones are dropped and counted.")
     temperature: float = _f(1.0, "Start-noise temperature of the flow chain.")
     env_steps: int = _f(0, "Stop after this many environment steps (0 = after `steps` updates).")
+    runner_restarts: int = _f(5, "Runners that may die and be replaced in one run before it stops.")
     checkpoint_every: int = _f(10, "Updates between checkpoints (and at the end).")
     out_dir: str = _f("outputs/rl/run", "Run directory: metrics.jsonl, checkpoints, summary.")
     address: str = _f("", "Ray cluster address ('' = start a local Ray, 'auto' = the running one).")
@@ -69,7 +70,7 @@ class RLConfig(TrainLoopConfig):
                      "checkpoint_every", "init_count"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"RLConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("init_start", "max_steps", "max_lag", "env_steps"):
+        for name in ("init_start", "max_steps", "max_lag", "env_steps", "runner_restarts"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"RLConfig.{name} must be >= 0, got {getattr(self, name)}")
         if self.init_start < 10:

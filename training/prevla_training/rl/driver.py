@@ -53,6 +53,19 @@ def start_ray(address: str, num_cpus: int | None = None) -> bool:
     return True
 
 
+class RunFailed(RuntimeError):
+    """A run cannot go on (a learner, server or ring actor died, or a runner's loop failed)."""
+
+
+def describe_failure(exc: Exception) -> str:
+    """One line naming the actor that failed, from a Ray error."""
+    text = f"{exc}\n{getattr(exc, 'cause', '')}"
+    cls = next((w for w in ("RLLearner", "InferenceServer", "RingActor", "NodeReplica", "EnvRunner")
+                if f"class_name: {w}" in text or f"{w}." in text), "an actor")
+    last = [line.strip() for line in text.splitlines() if "Error" in line]
+    return f"{cls} failed: {last[-1] if last else type(exc).__name__}"[:300]
+
+
 #: TrainLoopConfig fields an RL run has no use for (no flags for them).
 UNUSED = ("aug_shift", "num_threads", "stop_at")
 
@@ -96,7 +109,8 @@ class Run:
         ray.get(self.learner.save.remote(str(self.out / "last.pt"), {"rl_config": self.cfg_dict}))
 
     def _replace_dead(self, refs: dict) -> None:
-        """Replace a runner whose ``run`` failed (the actor died); the run goes on."""
+        """Replace a runner whose process died; the run goes on. A runner whose loop *raised*
+        (e.g. its inference server is gone) stops the run: :class:`RunFailed`."""
         import ray
 
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=0)
@@ -105,7 +119,12 @@ class Run:
             try:
                 ray.get(ref)
                 continue  # finished normally (sync mode)
+            except ray.exceptions.RayTaskError as exc:  # the runner is alive and its loop failed
+                raise RunFailed(f"runner {i} stopped: {describe_failure(exc)}") from exc
             except ray.exceptions.RayActorError as exc:
+                if self.restarts >= self.cfg.runner_restarts:
+                    raise RunFailed(f"runner {i} died and {self.restarts} runners were replaced already "
+                                    f"(runner_restarts): {describe_failure(exc)}") from exc
                 print(f"prevla rl: runner {i} died ({type(exc).__name__}); starting a new one", flush=True)
             self.restarts += 1
             self.runners[i] = self._new_runner(i)
@@ -120,13 +139,17 @@ class Run:
         per_runner = max(1, math.ceil(c.batch_size / max(c.runners, 1)))
         refs = {r.run.remote(0): i for i, r in enumerate(self.runners)} if c.mode == "async" else {}
         stats: dict = {}
+        done = False
         try:
             while stats.get("version", start_version) < c.steps:
                 if c.mode == "sync":  # every runner collects with frozen weights, then learn
                     ray.get([r.run.remote(per_runner) for r in self.runners])
                     stats = ray.get(self.learner.update.remote(wait_push=True))
                 else:
-                    stats = ray.get(self.learner.update.remote())
+                    pending = self.learner.update.remote()
+                    while not ray.wait([pending], timeout=2.0)[0]:
+                        self._replace_dead(refs)  # a runner lost while the learner waits for data
+                    stats = ray.get(pending)
                     self._replace_dead(refs)
                 stats["wall_s"] = time.time() - t0
                 stats["runner_restarts"] = self.restarts
@@ -138,7 +161,13 @@ class Run:
                     self._checkpoint()
                 if c.env_steps and stats["env_steps"] >= c.env_steps:
                     break
+            done = True
+        except ray.exceptions.RayError as exc:  # learner, server or ring gone: stop, say which
+            raise RunFailed(describe_failure(exc)) from exc
         finally:
+            if not done:
+                print(f"prevla rl: stopping; metrics so far in {self.out / 'metrics.jsonl'}, last checkpoint "
+                      f"{self.out / 'last.pt'}", flush=True)
             for r in self.runners:
                 try:
                     r.stop.remote()
@@ -200,6 +229,9 @@ def main(argv: list[str] | None = None) -> int:
     started = start_ray(cfg.address)
     try:
         summary = Run(cfg, replication).train()
+    except RunFailed as exc:
+        print(f"prevla rl: {exc}", flush=True)
+        return 1
     finally:
         if started:
             import ray

@@ -44,9 +44,7 @@ class EnvRunner:
 
         self.cfg = cfg
         self.id, self.server, self.ring = runner_id, server, ring
-        import ray
-
-        self.image_size = int(ray.get(server.image_size.remote()))  # what the policy reads
+        self.image_size = 0  # what the policy reads: asked from the server when run() starts
         c, tasks = self.cfg, self.cfg.task_ids
         self.rng = np.random.default_rng([c.seed, runner_id])
         self.envs = []
@@ -98,6 +96,7 @@ class EnvRunner:
         from prevla_ros.runtime.chunks import chunk_problem, hold_chunk
 
         self._stop.clear()
+        self.image_size = self.image_size or int(ray.get(self.server.image_size.remote()))
         first = self.counters["decisions"]
 
         def more() -> bool:
