@@ -127,11 +127,11 @@ soak: install
 
 # D-VLA (issue 16). `make rl` trains on init states >= 10 only; RL_ARGS are prevla rl options
 # (e.g. --address auto for a running cluster, --runners 8 on a bigger machine, --resume).
-RL_ARGS ?= --tasks 5,7,9 --runners 1 --envs-per-runner 2 --steps 60
+RL_ARGS ?= --tasks 5,7,9 --runners 2 --runner-cpus 0.5 --envs-per-runner 2 --steps 1000 --minutes 60
 rl: install
 	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(VENV)/bin/prevla rl --out-dir outputs/rl/spatial $(RL_ARGS)
 
-BENCH_RL_ARGS ?= --updates 6 --runner-counts 1,2 --tasks 5,7,9
+BENCH_RL_ARGS ?= --updates 6 --runner-counts 1,2 --tasks 5,7,9 --runner-cpus 0.5
 bench-rl: install
 	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(PY) -m prevla_training.bench_rl --out outputs/bench/rl.json $(BENCH_RL_ARGS)
 	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(PY) -m prevla_training.bench_replication --out outputs/bench/replication.json

@@ -47,7 +47,7 @@ class FlowNoiseConfig:
 
     sigma_min: float = field(default=0.01, metadata={"help": "Lower bound of every step noise sigma_i (normalised action units)."})
     sigma_max: float = field(default=0.2, metadata={"help": "Upper bound of every step noise sigma_i."})
-    sigma_init: float = field(default=0.05, metadata={"help": "Initial sigma_i, in (sigma_min, sigma_max)."})
+    sigma_init: float = field(default=0.1, metadata={"help": "Initial sigma_i, in (sigma_min, sigma_max)."})
     value_hidden: int = field(default=128, metadata={"help": "Hidden width of the critic MLP."})
     value_trains_encoder: bool = field(default=False, metadata={"help": "Let the critic's gradients reach the encoder the policy uses (module docstring)."})
 

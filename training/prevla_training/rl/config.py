@@ -26,7 +26,7 @@ class RLConfig(TrainLoopConfig):
 
     steps: int = _f(100, "Learner updates (each one PPO pass over batch_size decisions).")
     batch_size: int = _f(64, "Decisions (chunks) per learner update.")
-    lr: float = _f(1e-5, "Peak lr of the policy (flow head, encoder, step noise).")
+    lr: float = _f(5e-6, "Peak lr of the policy (flow head, encoder, step noise).")
     value_lr: float = _f(1e-3, "Peak lr of the critic's head.")
     weight_decay: float = _f(0.0, "AdamW weight decay.")
     warmup_steps: int = _f(0, "Linear warm-up updates.")
@@ -52,6 +52,7 @@ class RLConfig(TrainLoopConfig):
     max_lag: int = _f(2, "Most versions a decision may trail the learner; older ones are dropped and counted.")
     temperature: float = _f(1.0, "Start-noise temperature of the flow chain.")
     env_steps: int = _f(0, "Stop after this many environment steps (0 = after `steps` updates).")
+    minutes: float = _f(0.0, "Stop after this much wall-clock time (0 = no time limit).")
     runner_restarts: int = _f(5, "Runners that may die and be replaced in one run before it stops.")
     checkpoint_every: int = _f(10, "Updates between checkpoints (and at the end).")
     out_dir: str = _f("outputs/rl/run", "Run directory: metrics.jsonl, checkpoints, summary.")
@@ -77,7 +78,7 @@ class RLConfig(TrainLoopConfig):
             raise ValueError(f"RLConfig.init_start must be >= 10 (init states 0-9 are for evaluation only), "
                              f"got {self.init_start}")
         for name in ("runner_cpus", "server_cpus", "learner_cpus", "learner_gpus", "server_gpus",
-                     "server_wait_ms", "value_lr", "temperature"):
+                     "server_wait_ms", "value_lr", "temperature", "minutes"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"RLConfig.{name} must be >= 0, got {getattr(self, name)}")
 

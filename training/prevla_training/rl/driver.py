@@ -82,6 +82,11 @@ class Run:
 
         self.cfg, c = cfg, cfg
         self.cfg_dict = asdict(c)
+        need = c.runners * c.runner_cpus + c.servers * c.server_cpus + c.learner_cpus
+        have = ray.cluster_resources().get("CPU", 0.0)
+        if need > have + 1e-9:  # Ray would wait for resources forever
+            raise RunFailed(f"the actors reserve {need:g} CPUs (runners x runner_cpus + servers x server_cpus + "
+                            f"learner_cpus) but the Ray cluster has {have:g}: lower runner_cpus or runners")
         self.ring = RolloutRing.options(num_cpus=0).remote(c.ring_capacity, c.max_lag)
         self.learner = ray.remote(RLLearner).options(num_cpus=c.learner_cpus, num_gpus=c.learner_gpus).remote(c, self.ring)
         self.servers = [ray.remote(InferenceServer).options(num_cpus=c.server_cpus, num_gpus=c.server_gpus,
@@ -160,6 +165,8 @@ class Run:
                 if stats["version"] % c.checkpoint_every == 0:
                     self._checkpoint()
                 if c.env_steps and stats["env_steps"] >= c.env_steps:
+                    break
+                if c.minutes and stats["wall_s"] >= 60 * c.minutes:
                     break
             done = True
         except ray.exceptions.RayError as exc:  # learner, server or ring gone: stop, say which
