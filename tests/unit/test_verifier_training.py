@@ -255,6 +255,30 @@ def test_mc_labels_advantages_and_task_failure_reason():
         TrainVerifierConfig(labels="oracle")
 
 
+def test_value_labels_advantages_and_task_failure_reason():
+    from prevla_training.critic import mc_q
+
+    d = with_mc(synthetic())
+    rng = np.random.default_rng(2)
+    # bootstrapped Q: success-leaning candidates high, others near 0, a little critic noise
+    d.value_q = (mc_q(d) * 0.9 + rng.normal(0, 0.02, mc_q(d).shape)).astype(np.float32)
+    d.value_q[0] = [0.0, 0.9, 0.5, 0.2]  # candidate 0 fails while candidate 1 is 0.9 better
+    lab = make_labels(TrainVerifierConfig(critic_folds=2, labels="value"), d, np.arange(6))
+    q = d.value_q
+    np.testing.assert_allclose(lab["advantage"] * lab["adv_scale"], q - q.mean(1, keepdims=True), atol=1e-6)
+    assert lab["safe"][0, 0] == 0 and lab["balance"]["by_reason"]["task_failure"] > 0
+    fails = (q <= 0) & (q.max(1, keepdims=True) >= q + 0.5)
+    assert np.all(lab["safe"][fails] == 0)
+    c = lab["critic"]
+    assert c["source"] == "value" and c["q_max"] == pytest.approx(float(q.max()))
+    assert c["value_vs_mc_spearman_within_set"] > 0.5  # the value labels agree with the MC ones
+    d.mc_success = None
+    assert make_labels(TrainVerifierConfig(critic_folds=2, labels="value"), d, np.arange(6))["critic"][
+        "value_vs_mc_spearman_within_set"] is None
+    with pytest.raises(ValueError, match="value/q"):
+        make_labels(TrainVerifierConfig(critic_folds=2, labels="value"), with_mc(synthetic()), np.arange(6))
+
+
 def test_selection_q_hand_computed():
     q = np.array([[0.0, 1.0, 0.5], [0.5, 0.0, 1.0]])
     p_safe = np.array([[0.2, 0.9, 0.9], [0.1, 0.3, 0.2]])

@@ -9,7 +9,20 @@ Along a closed-loop rollout of the learned VLA (the "policy alone" arm: it execu
    (``prevla_sim.outcomes``), record the state s'_i, then ``continuations`` times: restore s'_i
    and run the policy (one sample per decision, its own seed per continuation) until success
    or the episode budget. The continuations' successes give the Monte-Carlo value
-   Q(s, a_i) = P(task succeeds | run a_i, then the policy);
+   Q(s, a_i) = P(task succeeds | run a_i, then the policy). With ``value_model`` (a VLA
+   checkpoint of ``prevla rl`` carrying its critic, ``extra["rl"]``) s'_i is also observed
+   (rendered) and the critic's V(s'_i) gives the cheaper bootstrapped estimate, batched over
+   the K candidates (:class:`ValueBootstrap`; then ``continuations`` may be 0)::
+
+       value/q_i = 1                      if the task succeeded during chunk a_i
+                 = 0                      else if the chunk used up the episode budget (terminal)
+                 = gamma_chunk * V(s'_i)  otherwise
+
+   with gamma_chunk the RL run's per-decision discount (``extra["rl_config"]["ppo"]["gamma"]``,
+   0.99 when absent): the one-step TD target of the critic's own training (reward 1 on the
+   decision that completes the task, no bootstrap past a terminal), so on the RL policy
+   value/q estimates gamma_chunk**(decisions to success - 1) with failure = 0. V is
+   unbounded (a linear head), so value/q is too, within [0, 1] only approximately;
 3. restore the decision (and the policy's noise generator) and go on with candidate 0, so the
    rollout is the same whether or not a decision was branched (resume-safe).
 
@@ -19,9 +32,17 @@ next_state, outcome/*) restricted to the branched decisions, plus::
 
     mc/success   (N, K, M) uint8   did continuation j after candidate i succeed
     mc/end_step  (N, K, M) int32   control step at which it ended (success or budget)
+    value/q      (N, K) float32    bootstrapped Q (step 2; with ``value_model`` only)
+    value/v_next (N, K) float32    the critic's V(s'_i) (with ``value_model`` only)
     phase        (N,) int8         index into ``prevla_sim.expert.PHASES``
     decision     (N,) int32        index of the decision in the rollout
-    attrs: + continuations, branch_every, num_candidates, decisions (of the rollout)
+    attrs: + continuations, branch_every, num_candidates, decisions (of the rollout);
+             with ``value_model``: value_model, value_sha256 (its file), value_rl_version,
+             value_gamma (gamma_chunk)
+
+With ``--continuations 0`` (value labels only) the ``mc/`` group is not written: such files load
+with ``mc_success`` None and ``value_q`` set (``critic.load_candidates``), and ``prevla ceiling``
+(which needs continuations) skips them.
 
 Episodes run in parallel on local processes or a Ray cluster (``--ray-address``,
 ``prevla_training.jobs``). Each branched decision is written as soon as it is done (``init<II>.parts/dNN.npz``, temp
@@ -30,6 +51,7 @@ most one decision. Labelling never uses init states 0-9 (the evaluation's).
 
     prevla branch --suite libero_spatial --episodes-per-task 2 --continuations 4 \
         --workers 2 --out outputs/branches/libero_spatial
+    prevla branch --value-model outputs/rl/run/last.pt --continuations 0 ...   # value labels only
 """
 from __future__ import annotations
 
@@ -63,7 +85,11 @@ class BranchConfig:
     policy: str = field(default="", metadata={"help": "VLA checkpoint: '' = zoo default, zoo:NAME or a file"})
     backend: str = field(default="auto", metadata={"help": "VLA backend (auto | onnxruntime | torch ...)"})
     num_candidates: int = field(default=8, metadata={"help": "K policy samples per decision"})
-    continuations: int = field(default=4, metadata={"help": "M policy continuations per candidate"})
+    continuations: int = field(default=4, metadata={
+        "help": "M policy continuations per candidate (0 only with value_model)"})
+    value_model: str = field(default="", metadata={
+        "help": "'' = off; a VLA checkpoint (file or zoo:NAME) carrying an RL critic: also label "
+                "value/q = success ? 1 : gamma_chunk * V(s') per candidate (module docstring)"})
     branch_every: int = field(default=4, metadata={"help": "branch one decision in this many"})
     temperature: float = field(default=1.0, metadata={"help": "policy sampling temperature"})
     horizon: int = field(default=8, metadata={"help": "actions per chunk (the VLA's horizon)"})
@@ -75,11 +101,14 @@ class BranchConfig:
                 "'auto' or host:port = a running Ray cluster (one CPU per episode)"})
 
     def __post_init__(self) -> None:
-        for name, lo in (("episodes_per_task", 1), ("num_candidates", 2), ("continuations", 1),
+        for name, lo in (("episodes_per_task", 1), ("num_candidates", 2), ("continuations", 0),
                          ("branch_every", 1), ("horizon", 1), ("workers", 0), ("seed", 0)):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"BranchConfig.{name} must be an int >= {lo}, got {v!r}")
+        if self.continuations == 0 and not self.value_model:
+            raise ValueError("BranchConfig.continuations must be >= 1 unless value_model is set "
+                             "(0 continuations = value labels only)")
         if self.first_init_state < FIRST_LABEL_INIT:
             raise ValueError(f"BranchConfig.first_init_state must be >= {FIRST_LABEL_INIT}: init states "
                              f"0-9 are the evaluation's, got {self.first_init_state}")
@@ -104,7 +133,56 @@ def run_policy_to_end(env, policy, temperature: float) -> tuple[bool, int]:
     return bool(success), int(env.step_count)
 
 
-def branch_decision(env, probe, policy, cands: np.ndarray, cfg: BranchConfig, key: tuple) -> dict:
+class ValueBootstrap:
+    """The RL critic of a VLA checkpoint (``FlowActorCritic.value`` on the VLA's observation
+    encoding) as a labeller: V of rendered observations, batched, on ``device``.
+
+    Attributes: path, sha256 (of the file, verified before loading), rl_version, gamma (the
+    RL run's per-chunk discount, 0.99 when the checkpoint does not record it), model.
+    """
+
+    def __init__(self, spec: str, device: str = "cpu") -> None:
+        from prevla_models.flow_rl import FlowActorCritic, FlowNoiseConfig
+        from prevla_models.vla import load_checkpoint
+        from prevla_models.zoo import resolve_file
+
+        ver = resolve_file(spec, "vla")
+        vla, extra = load_checkpoint(ver.path, map_location=device)
+        if "rl" not in extra:
+            raise ValueError(f"value_model {spec!r} carries no RL critic (no extra['rl']): give a "
+                             "checkpoint written by `prevla rl`")
+        self.model = FlowActorCritic(vla, FlowNoiseConfig(**extra["rl"]["flow_noise"])).to(device).eval()
+        self.model.load_rl_state(extra["rl"])
+        ppo = (extra.get("rl_config") or {}).get("ppo") or {}
+        self.spec, self.path, self.sha256, self.device = spec, ver.path, ver.sha256, device
+        self.rl_version, self.gamma = int(extra.get("rl_version", 0)), float(ppo.get("gamma", 0.99))
+
+    def attrs(self) -> dict:
+        """What the episode file records of the critic (module docstring)."""
+        return dict(value_model=self.spec, value_sha256=self.sha256, value_rl_version=self.rl_version,
+                    value_gamma=self.gamma)
+
+    def values(self, observations: list, instruction: str) -> np.ndarray:
+        """V (len(observations),) float32 of observations of one task, in one batch."""
+        import torch
+
+        from prevla_models.encoder import observation_tensors
+
+        size = int(self.model.vla.cfg.image_size)
+        pairs = [observation_tensors(o, size) for o in observations]
+        images = torch.cat([p[0] for p in pairs]).to(self.device)
+        proprio = torch.cat([p[1] for p in pairs]).to(self.device)
+        with torch.inference_mode():
+            ctx, pad = self.model.encode(images, proprio, [instruction] * len(pairs))
+            return self.model.value(ctx, pad).float().cpu().numpy()
+
+    def q(self, v_next: np.ndarray, success: np.ndarray, terminal: np.ndarray) -> np.ndarray:
+        """value/q of the module docstring: 1 on success, 0 at the budget, else gamma * V(s')."""
+        return np.where(success > 0, 1.0, np.where(terminal, 0.0, self.gamma * v_next)).astype(np.float32)
+
+
+def branch_decision(env, probe, policy, cands: np.ndarray, cfg: BranchConfig, key: tuple,
+                    value: ValueBootstrap | None = None) -> dict:
     """Branch every candidate from the current state (module docstring, step 2); the env is
     left anywhere: the caller restores its snapshot."""
     from prevla_sim.outcomes import OUTCOME_FIELDS, STATE_DIM, execute_and_measure
@@ -115,20 +193,31 @@ def branch_decision(env, probe, policy, cands: np.ndarray, cfg: BranchConfig, ke
     end = np.zeros((k, m), np.int32)
     nxt = np.zeros((k, STATE_DIM), np.float32)
     outcome = {f: np.zeros(k, np.float32) for f in OUTCOME_FIELDS}
+    observed, terminal = [], np.zeros(k, bool)
     for i in range(k):
         env.restore(snap)
         res = execute_and_measure(env, probe, cands[i], cfg.gamma)
         nxt[i] = probe.state_features()
         for f in OUTCOME_FIELDS:
             outcome[f][i] = res[f]
-        after = env.snapshot()
+        after = env.snapshot()  # before rendering: the continuations start from the same state either way
+        if value is not None:
+            observed.append(env.observe())
+            terminal[i] = env.step_count >= env.max_steps
         for j in range(m):
             env.restore(after)
             policy.seed = stream_seed(*key, i, j)
             policy.reset()
             success[i, j], end[i, j] = run_policy_to_end(env, policy, cfg.temperature)
-    return {"actions": np.asarray(cands, np.float32), "next_state": nxt, "mc_success": success,
-            "mc_end_step": end, **{f"outcome/{f}": v for f, v in outcome.items()}}
+    out = {"actions": np.asarray(cands, np.float32), "next_state": nxt,
+           **{f"outcome/{f}": v for f, v in outcome.items()}}
+    if m:
+        out.update(mc_success=success, mc_end_step=end)
+    if value is not None:
+        v_next = value.values(observed, env.instruction)
+        out.update({"value/v_next": v_next.astype(np.float32),
+                    "value/q": value.q(v_next, outcome["success"], terminal)})
+    return out
 
 
 def _save_part(path: Path, arrays: dict) -> None:
@@ -144,9 +233,10 @@ def load_part(path: Path) -> dict:
 
 
 def branch_episode(env, probe, policy, expert, cfg: BranchConfig, task_id: int, init: int,
-                   parts: Path) -> dict:
-    """Roll out one episode, branching the chosen decisions not yet in ``parts``; returns the
-    rollout's attrs (success, length, decisions, branched decision indices)."""
+                   parts: Path, value: ValueBootstrap | None = None) -> dict:
+    """Roll out one episode, branching the chosen decisions not yet in ``parts`` (with the
+    critic ``value`` when given); returns the rollout's attrs (success, length, decisions,
+    branched decision indices)."""
     from prevla_models.geometry import proprio_from_state
     from prevla_sim.expert import PHASES
 
@@ -166,7 +256,7 @@ def branch_episode(env, probe, policy, expert, cfg: BranchConfig, task_id: int, 
             branched.append(d)
             if not part.exists():
                 snap, gen = env.snapshot(), policy._gen.get_state()
-                arrays = branch_decision(env, probe, policy, cands, cfg, (cfg.seed, task_id, init, d))
+                arrays = branch_decision(env, probe, policy, cands, cfg, (cfg.seed, task_id, init, d), value)
                 env.restore(snap)
                 policy._gen.set_state(gen)
                 arrays.update(images=np.stack([obs.images["agentview"], obs.images["wrist"]]),
@@ -224,9 +314,12 @@ def branch_task_episode(job: dict) -> dict:
     t0 = time.perf_counter()
     ckpt = zoo.resolve(cfg.policy, "vla")
     policy = build_policy("vla", cfg.horizon, backend=cfg.backend, checkpoint=cfg.policy)
+    value = ValueBootstrap(cfg.value_model) if cfg.value_model else None
     env = LiberoEnv(LiberoEnvConfig(suite=cfg.suite, task_id=t_id, init_state=init))
     try:
-        rollout = branch_episode(env, WorldProbe(env), policy, expert_for_env(env), cfg, t_id, init, parts)
+        rollout = branch_episode(env, WorldProbe(env), policy, expert_for_env(env), cfg, t_id, init, parts, value)
+        if value is not None:
+            rollout.update(value.attrs())
         attrs = dict(suite=cfg.suite, task_id=t_id, init_state=init, instruction=env.instruction,
                      policy_id=policy.policy_id, policy_sha256=sha256_file(ckpt), **rollout,
                      **{k: getattr(cfg, k) for k in ("temperature", "num_candidates", "continuations",

@@ -88,6 +88,8 @@ def load_branches(root: str | Path) -> list[dict]:
     rows = []
     for p in parts:
         z = load_part(Path(p))
+        if "mc_success" not in z:  # a value-bootstrap-only decision (no continuations)
+            continue
         episode = Path(p).parent
         rows.append(dict(task_id=int(episode.parent.name[4:]), init_state=int(episode.name[4:6]),
                          decision=int(z["decision"]), step=int(z["step"]), phase=PHASES[int(z["phase"])],

@@ -56,6 +56,7 @@ class CandidateData:
     gamma: float = 0.99
     mc_success: np.ndarray | None = None  # (N, K, M) uint8, ``prevla branch`` data only
     phase: np.ndarray | None = None  # (N,) int8 index into prevla_sim.expert.PHASES (branch data)
+    value_q: np.ndarray | None = None  # (N, K) float32 bootstrapped Q, ``prevla branch --value-model`` data only
 
     def __len__(self) -> int:
         return len(self.step)
@@ -75,7 +76,7 @@ def load_candidates(root: str | Path) -> CandidateData:
     outcome: dict[str, list] = {k: [] for k in OUTCOME_KEYS}
     instructions, task_ids, episode_ids, episodes = [], [], [], []
     source, suite, gamma = None, None, None
-    mc: dict[str, list] = {"mc_success": [], "phase": []}
+    mc: dict[str, list] = {"mc_success": [], "phase": [], "value_q": []}
     for e, p in enumerate(paths):
         try:
             with h5py.File(p, "r") as f:
@@ -88,7 +89,10 @@ def load_candidates(root: str | Path) -> CandidateData:
                     outcome[k].append(f["outcome"][k][:])
                 if "mc" in f:
                     mc["mc_success"].append(f["mc/success"][:])
+                if "phase" in f:
                     mc["phase"].append(f["phase"][:])
+                if "value" in f:
+                    mc["value_q"].append(f["value/q"][:])
                 src = f["source"][:]
                 a = dict(f.attrs)
         except (OSError, KeyError) as exc:
@@ -106,7 +110,11 @@ def load_candidates(root: str | Path) -> CandidateData:
     if not episodes:
         raise ValueError(f"{root}: no decisions in any episode file")
     if mc["mc_success"] and len(mc["mc_success"]) != len(episodes):
-        raise ValueError(f"{root}: mixes prevla branch files (with mc/) and label-candidates files")
+        raise ValueError(f"{root}: mixes prevla branch files (with mc/) and files without continuations")
+    if mc["phase"] and len(mc["phase"]) != len(episodes):
+        raise ValueError(f"{root}: mixes prevla branch files (with phase) and label-candidates files")
+    if mc["value_q"] and len(mc["value_q"]) != len(episodes):
+        raise ValueError(f"{root}: mixes prevla branch files with value labels (value/q) and files without")
     cat = {k: np.concatenate(v) for k, v in parts.items()}
     extra = {k: np.concatenate(v) for k, v in mc.items() if v}
     return CandidateData(**extra, images=cat["images"], proprio=cat["proprio"], instructions=instructions,
@@ -123,6 +131,16 @@ def mc_q(data: CandidateData) -> np.ndarray:
         raise ValueError("Monte-Carlo labels need `prevla branch` data (mc/success), "
                          "not `prevla label-candidates` data")
     return data.mc_success.astype(np.float32).mean(-1)
+
+
+def value_q(data: CandidateData) -> np.ndarray:
+    """(N, K) bootstrapped Q of every branched candidate (``value/q`` of ``prevla branch
+    --value-model``: success ? 1 : gamma_chunk * V(s'), see ``prevla_training.branching``);
+    ValueError for data without it."""
+    if data.value_q is None:
+        raise ValueError("value labels need `prevla branch --value-model` data (the value/q dataset); "
+                         "this data has none")
+    return np.asarray(data.value_q, np.float32)
 
 
 def with_gamma(data: CandidateData, gamma: float) -> CandidateData:

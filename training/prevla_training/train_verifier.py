@@ -7,7 +7,10 @@
 Episodes are split into train / held-out per task (``val_fraction``, seeded), never decisions
 of one episode on both sides. Labels: safety from ``SafetySpec`` over the recorded outcomes,
 advantages from the cross-fitted critic (``prevla_training.critic``), divided by their train
-standard deviation (stored as ``adv_scale``). Batches for step s are drawn with a generator
+standard deviation (stored as ``adv_scale``). With ``prevla branch`` data, ``--labels mc`` takes
+the advantages from the Monte-Carlo Q of the continuations and ``--labels value`` from the
+critic-bootstrapped Q (``value/q``, ``--value-model``): Q minus the decision's mean, plus the
+``task_failure`` unsafe reason on that Q. Batches for step s are drawn with a generator
 seeded by (seed, s), so ``--resume`` from ``last.pt`` continues exactly (the optimisation loop is
 ``prevla_training.loop.fit``). Outputs in ``--out``: ``metrics.jsonl`` (train losses; the
 periodic held-out metrics as ``val_*`` in the rows of their steps), ``curves.png``, ``last.pt``,
@@ -29,7 +32,7 @@ from prevla_models.verifier import Verifier, VerifierConfig, build_vocab, load_c
 from prevla_sim.outcomes import SafetySpec, avoidable, safe_from_reasons, task_failure
 from prevla_training.cli_args import add_config_args, build_config
 from prevla_training.critic import (CandidateData, cross_fitted_advantages, load_candidates, mc_q,
-                                    split_episodes, with_gamma)
+                                    split_episodes, value_q, with_gamma)
 from prevla_training.learner import Learner, param_groups
 from prevla_training.loop import Panel, TrainLoopConfig, fit, resume_from
 from prevla_training.train_policy import random_shift
@@ -57,9 +60,10 @@ class TrainVerifierConfig(TrainLoopConfig):
     critic_folds: int = field(default=5, metadata={"help": "cross-fitting folds of the critic"})
     labels: str = field(default="critic", metadata={
         "help": "advantage source: critic (label-candidates data: cross-fitted critic) | mc (prevla branch "
-                "data: Monte-Carlo Q of each candidate minus its decision's mean, + the task_failure reason)"})
+                "data: Monte-Carlo Q of each candidate minus its decision's mean, + the task_failure reason) "
+                "| value (prevla branch --value-model data: the same with the bootstrapped Q value/q)"})
     failure_q: float = field(default=0.0, metadata={
-        "help": "mc labels: a candidate whose continuations succeed at most this often is unsafe (task_failure) ..."})
+        "help": "mc / value labels: a candidate whose Q is at most this is unsafe (task_failure) ..."})
     init_from: str = field(default="", metadata={
         "help": "start from this verifier's weights (zoo:NAME, 'zoo:default' or a file; its architecture "
                 "and input normalisation) instead of a fresh model: transfer to a small label set"})
@@ -81,8 +85,8 @@ class TrainVerifierConfig(TrainLoopConfig):
         if self.init_from and self.variant != "full":
             raise ValueError("TrainVerifierConfig.init_from: a pretrained model keeps its architecture and "
                              f"objective; train variant {self.variant!r} from scratch")
-        if self.labels not in ("critic", "mc"):
-            raise ValueError(f"TrainVerifierConfig.labels must be 'critic' or 'mc', got {self.labels!r}")
+        if self.labels not in ("critic", "mc", "value"):
+            raise ValueError(f"TrainVerifierConfig.labels must be 'critic', 'mc' or 'value', got {self.labels!r}")
         if not (0 <= self.failure_q < 1 and 0 < self.failure_gap <= 1):
             raise ValueError("TrainVerifierConfig.failure_q must be in [0, 1) and failure_gap in (0, 1]")
         if self.variant not in VARIANTS:
@@ -107,16 +111,23 @@ def make_labels(cfg: TrainVerifierConfig, data: CandidateData, train_eps: np.nda
         reasons = avoidable(reasons)
     n_tasks = int(max(e["task_id"] for e in data.episodes)) + 1
     adv, critic_report = cross_fitted_advantages(data, cfg.critic_folds, n_tasks, cfg.seed)
-    if cfg.labels == "mc":
-        q = mc_q(data)
+    if cfg.labels in ("mc", "value"):
+        q = mc_q(data) if cfg.labels == "mc" else value_q(data)
         reasons["task_failure"] = task_failure(q, cfg.failure_q, cfg.failure_gap)
-        mc_adv = q - q.mean(1, keepdims=True)
-        m = data.mc_success.shape[-1]
-        critic_report = dict(source="mc", continuations=int(m), q_mean=float(q.mean()),
-                             label_noise_sd=float(np.sqrt((q * (1 - q) / m).mean())),
-                             critic_vs_mc_spearman_within_set=within_set_spearman(adv, mc_adv),
-                             critic=critic_report)
-        adv = mc_adv
+        q_adv = q - q.mean(1, keepdims=True)
+        if cfg.labels == "mc":
+            m = data.mc_success.shape[-1]
+            critic_report = dict(source="mc", continuations=int(m), q_mean=float(q.mean()),
+                                 label_noise_sd=float(np.sqrt((q * (1 - q) / m).mean())),
+                                 critic_vs_mc_spearman_within_set=within_set_spearman(adv, q_adv),
+                                 critic=critic_report)
+        else:
+            mc = mc_q(data) if data.mc_success is not None else None
+            vs_mc = None if mc is None else within_set_spearman(q_adv, mc - mc.mean(1, keepdims=True))
+            critic_report = dict(source="value", q_mean=float(q.mean()), q_min=float(q.min()), q_max=float(q.max()),
+                                 critic_vs_value_spearman_within_set=within_set_spearman(adv, q_adv),
+                                 value_vs_mc_spearman_within_set=vs_mc, critic=critic_report)
+        adv = q_adv
     safe = safe_from_reasons(reasons)
     train_rows = np.isin(data.episode, train_eps)
     scale = float(adv[train_rows].std()) or 1.0

@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 import numpy as np
@@ -161,6 +162,7 @@ class RLLearner:
         self.push_times: list[tuple[float, float]] = []  # (start, end) of each push's enqueue
         self.episodes: list[tuple[float, int, bool]] = []  # (end wall time, env steps, success) per episode
         self.allocate_static_pool()
+        self._act_pool = torch.cuda.MemPool() if self.device == "cuda" and hasattr(torch.cuda, "MemPool") else None
 
     def allocate_static_pool(self) -> None:
         """Gradient buffers and AdamW moments, allocated once (zero step): every update reuses them."""
@@ -175,6 +177,13 @@ class RLLearner:
                     st["step"] = torch.tensor(0.0)
                     st["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     st["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+
+    def activation_pool(self):
+        """On a GPU: the dynamic pool, a CUDA memory pool of its own for the forward / backward
+        activations, apart from the static pool's tensors. On a CPU: nothing."""
+        if self._act_pool is None:
+            return contextlib.nullcontext()
+        return torch.cuda.use_mem_pool(self._act_pool)
 
     def node_id(self) -> str:
         import ray
@@ -262,7 +271,7 @@ class RLLearner:
         for _ in range(c.ppo.epochs):
             for idx in np.array_split(gen.permutation(n), max(1, n // c.ppo.minibatch)):
                 dev = self.device
-                with self.learner.autocast():
+                with self.activation_pool(), self.learner.autocast():
                     ev = self.model.evaluate(torch.from_numpy(b["images"][idx]).to(dev),
                                              torch.from_numpy(b["proprio"][idx]).to(dev),
                                              [b["instructions"][i] for i in idx],
@@ -270,7 +279,8 @@ class RLLearner:
                     loss, st = ppo_loss(ev["logp"][:, 0].float(), torch.from_numpy(b["logp"][idx]).to(dev),
                                         torch.from_numpy(b["adv"][idx]).float().to(dev), ev["value"].float(),
                                         torch.from_numpy(b["ret"][idx]).float().to(dev), ev["entropy"], c.ppo)
-                st["grad_norm"] = self.learner.step(loss)
+                with self.activation_pool():
+                    st["grad_norm"] = self.learner.step(loss)
                 logs.append(st)
             if c.ppo.target_kl and logs[-1]["approx_kl"] > c.ppo.target_kl:
                 break
