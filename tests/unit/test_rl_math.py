@@ -143,3 +143,19 @@ def test_rl_state_round_trip(actor):
         FlowActorCritic(actor.vla, FlowNoiseConfig(sigma_max=0.5)).load_rl_state(actor.rl_state())
     with pytest.raises(ValueError, match="sigma_min"):
         FlowNoiseConfig(sigma_min=0.2, sigma_init=0.1)
+
+
+def test_prevla_rl_reads_yaml_and_flags_win(tmp_path, capsys):
+    from prevla_training.rl.driver import parse_args
+
+    f = tmp_path / "run.yaml"
+    f.write_text("runners: 3\nlr: 1.0e-6\nclip: 0.1\ntasks: '5,7'\n")
+    cfg, replication = parse_args(["--config", str(f), "--runners", "2"])
+    assert (cfg.runners, cfg.lr, cfg.ppo.clip, cfg.task_ids, replication) == (2, 1e-6, 0.1, [5, 7], "topology")
+    f.write_text("runers: 3\n")
+    with pytest.raises(SystemExit):
+        parse_args(["--config", str(f)])
+    assert "runers" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        parse_args(["--init-start", "3"])
+    assert "init_start" in capsys.readouterr().err

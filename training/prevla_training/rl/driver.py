@@ -215,7 +215,9 @@ class Run:
             ray.kill(actor)
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> tuple[RLConfig, str]:
+    """``--config FILE.yaml`` (flat setting names) then ``--flags`` over it -> (config, replication).
+    A bad or unknown setting exits 2 naming it."""
     import yaml
 
     from prevla_training.cli_args import add_config_args, build_config
@@ -227,12 +229,20 @@ def main(argv: list[str] | None = None) -> int:
     add_config_args(p, RLConfig, skip=UNUSED)
     p.add_argument("--replication", choices=("topology", "naive"), default="topology",
                    help="weight distribution: one copy per node + local fan-out, or one per actor")
-    if known.config:
-        p.set_defaults(**(yaml.safe_load(Path(known.config).read_text()) or {}))
     args = vars(p.parse_args(argv))
+    if known.config:
+        values = yaml.safe_load(Path(known.config).read_text()) or {}
+        if not isinstance(values, dict):
+            p.error(f"--config {known.config}: expected a mapping of setting names to values")
+        given = {a.dest for a in p._actions if any(o in (argv or []) for o in a.option_strings)}
+        args.update({k: v for k, v in values.items() if k not in given})  # flags win over the file
     args.pop("config")
     replication = args.pop("replication")
-    cfg = build_config(p, RLConfig, args)
+    return build_config(p, RLConfig, args), replication
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, replication = parse_args(argv)
     started = start_ray(cfg.address)
     try:
         summary = Run(cfg, replication).train()
