@@ -41,6 +41,15 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _signal_mask(pid: int, field: str) -> int:
+    """A signal mask of ``/proc/<pid>/status`` (``SigCgt`` caught, ``SigIgn`` ignored); 0 if gone."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1], 16) for line in f if line.startswith(field + ":"))
+    except (OSError, StopIteration):
+        return 0
+
+
 def _wait(condition, timeout_s: float = DEADLINE_S) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -207,7 +216,11 @@ def test_stop_escalates_sigint_sigterm_sigkill_and_reaps_everyone(supervisors, c
                        NodeSpec("deaf", PY + [ignores_both])], stop_timeout_s=0.5)
     sup.start()
     pids = dict(sup.pids)
-    time.sleep(0.5)  # let the children install their handlers
+    # Stop only once every child handles its signals as it means to (under load a child can
+    # still be starting Python after a fixed sleep): Python catches SIGINT (SigCgt bit 1), the
+    # deaf ones ignore SIGINT / SIGINT and SIGTERM (SigIgn bits 1 and 14).
+    ready = {"polite": ("SigCgt", 0x2), "deaf_to_int": ("SigIgn", 0x2), "deaf": ("SigIgn", 0x4002)}
+    assert _wait(lambda: all(_signal_mask(pids[n], field) & bits == bits for n, (field, bits) in ready.items()))
     sup.stop()
     assert not any(_alive(pid) for pid in pids.values())
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
