@@ -285,7 +285,7 @@ class RLLearner:
             if c.ppo.target_kl and logs[-1]["approx_kl"] > c.ppo.target_kl:
                 break
         out = {k: float(np.mean([s[k] for s in logs])) for k in logs[0]}
-        out["sigma_mean"] = float(self.model.sigmas().mean())
+        out["sigma_mean"] = float(self.model.sigmas().detach().mean())
         return out
 
     def save(self, path: str, extra: dict | None = None) -> str:

@@ -244,15 +244,16 @@ def make_weights(payload_bytes: int, tensors: int = 4, seed: int = 0) -> Weights
 
 def bench_replication(consumers: list, payload_bytes: int, pushes: int = 3,
                       modes: tuple[str, ...] = MODES, first_version: int = 1,
-                      timeout_s: float = 120.0) -> dict:
+                      timeout_s: float = 120.0, weights: Weights | None = None) -> dict:
     """Per mode: bytes crossing node boundaries and wall time per push, on the running Ray.
+    ``weights``: the payload to push (default: a synthetic one of ``payload_bytes``).
 
     The caller starts Ray (e.g. ``ray.cluster_utils.Cluster``) and the consumers: their
     placement gives the node and consumer count. Versions run from ``first_version`` on across
     the modes (consumers keep the newest); the result's ``next_version`` continues them."""
     if pushes < 1:
         raise ValueError(f"pushes must be >= 1, got {pushes}")
-    weights = make_weights(payload_bytes)
+    weights = make_weights(payload_bytes) if weights is None else weights
     out: dict[str, Any] = {"payload_bytes": payload_bytes, "consumers": len(consumers),
                            "pushes": pushes}
     version = first_version

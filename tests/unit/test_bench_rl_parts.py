@@ -1,0 +1,79 @@
+"""Parts of the D-VLA benchmarks that run without a cluster: bench_memory's arms (the static
+pool reallocates nothing after the first update, the naive learner reallocates its gradients
+every update) and its reallocation counter; bench_replication's ratios and table on a
+hand-made result (the replication itself: tests/unit/test_rl_replication.py)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from prevla_training import bench_memory, bench_replication
+
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
+
+
+def test_reallocated_sees_new_replaced_and_same_address_tensors():
+    keep = torch.zeros(3)
+    gone = torch.zeros(1000)
+    before = bench_memory.snapshot({"grad:a": keep, "grad:b": gone, "opt:c:exp_avg": None})
+    del gone  # a new tensor may land on the freed address: still a reallocation
+    after = {"grad:a": keep, "grad:b": torch.empty(1000), "opt:c:exp_avg": torch.zeros(2)}
+    assert bench_memory.reallocated(before, after) == {"grad": 1, "opt": 1}
+    assert bench_memory.reallocated(bench_memory.snapshot(after), after) == {"grad": 0, "opt": 0}
+
+
+@pytest.fixture(scope="module")
+def memory_arms():
+    threads = torch.get_num_threads()  # RLLearner sets torch's thread count: put it back
+    try:
+        yield {arm: bench_memory.run_arm(arm, updates=2, batch=4, image_size=128, device="cpu")
+               for arm in bench_memory.ARMS}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_static_pool_reallocates_nothing_and_naive_reallocates_every_update(memory_arms):
+    static, naive = memory_arms["static"], memory_arms["naive"]
+    assert not static["grads_to_none"] and naive["grads_to_none"]
+    n_params = sum(p.requires_grad for p in _zoo_params())
+    # static: gradients + AdamW step/exp_avg/exp_avg_sq allocated before the first update
+    assert static["pool_tensors"] == 4 * n_params
+    assert static["realloc_first"] == 0 and static["realloc_per_update"] == 0
+    # naive: everything appears at update 1, then every gradient again at each update
+    assert naive["realloc_first"] == naive["pool_tensors"] > 0
+    assert naive["realloc_per_update"] > 0
+    assert all(r["realloc_opt"] == 0 for r in naive["rows"][1:])  # AdamW state is kept once made
+    for arm in (static, naive):
+        assert len(arm["rss_after"]) == 2 and arm["peak_rss"] >= max(arm["rss_after"]) > 0
+        assert all(r["steps"] >= 1 for r in arm["rows"])
+    table = bench_memory.format_table({"arms": [static, naive], "ratios": bench_memory.ratios([static, naive])})
+    assert "| static | cpu |" in table and "| naive | cpu |" in table and "| peak RSS |" in table
+
+
+def _zoo_params():
+    from prevla_training.rl.actors import load_actor_critic
+    from prevla_training.rl.config import RLConfig
+
+    return list(load_actor_critic(RLConfig())[0].parameters())
+
+
+def _mode(object_bytes: int, crossing: float, measured, wall: float, enqueue: float) -> dict:
+    return {"object_bytes": object_bytes, "bytes_crossing_per_push": crossing,
+            "bytes_crossing_measured_per_push": measured, "push_wall_s": [wall, wall],
+            "push_wall_s_mean": wall, "enqueue_s_mean": enqueue}
+
+
+def test_replication_table_and_ratios():
+    obj = 5_200_000
+    result = {"payload_bytes": 5_192_752, "arrays": 114, "consumers": 6, "pushes": 2, "nodes": 3,
+              "consumers_per_node": 2, "topology": _mode(obj, 2 * obj, 2 * obj, 0.05, 0.004),
+              "naive": _mode(obj, 4 * obj, None, 0.10, 0.002)}
+    result["ratios"] = bench_replication.ratios(result)
+    assert result["ratios"] == pytest.approx({"bytes crossing": 2.0, "push wall s": 2.0, "enqueue s": 0.5})
+    table = bench_replication.format_table(result)
+    lines = table.splitlines()
+    assert lines[0].startswith("Payload: 114 arrays, 5.19 MB; 3 nodes x 2 consumers, 2 pushes")
+    assert "| topology | 5.20 | 10.40 | 10.40 | 0.0500 | 0.0040 |" in lines
+    assert "| naive | 5.20 | 20.80 | n/a | 0.1000 | 0.0020 |" in lines
+    assert "| bytes crossing | 2.00x |" in lines and "| enqueue s | 0.50x |" in lines
+    assert bench_replication.ratios({"topology": result["topology"]}) == {}
