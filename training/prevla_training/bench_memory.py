@@ -142,7 +142,9 @@ def run_arm(arm: str, updates: int = 5, batch: int = 64, image_size: int = 128, 
     pool = [t for t in pool_tensors(learner).values() if t is not None]
     later = rows[1:]
     return dict(arm=arm, device=learner.device, updates=updates, batch=batch, image_size=image_size,
-                grads_to_none=learner.learner.grads_to_none, peak_rss=peak_rss_bytes(), rss_before_updates=rss0,
+                grads_to_none=learner.learner.grads_to_none, rss_before_updates=rss0,
+                # the kernel's high-water mark is synced lazily: never below an RSS we read
+                peak_rss=max(peak_rss_bytes(), *(r["rss"] for r in rows)),
                 rss_after=[r["rss"] for r in rows], rows=rows,
                 pool_tensors=len(pool), pool_bytes=int(sum(t.numel() * t.element_size() for t in pool)),
                 realloc_per_update=float(np.mean([r["realloc_grad"] + r["realloc_opt"] for r in later]))
