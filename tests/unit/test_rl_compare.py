@@ -28,3 +28,12 @@ def test_pairs_per_task_and_overall():
 def test_no_shared_episodes_is_an_error():
     with pytest.raises(ValueError, match="share no"):
         compare(_result("a", {(0, 0): True}), _result("b", {(1, 0): True}))
+
+
+def test_learning_curve_windows_count_the_episodes_of_each_window():
+    from prevla_training.rl.curve import windows
+
+    recs = [dict(version=v, env_steps=100 * v, wall_s=10.0 * v, episodes=2 * v, successes=s)
+            for v, s in ((1, 0), (2, 1), (3, 3), (4, 4))]
+    w = windows(recs, 2)
+    assert [(x["update"], x["episodes"], x["success"]) for x in w] == [(2, 4, 0.25), (4, 4, 0.75)]

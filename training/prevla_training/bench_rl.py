@@ -77,7 +77,7 @@ def run_arm(cfg: RLConfig) -> dict:
         run.shutdown()
     sps, span, steps = rate(raw["timelines"])
     eps = sorted(raw["episodes"])
-    succ = [s for _, _, s in eps]
+    succ = [e[2] for e in eps]
     lo, hi = wilson_interval(sum(succ), len(succ)) if succ else (math.nan, math.nan)
     windows = push_windows(raw["push_times"], raw["arrivals"])
     return dict(mode=cfg.mode, runners=cfg.runners, env_steps_per_s=sps, span_s=span, env_steps=steps,
@@ -85,7 +85,7 @@ def run_arm(cfg: RLConfig) -> dict:
                 updates=summary["learner"]["updates"], dropped_stale=summary["learner"]["dropped_stale"],
                 episodes=len(succ), success=float(np.mean(succ)) if succ else math.nan, success_ci=[lo, hi],
                 ring_blocked_s=summary["ring"].get("blocked_s"), push=stall_ratio(raw["timelines"], windows),
-                curve=[(t - eps[0][0] if eps else 0.0, n, s) for t, n, s in eps])
+                curve=[(t - eps[0][0], n, s) for t, n, s, *_ in eps])
 
 
 def format_table(result: dict) -> str:

@@ -160,7 +160,7 @@ class RLLearner:
         self.counters = dict(updates=0, decisions=0, trajectories=0, dropped_stale=0, env_steps=0,
                              successes=0, episodes=0, pushes=0)
         self.push_times: list[tuple[float, float]] = []  # (start, end) of each push's enqueue
-        self.episodes: list[tuple[float, int, bool]] = []  # (end wall time, env steps, success) per episode
+        self.episodes: list[tuple[float, int, bool, int]] = []  # (end wall time, steps, success, task) per episode
         self.allocate_static_pool()
         self._act_pool = torch.cuda.MemPool() if self.device == "cuda" and hasattr(torch.cuda, "MemPool") else None
 
@@ -238,7 +238,7 @@ class RLLearner:
             self.counters["episodes"] += 1
             self.counters["env_steps"] += int(t["steps"])
             self.counters["successes"] += int(t["success"])
-            self.episodes.append((float(t["t_end"]), int(t["steps"]), bool(t["success"])))
+            self.episodes.append((float(t["t_end"]), int(t["steps"]), bool(t["success"]), int(t["task_id"])))
             if int(t["version"].min()) < self.version - c.max_lag:
                 self.counters["dropped_stale"] += int(t["n"])
                 continue
