@@ -77,3 +77,10 @@ def test_replication_table_and_ratios():
     assert "| naive | 5.20 | 20.80 | n/a | 0.1000 | 0.0020 |" in lines
     assert "| bytes crossing | 2.00x |" in lines and "| enqueue s | 0.50x |" in lines
     assert bench_replication.ratios({"topology": result["topology"]}) == {}
+
+
+@pytest.mark.gpu
+def test_on_a_gpu_the_learner_keeps_its_static_pool_and_its_activation_pool():
+    arm = bench_memory.run_arm("static", updates=2, batch=4, image_size=128, device="cuda")
+    assert arm["device"] == "cuda" and arm["realloc_per_update"] == 0
+    assert arm["cuda_max_allocated"] > 0 and arm["cuda_max_reserved"] >= arm["cuda_max_allocated"]
