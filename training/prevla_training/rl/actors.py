@@ -307,5 +307,6 @@ class RLLearner:
         self.learner.load_state_dict(extra["train_state"])
         self.version = int(extra["rl_version"])
         self.counters.update(extra.get("rl_counters", {}))
-        self.ring.set_version.remote(self.version)
+        if self.ring is not None:
+            self.ring.set_version.remote(self.version)
         return self.version
