@@ -84,3 +84,18 @@ def test_on_a_gpu_the_learner_keeps_its_static_pool_and_its_activation_pool():
     arm = bench_memory.run_arm("static", updates=2, batch=4, image_size=128, device="cuda")
     assert arm["device"] == "cuda" and arm["realloc_per_update"] == 0
     assert arm["cuda_max_allocated"] > 0 and arm["cuda_max_reserved"] >= arm["cuda_max_allocated"]
+
+
+def test_push_windows_and_the_runner_rate_while_a_push_is_in_flight():
+    from prevla_training.bench_rl import push_windows, rate, stall_ratio
+
+    # the learner pushed v1 at t=10 and v2 at t=20; the last server had them at 10.05 and 20.2
+    windows = push_windows([(10.0, 10.01), (20.0, 20.01)], [[(0, 1.0), (1, 10.05)], [(1, 10.02), (2, 20.2)]])
+    assert windows == [(10.0, 10.05), (20.0, 20.2)]
+    timeline = [(9.0, 0), (9.5, 10), (10.02, 20), (12.0, 60), (19.9, 220), (20.1, 224)]
+    r = stall_ratio([timeline], windows)
+    assert r["pushes"] == 2
+    # intervals touching a window: 9.5-10.02 (10 steps), 10.02-12.0 (40), 19.9-20.1 (4): 54 in 2.7 s
+    assert r["steps_per_s_during_push"] == pytest.approx(54 / 2.7)
+    assert r["steps_per_s_otherwise"] == pytest.approx((10 + 160) / (0.5 + 7.9))
+    assert rate([timeline])[0] == pytest.approx(224 / 11.1)

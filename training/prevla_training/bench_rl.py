@@ -53,18 +53,19 @@ def push_windows(push_times: list, arrivals: list[list]) -> list[tuple[float, fl
 
 
 def stall_ratio(timelines: list[list], windows: list[tuple[float, float]]) -> dict:
-    """Runner steps/s inside push windows vs outside them (1.0 = pushes cost sampling nothing)."""
+    """Runner steps/s over the decision intervals a push window touches vs the others (1.0 =
+    pushes cost sampling nothing)."""
     inside = outside = t_in = t_out = 0.0
     for tl in timelines:
-        for (ta, sa), (tb, sb) in zip(tl, tl[1:]):
-            mid = 0.5 * (ta + tb)
-            if any(a <= mid <= b for a, b in windows):
+        for (ta, sa), (tb, sb) in zip(tl, tl[1:]):  # a push is short: an interval it touches counts
+            if any(ta <= b and a <= tb for a, b in windows):
                 inside, t_in = inside + sb - sa, t_in + tb - ta
             else:
                 outside, t_out = outside + sb - sa, t_out + tb - ta
     r_in = inside / t_in if t_in else float("nan")
     r_out = outside / t_out if t_out else float("nan")
-    return dict(steps_per_s_during_push=r_in, steps_per_s_otherwise=r_out, time_in_push_s=t_in,
+    return dict(steps_per_s_during_push=r_in, steps_per_s_otherwise=r_out, time_in_push_s=t_in, pushes=len(windows),
+                push_s_mean=float(np.mean([b - a for a, b in windows])) if windows else float("nan"),
                 ratio=r_in / r_out if r_out else float("nan"))
 
 
