@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import tempfile
 
 import pytest
@@ -17,6 +18,12 @@ os.environ["ROS_DOMAIN_ID"] = str(random.Random(os.getpid()).randint(1, 101))
 os.environ["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"
 os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("LIBERO_CONFIG_PATH", os.path.join(_TMP, "libero_config"))
+# A shell starts background jobs (`make test &`, nohup) with SIGINT ignored, and an ignored
+# signal is inherited across exec: the children the tests start (supervised nodes, pool
+# workers) would ignore Ctrl-C where on a terminal they would not. `prevla up` installs its own
+# handlers (reset to default in its children); the tests get Python's default here.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 try:  # the property-based tests (test_fuzz_*.py); hypothesis is a test dependency
     from hypothesis import HealthCheck

@@ -54,8 +54,9 @@ def test_progress_reaches_this_process(workers):
 
 # ---------------------------------------------------------------- killing the parent
 def _sleep_reporting(seconds: float) -> float:
-    """A job that says which worker runs it (its pid on stdout), then sleeps."""
-    print(os.getpid(), flush=True)
+    """A job that says which worker runs it (its pid on stdout, one write: with
+    PYTHONUNBUFFERED a print is two writes, and two workers' lines could interleave), then sleeps."""
+    os.write(1, f"{os.getpid()}\n".encode())
     time.sleep(seconds)
     return seconds
 
