@@ -131,7 +131,7 @@ RL_ARGS ?= --tasks 5,7,9 --runners 2 --runner-cpus 0.5 --envs-per-runner 2 --ste
 rl: install
 	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(VENV)/bin/prevla rl --out-dir outputs/rl/spatial $(RL_ARGS)
 
-BENCH_RL_ARGS ?= --updates 6 --runner-counts 1,2 --tasks 5,7,9 --runner-cpus 0.5
+BENCH_RL_ARGS ?= --updates 4 --runner-counts 1,2 --tasks 5,7,9 --runner-cpus 0.5
 bench-rl: install
 	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(PY) -m prevla_training.bench_rl --out outputs/bench/rl.json $(BENCH_RL_ARGS)
 	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(PY) -m prevla_training.bench_replication --out outputs/bench/replication.json
