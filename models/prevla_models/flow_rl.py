@@ -41,6 +41,11 @@ from prevla_models.vla import VLA, check_sampling
 LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
+def normal_log_density(z: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Elementwise log N(x; mu, sigma^2) given the standardised z = (x - mu) / sigma."""
+    return -0.5 * z.pow(2) - torch.log(sigma) - LOG_SQRT_2PI
+
+
 @dataclass
 class FlowNoiseConfig:
     """The RL additions to a VLA: step-noise bounds and the critic."""
@@ -112,9 +117,7 @@ class FlowActorCritic(nn.Module):
     def chain_log_prob(self, mu: torch.Tensor, chain: torch.Tensor) -> torch.Tensor:
         """log pi(x_1..N | x_0, s) (B, K) given the step means (module docstring)."""
         sig = self.sigmas()[:, None, :]  # (N, 1, A): one sigma per step and action dimension
-        z = (chain[:, :, 1:] - mu) / sig
-        lp = -0.5 * z.pow(2) - torch.log(sig) - LOG_SQRT_2PI
-        return lp.flatten(2).sum(-1)
+        return normal_log_density((chain[:, :, 1:] - mu) / sig, sig).flatten(2).sum(-1)
 
     def entropy(self) -> torch.Tensor:
         """Entropy of the step noises of one chain (a scalar; module docstring)."""
@@ -148,7 +151,7 @@ class FlowActorCritic(nn.Module):
             mu = x + dt * v.velocity(x, torch.full_like(x[:, 0, 0], i * dt), ctx_k, pad_k)
             eps = torch.randn((b * k, h, a), generator=generator, device="cpu").to(dev)
             x = mu + sig[i] * eps
-            lp = lp + (-0.5 * eps.pow(2) - torch.log(sig[i]) - LOG_SQRT_2PI).flatten(1).sum(-1)
+            lp = lp + normal_log_density(eps, sig[i]).flatten(1).sum(-1)
             xs.append(x)
         chain = torch.stack(xs, 1).reshape(b, k, n + 1, h, a)
         return {"chain": chain, "chunks": self.to_chunks(chain), "logp": lp.reshape(b, k),

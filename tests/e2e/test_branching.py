@@ -21,6 +21,17 @@ from prevla_training.critic import load_candidates, mc_q  # noqa: E402
 pytestmark = [pytest.mark.libero, pytest.mark.usefixtures("torch_one_thread")]
 
 
+def _replay_rollout_to(env, policy, cfg: BranchConfig, decision: int) -> None:
+    """Task 0, init 10: re-run the rollout's first ``decision`` decisions by hand (K = 2, the
+    first candidate executed, the rollout's own seed)."""
+    env.reset(10)
+    policy.seed = stream_seed(cfg.seed, 0, 10)
+    policy.reset()
+    for _ in range(decision):
+        for a in policy.sample(env.observe(), 2, 1.0)[0]:
+            env.step(a)
+
+
 def test_branch_outcomes_replay_and_leave_the_rollout_alone(tmp_path):
     cfg = BranchConfig(num_candidates=2, continuations=1, branch_every=2, workers=0, out=str(tmp_path))
     env = LiberoEnv(LiberoEnvConfig(suite="libero_spatial", task_id=0, init_state=10, max_steps=48))
@@ -44,12 +55,7 @@ def test_branch_outcomes_replay_and_leave_the_rollout_alone(tmp_path):
 
         # Replay the last branched decision, candidate 1, continuation 0, by hand.
         n, d = 2, first["branched"][2]
-        env.reset(10)
-        policy.seed = stream_seed(cfg.seed, 0, 10)
-        policy.reset()
-        for _ in range(d):
-            for a in policy.sample(env.observe(), 2, 1.0)[0]:
-                env.step(a)
+        _replay_rollout_to(env, policy, cfg, d)
         assert env.step_count == data.step[n]
         cands = policy.sample(env.observe(), 2, 1.0)
         np.testing.assert_array_equal(cands, data.actions[n])
@@ -109,12 +115,7 @@ def test_value_labels_without_continuations(tmp_path):
 
         # Replay the first branched decision, re-render s'_i of both candidates, ask the critic again.
         n, d = 0, first["branched"][0]
-        env.reset(10)
-        policy.seed = stream_seed(cfg.seed, 0, 10)
-        policy.reset()
-        for _ in range(d):
-            for a in policy.sample(env.observe(), 2, 1.0)[0]:
-                env.step(a)
+        _replay_rollout_to(env, policy, cfg, d)
         cands = policy.sample(env.observe(), 2, 1.0)
         np.testing.assert_array_equal(cands, data.actions[n])
         snap, seen = env.snapshot(), []

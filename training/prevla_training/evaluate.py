@@ -21,7 +21,7 @@ from prevla_ros.runtime.scheduler_config import SchedulerConfig
 from prevla_ros.runtime.settings import build, flatten, section, settings
 from prevla_training.cli_args import add_config_args, build_config
 from prevla_training.jobs import map_jobs
-from prevla_training.stats import paired_comparison, wilson_interval
+from prevla_training.stats import episodes_by_key, paired_comparison, wilson_interval
 
 #: Selection arms, all over the same K candidates of the same seeds (equal compute).
 ARMS = ("policy", "random", "consensus", "verifier", "verifier_advantage")
@@ -311,18 +311,15 @@ def evaluate(cfg: EvalConfig) -> dict:
 def paired(episodes: list[dict], arms: tuple[str, ...]) -> dict:
     """Every arm against the policy alone and against the consensus pick, episode by episode
     (pairs: same task, init state and seed cycle): ``stats.paired_comparison``."""
-    def by_key(arm):
-        return {(e["task_id"], e["init_state"], e.get("cycle", 0)): e for e in episodes if e["arm"] == arm}
-
     out = {}
     for base in ("policy", "consensus"):
         if base not in arms:
             continue
-        ref = by_key(base)
+        ref = episodes_by_key(episodes, base)
         for arm in arms:
             if arm in (base, "policy"):
                 continue
-            eps = by_key(arm)
+            eps = episodes_by_key(episodes, arm)
             keys = sorted(set(eps) & set(ref))
             if keys:
                 out[f"{arm} vs {base}"] = paired_comparison(

@@ -28,6 +28,12 @@ def mcnemar_exact_p(b: int, c: int) -> float:
     return float(min(1.0, 2 * tail))
 
 
+def episodes_by_key(episodes: list[dict], arm: str) -> dict[tuple, dict]:
+    """``arm``'s episodes by their pairing key (task, init state, seed cycle): an episode of one
+    arm and the same key's episode of another ran the same init state with the same seeds."""
+    return {(e["task_id"], e["init_state"], e.get("cycle", 0)): e for e in episodes if e["arm"] == arm}
+
+
 def paired_comparison(a: list[bool], b: list[bool], steps_a: list[int] | None = None,
                       steps_b: list[int] | None = None, z: float = 1.96) -> dict:
     """Arm A vs arm B over the same episodes (pair i: same task, init state and seed).

@@ -50,7 +50,7 @@ class InferenceServer:
 
     def __init__(self, cfg: RLConfig, server_id: int = 0) -> None:
         self.cfg = cfg
-        torch.set_num_threads(max(1, int(round(self.cfg.server_cpus)) or 1))
+        torch.set_num_threads(max(1, round(self.cfg.server_cpus)))
         self.device = "cuda" if self.cfg.server_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.model, _ = load_actor_critic(self.cfg, self.device)
         self.model.eval()
@@ -146,18 +146,15 @@ class RLLearner:
 
         self.cfg = c = cfg
         torch.manual_seed(c.seed)
-        torch.set_num_threads(max(1, int(round(c.learner_cpus)) or 1))
+        torch.set_num_threads(max(1, round(c.learner_cpus)))
         self.device = "cuda" if c.learner_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.model, extra = load_actor_critic(c, self.device)
-        groups = param_groups(self.model, c.weight_decay, own={})
-        critic = {id(p) for p in self.model.value_head.parameters()}
-        for g in groups:
-            g["params"] = [p for p in g["params"] if id(p) not in critic]
-        groups.append({"params": list(self.model.value_head.parameters()), "lr": c.value_lr, "weight_decay": 0.0})
-        self.learner = Learner(c, self.model, [g for g in groups if g["params"]])
+        critic = {f"value_head.{n}": {"lr": c.value_lr, "weight_decay": 0.0}
+                  for n, _ in self.model.value_head.named_parameters()}
+        self.learner = Learner(c, self.model, param_groups(self.model, c.weight_decay, own=critic))
         self.ring, self.dist = ring, None
         self.version = int(extra.get("rl_version", 0))
-        self.counters = dict(updates=0, decisions=0, trajectories=0, dropped_stale=0, env_steps=0,
+        self.counters = dict(updates=0, decisions=0, dropped_stale=0, env_steps=0,
                              successes=0, episodes=0, pushes=0)
         self.push_times: list[tuple[float, float]] = []  # (start, end) of each push's enqueue
         self.episodes: list[tuple[float, int, bool, int]] = []  # (end wall time, steps, success, task) per episode
@@ -234,7 +231,6 @@ class RLLearner:
         c = self.cfg
         keep = []
         for t in items:
-            self.counters["trajectories"] += 1
             self.counters["episodes"] += 1
             self.counters["env_steps"] += int(t["steps"])
             self.counters["successes"] += int(t["success"])

@@ -15,15 +15,11 @@ import argparse
 import json
 
 from prevla_training.cli_args import write_report
-from prevla_training.stats import paired_comparison, wilson_interval
-
-
-def episodes_by_key(result: dict, arm: str) -> dict[tuple, dict]:
-    return {(e["task_id"], e["init_state"], e.get("cycle", 0)): e for e in result["episodes"] if e["arm"] == arm}
+from prevla_training.stats import episodes_by_key, paired_comparison, wilson_interval
 
 
 def compare(before: dict, after: dict, arm: str = "policy") -> dict:
-    a, b = episodes_by_key(after, arm), episodes_by_key(before, arm)
+    a, b = episodes_by_key(after["episodes"], arm), episodes_by_key(before["episodes"], arm)
     keys = sorted(set(a) & set(b))
     if not keys:
         raise ValueError(f"compare: the two results share no {arm!r} episode (same tasks, inits, seeds?)")

@@ -80,7 +80,7 @@ class Run:
         from prevla_training.rl.ring import RolloutRing
         from prevla_training.rl.rollout import EnvRunner
 
-        self.cfg, c = cfg, cfg
+        self.cfg = c = cfg
         self.cfg_dict = asdict(c)
         need = c.runners * c.runner_cpus + c.servers * c.server_cpus + c.learner_cpus
         have = ray.cluster_resources().get("CPU", 0.0)
@@ -141,7 +141,7 @@ class Run:
         c = self.cfg
         t0 = time.time()
         start_version = ray.get(self.learner.stats.remote())["version"]
-        per_runner = max(1, math.ceil(c.batch_size / max(c.runners, 1)))
+        per_runner = math.ceil(c.batch_size / c.runners)
         refs = {r.run.remote(0): i for i, r in enumerate(self.runners)} if c.mode == "async" else {}
         stats: dict = {}
         done = False
@@ -181,9 +181,9 @@ class Run:
                 except Exception:  # noqa: BLE001 - a dead runner needs no stop
                     pass
         self._checkpoint()
-        return self.summary(time.time() - t0, refs)
+        return self.summary(time.time() - t0)
 
-    def summary(self, wall_s: float, refs: dict) -> dict:
+    def summary(self, wall_s: float) -> dict:
         import ray
 
         runner_stats = []
