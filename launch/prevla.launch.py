@@ -1,5 +1,6 @@
 """Launch the prevla graph: sim_node (LIBERO), policy_node and verifier_node (and, with
-``use_world_model:=true``, world_model_node).
+``use_world_model:=true``, world_model_node; with ``use_controller:=true``,
+controller_adapter_node; with ``rviz:=true``, rviz2 with prevla's config).
 
 For a machine with a full ROS 2 install (``launch`` and ``launch_ros`` come with it), after
 ``colcon build --packages-select prevla_interfaces prevla_ros`` and sourcing the workspace::
@@ -9,8 +10,17 @@ For a machine with a full ROS 2 install (``launch`` and ``launch_ros`` come with
     ros2 launch prevla_ros prevla.launch.py use_sim:=false   # a robot driver publishes the topics
     ros2 launch prevla_ros prevla.launch.py params_file:=/path/to/robot.params.yaml
     ros2 launch prevla_ros prevla.launch.py backend:=tensorrt device:=cuda
-    ros2 launch prevla_ros prevla.launch.py use_world_model:=true
+    ros2 launch prevla_ros prevla.launch.py use_world_model:=true rviz:=true
+    ros2 launch prevla_ros prevla.launch.py use_sim:=false use_controller:=true
     ros2 launch prevla_ros prevla.launch.py --show-args
+
+policy_node, verifier_node and world_model_node are managed (lifecycle) nodes: each is
+configured when its process starts (again after every respawn) and activated once configured
+(the standard ``EmitEvent(ChangeState)`` + ``OnStateTransition`` pattern: ``drive_to_active``).
+A configure that fails (a model that cannot be loaded) leaves that node unconfigured, saying
+why in its log and on /diagnostics; fix it, then ``ros2 lifecycle set /policy_node configure``
+and ``... activate``. ``ros2 lifecycle set /verifier_node deactivate`` pauses a node (its model
+stays loaded), ``activate`` resumes it. sim_node, the robot, is a plain node.
 
 Every node is respawned when it dies (``respawn``/``respawn_delay``/``respawn_max_retries``: the
 policy of ``prevla up --processes``, whose defaults these constants are; launch keeps the delay
@@ -26,11 +36,16 @@ import os
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
 from launch.conditions import IfCondition
+from launch.event_handlers import OnProcessStart
+from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
-from launch_ros.actions import Node
+from launch_ros.actions import LifecycleNode, Node
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
 from launch_ros.parameter_descriptions import ParameterValue
+from lifecycle_msgs.msg import Transition
 
 PACKAGE = 'prevla_ros'
 # The respawn policy of every node (SupervisorConfig's defaults: respawn, respawn_delay_s,
@@ -40,9 +55,26 @@ RESPAWN_DELAY = 1.0
 RESPAWN_MAX_RETRIES = 5
 
 
+def drive_to_active(node):
+    """The standard lifecycle handlers of one managed node: configure it when its process
+    starts (each respawn starts it again, so a respawned node comes back active too) and
+    activate it once a configure has brought it to inactive."""
+    def change(transition_id):
+        return EmitEvent(event=ChangeState(lifecycle_node_matcher=matches_action(node),
+                                           transition_id=transition_id))
+
+    return [
+        RegisterEventHandler(OnProcessStart(
+            target_action=node, on_start=[change(Transition.TRANSITION_CONFIGURE)])),
+        RegisterEventHandler(OnStateTransition(
+            target_lifecycle_node=node, start_state='configuring', goal_state='inactive',
+            entities=[change(Transition.TRANSITION_ACTIVATE)])),
+    ]
+
+
 def generate_launch_description():
-    default_params = os.path.join(get_package_share_directory(PACKAGE), 'launch',
-                                  'prevla.params.yaml')
+    share = get_package_share_directory(PACKAGE)
+    default_params = os.path.join(share, 'launch', 'prevla.params.yaml')
     arguments = [
         DeclareLaunchArgument(
             'params_file', default_value=default_params,
@@ -104,6 +136,14 @@ def generate_launch_description():
             'mode', default_value='execute', choices=['execute', 'imagine'],
             description='execute: gate chunks before the robot moves; imagine: before the '
                         'world model rolls them out (verifier_node)'),
+        DeclareLaunchArgument(
+            'use_controller', default_value='false', choices=['true', 'false'],
+            description='start controller_adapter_node: executes the approved action chunks '
+                        "on a robot's controller (its parameters come from params_file)"),
+        DeclareLaunchArgument(
+            'rviz', default_value='false', choices=['true', 'false'],
+            description="start rviz2 with prevla's display config (launch/prevla.rviz): "
+                        'camera, approved and imagined paths, imagined frames'),
     ]
     params_file = LaunchConfiguration('params_file')
 
@@ -120,8 +160,9 @@ def generate_launch_description():
             'init_state': ParameterValue(LaunchConfiguration('init_state'), value_type=int),
             'episodes': ParameterValue(LaunchConfiguration('episodes'), value_type=int),
         }])
-    policy_node = Node(
-        package=PACKAGE, executable='policy_node', name='policy_node', output='screen',
+    policy_node = LifecycleNode(
+        package=PACKAGE, executable='policy_node', name='policy_node', namespace='',
+        output='screen',
         respawn=RESPAWN, respawn_delay=RESPAWN_DELAY, respawn_max_retries=RESPAWN_MAX_RETRIES,
         parameters=[params_file, {
             'policy': ParameterValue(LaunchConfiguration('policy'), value_type=str),
@@ -131,8 +172,9 @@ def generate_launch_description():
             'num_candidates': ParameterValue(LaunchConfiguration('num_candidates'),
                                              value_type=int),
         }])
-    verifier_node = Node(
-        package=PACKAGE, executable='verifier_node', name='verifier_node', output='screen',
+    verifier_node = LifecycleNode(
+        package=PACKAGE, executable='verifier_node', name='verifier_node', namespace='',
+        output='screen',
         respawn=RESPAWN, respawn_delay=RESPAWN_DELAY, respawn_max_retries=RESPAWN_MAX_RETRIES,
         parameters=[params_file, {
             'verifier': ParameterValue(LaunchConfiguration('verifier'), value_type=str),
@@ -142,12 +184,25 @@ def generate_launch_description():
             'device': ParameterValue(LaunchConfiguration('device'), value_type=str),
         }])
 
-    world_model_node = Node(
-        package=PACKAGE, executable='world_model_node', name='world_model_node',
+    world_model_node = LifecycleNode(
+        package=PACKAGE, executable='world_model_node', name='world_model_node', namespace='',
         output='screen',
         respawn=RESPAWN, respawn_delay=RESPAWN_DELAY, respawn_max_retries=RESPAWN_MAX_RETRIES,
         condition=IfCondition(LaunchConfiguration('use_world_model')),
         parameters=[params_file])
 
-    return LaunchDescription(arguments + [sim_node, policy_node, verifier_node,
-                                          world_model_node])
+    controller_adapter_node = Node(
+        package=PACKAGE, executable='controller_adapter_node', name='controller_adapter_node',
+        output='screen',
+        respawn=RESPAWN, respawn_delay=RESPAWN_DELAY, respawn_max_retries=RESPAWN_MAX_RETRIES,
+        condition=IfCondition(LaunchConfiguration('use_controller')),
+        parameters=[params_file])
+    rviz = Node(
+        package='rviz2', executable='rviz2', name='rviz2', output='screen',
+        arguments=['-d', os.path.join(share, 'launch', 'prevla.rviz')],
+        condition=IfCondition(LaunchConfiguration('rviz')))
+
+    managed = [policy_node, verifier_node, world_model_node]
+    handlers = [handler for node in managed for handler in drive_to_active(node)]
+    return LaunchDescription(arguments + handlers + [sim_node, *managed,
+                                                     controller_adapter_node, rviz])

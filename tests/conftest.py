@@ -46,7 +46,11 @@ if _hypothesis is not None:
 
 
 class RosHarness:
-    """A private rclpy context + executor; nodes added to it are spun by ``wait_for``."""
+    """A private rclpy context + executor; nodes added to it are spun by ``wait_for``.
+
+    A managed (lifecycle) node added is configured and activated first, as ``prevla up`` does
+    (``bring_up``); ``add(node, activate=False)`` leaves it unconfigured, to drive it by hand.
+    """
 
     def __init__(self) -> None:
         import rclpy
@@ -58,7 +62,13 @@ class RosHarness:
         self.executor = SingleThreadedExecutor(context=self.context)
         self.nodes = []
 
-    def add(self, node):
+    def add(self, node, activate: bool = True):
+        from rclpy.lifecycle import LifecycleNode
+
+        from prevla_ros.nodes.lifecycle import bring_up
+
+        if activate and isinstance(node, LifecycleNode):
+            bring_up(node)  # a failed configure stays unconfigured: the test checks why
         self.nodes.append(node)
         self.executor.add_node(node)
         return node

@@ -14,6 +14,7 @@ from prevla_ros.nodes.monitor import EpisodeMonitor
 from prevla_ros.nodes.policy_node import PolicyNode
 from prevla_ros.nodes.sim_node import SimNode
 from prevla_ros.nodes.verifier_node import VerifierNode
+from prevla_sim import video
 
 pytestmark = [pytest.mark.ros, pytest.mark.libero]
 
@@ -36,6 +37,26 @@ def test_expert_episode_succeeds_through_the_nodes(ros, tmp_path):
     assert (tmp_path / "frames" / "ep001_first.png").exists()
     assert (tmp_path / "frames" / "ep001_last.png").exists()
     assert len((tmp_path / "verdicts.jsonl").read_text().splitlines()) == episode["decisions"]
+    frames = _video_frames(tmp_path / episode["video"])
+    # a frame per observation (= per decision; the very first may land before the episode's
+    # status, topics are not ordered), then the end held for one second (FPS frames)
+    assert episode["decisions"] - 1 <= len(frames) - video.FPS <= episode["decisions"]
+    assert frames[0].shape == (128, 128 + video.PANEL_WIDTH, 3)  # no world model: no imagined panel
+
+
+def _video_frames(path) -> list:
+    """Every frame of an episode video (MP4, or the GIF written without an encoder)."""
+    import imageio.v2 as imageio
+    import imageio.v3 as iio
+
+    assert path.exists(), path
+    if path.suffix == ".gif":
+        return list(iio.imread(path, index=None))
+    reader = imageio.get_reader(path, format="FFMPEG")
+    try:
+        return list(reader.iter_data())
+    finally:
+        reader.close()
 
 
 @pytest.mark.parametrize("mode", [["--policy", "scripted_expert"], ["--processes", "--world-model"]],
@@ -50,6 +71,9 @@ def test_prevla_demo_command(tmp_path, mode):
     [run_dir] = list(tmp_path.iterdir())
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["finished"] and summary["per_episode"][0]["steps"] > 0
+    frames = _video_frames(run_dir / summary["per_episode"][0]["video"])  # videos/ep001.mp4
+    imagined = frames[0].shape[1] - 128 - video.PANEL_WIDTH  # the imagined frames, in 2 rows of 64 px
+    assert (imagined > 0) == ("--world-model" in mode), frames[0].shape
     verdicts = [json.loads(line) for line in (run_dir / "verdicts.jsonl").read_text().splitlines()]
     if "scripted_expert" in mode:
         assert "success 1/1" in result.stdout and summary["successes"] == 1

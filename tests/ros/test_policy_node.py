@@ -9,6 +9,7 @@ from prevla_interfaces.srv import SampleCandidates, SwapModel
 from rclpy.parameter import Parameter
 
 from prevla_ros import conversions as conv
+from prevla_ros.nodes.lifecycle import bring_up
 from prevla_ros.nodes.params import STATUS_QOS, STREAM_QOS
 from prevla_ros.nodes.policy_node import PolicyNode
 from tests.ros.fake_robot import FakeRobot
@@ -207,29 +208,32 @@ def test_vla_runs_on_onnxruntime_and_swaps_between_observations(ros, real_obs, v
 
 
 @pytest.mark.parametrize("problem", ["missing", "corrupt"])
-def test_unusable_checkpoint_keeps_node_up_and_holds(ros, real_obs, tmp_path, problem):
-    path = tmp_path / "vla.pt"
+def test_unusable_checkpoint_fails_configure_and_a_fixed_parameter_configures(
+        ros, real_obs, tmp_path, vla_checkpoint, problem):
+    path = tmp_path / "unusable_vla.pt"
     if problem == "corrupt":
         path.write_bytes(b"not a checkpoint" * 10)
     node = _vla_node(ros, path)
+    assert node.lifecycle_state == "unconfigured"  # the standard outcome: the node stays up
+    assert str(path) in node.transition_error and node.policy is None
+    assert node.count_subscribers("joint_states") == 0  # it takes no input
+    # The operator's fix: the parameter, then configure + activate again.
+    assert node.set_parameters([Parameter("checkpoint", value=str(vla_checkpoint))])[0].successful
+    assert bring_up(node) and node.transition_error == ""
     robot = Robot(ros, *real_obs)
     robot.publish(7_000)
     assert ros.wait_for(lambda: robot.candidates, timeout_s=15)
-    assert robot.candidates[0].policy_id == "hold"
-    assert str(path) in node.health.last_error
+    assert robot.candidates[0].policy_id == "vla_test"
 
 
-def test_a_flipped_byte_in_the_vla_file_is_refused_and_the_node_holds(ros, real_obs, vla_checkpoint):
+def test_a_flipped_byte_in_the_vla_file_is_refused_at_configure(ros, real_obs, vla_checkpoint):
     data = bytearray(vla_checkpoint.read_bytes())  # its sidecar was written by save_checkpoint
     data[len(data) // 2] ^= 0x01
     vla_checkpoint.write_bytes(bytes(data))
     node = _vla_node(ros, vla_checkpoint)
-    reason = getattr(node.policy, "reason", "")
+    reason = node.transition_error
     assert "refusing unverified model file" in reason and "corrupt or replaced" in reason
-    robot = Robot(ros, *real_obs)
-    robot.publish(7_500)
-    assert ros.wait_for(lambda: robot.candidates, timeout_s=15)
-    assert robot.candidates[0].policy_id == "hold"
+    assert node.lifecycle_state == "unconfigured" and node.models.slot.loaded is None
 
 
 def test_remote_policy_served_out_of_process_and_dead_server_holds(ros, real_obs,

@@ -7,12 +7,12 @@ import time
 
 import numpy as np
 import pytest
-from diagnostic_msgs.msg import DiagnosticArray
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from geometry_msgs.msg import PoseStamped
 from prevla_interfaces.msg import ActionChunk, CandidateSet, Verdict
 from prevla_interfaces.srv import SwapModel
 from rclpy.parameter import Parameter
-from visualization_msgs.msg import MarkerArray
+from visualization_msgs.msg import Marker, MarkerArray
 
 from prevla_ros import conversions as conv
 from prevla_ros.nodes.params import STREAM_QOS
@@ -28,10 +28,11 @@ def graph(ros):
     node = ros.add(VerifierNode(context=ros.context, parameter_overrides=[
         Parameter("verifier", value="passthrough")]))
     probe = ros.node("probe")
-    got = {"chunks": [], "verdicts": [], "markers": [], "diag": []}
+    got = {"chunks": [], "verdicts": [], "markers": [], "diag": [], "text": []}
     probe.create_subscription(ActionChunk, "action_chunk", got["chunks"].append, STREAM_QOS)
     probe.create_subscription(Verdict, "verdict", got["verdicts"].append, STREAM_QOS)
     probe.create_subscription(MarkerArray, "approved_path", got["markers"].append, 5)
+    probe.create_subscription(Marker, "verdict_text", got["text"].append, 5)
     probe.create_subscription(DiagnosticArray, "/diagnostics", got["diag"].append, 10)
     pub = probe.create_publisher(CandidateSet, "candidates", STREAM_QOS)
     eef = probe.create_publisher(PoseStamped, "eef_pose", STREAM_QOS)
@@ -57,6 +58,10 @@ def test_approves_first_valid_candidate_and_publishes_markers(graph):
     line = got["markers"][0].markers[0]
     assert len(line.points) == 9
     assert line.points[-1].x == pytest.approx(0.1 + 8 * 0.5 * conv.OSC_POS_SCALE, abs=1e-5)
+    assert ros.wait_for(lambda: got["text"])  # the verdict as text, above the end effector
+    text = got["text"][0]
+    assert text.type == Marker.TEXT_VIEW_FACING and text.header.stamp == verdict.header.stamp
+    assert text.text and text.pose.position.z > 1.0
 
 
 def test_invalid_candidates_are_skipped_and_all_invalid_gives_hold(graph):
@@ -266,20 +271,28 @@ def test_malformed_observation_is_not_stored_and_its_candidates_hold(ros, verifi
     assert v.outcome == "accepted" and np.isfinite(v.advantages[0])
 
 
-def test_missing_checkpoint_holds_every_decision_and_the_node_stays_up(ros, tmp_path):
+def test_missing_checkpoint_fails_configure_and_the_node_stays_up_approving_nothing(ros,
+                                                                                   tmp_path):
     missing = tmp_path / "no_such_verifier.pt"
-    node = _model_node(ros, Parameter("checkpoint", value=str(missing)))
-    robot = Robot(ros, node)
     diag = []
     ros.node("diag_probe").create_subscription(DiagnosticArray, "/diagnostics", diag.append, 10)
-    for n, stamp in enumerate((6_000, 7_000), start=1):
-        robot.observe(_observation(stamp))
-        v = robot.propose([np.zeros((H, 7), np.float32)], stamp, n)
-        assert v.outcome == "hold" and v.accepted_index == -1
-        assert "verifier unavailable" in v.reason and str(missing) in v.reason
-    assert conv.msg_to_chunk(robot.chunks[-1]).source == "hold"
-    assert ros.wait_for(lambda: any("verifier unavailable" in s.message
-                                    for d in diag for s in d.status), timeout_s=5)
+    node = _model_node(ros, Parameter("checkpoint", value=str(missing)))
+    assert node.lifecycle_state == "unconfigured"  # the standard outcome of a failed configure
+    assert str(missing) in node.transition_error and node.scheduler.scorer is None
+    robot = FakeRobot(ros, "proposer")
+    candidates = robot.node.create_publisher(CandidateSet, "candidates", STREAM_QOS)
+    chunks = []
+    robot.node.create_subscription(ActionChunk, "action_chunk", chunks.append, STREAM_QOS)
+    robot.observe(_observation(6_000))
+    candidates.publish(candidate_set([np.zeros((H, 7), np.float32)], stamp_ns=6_000))
+    ros.spin_for(0.5)
+    assert chunks == []  # nothing is approved: the robot gets no chunk to move by
+
+    def errors():
+        return [s for d in diag for s in d.status if s.name == "prevla: verifier_node"
+                and s.level == DiagnosticStatus.ERROR and str(missing) in s.message]
+    assert ros.wait_for(errors, timeout_s=5)
+    assert {kv.key: kv.value for kv in errors()[-1].values}["lifecycle_state"] == "unconfigured"
 
 
 def test_default_parameters_load_the_zoo_default_verifier_on_onnxruntime(ros):
@@ -495,14 +508,15 @@ def test_a_swap_to_an_unverified_file_is_refused_and_the_old_model_keeps_serving
     assert _decide(robot, 130_000).verifier_id == ZOO_ID
 
 
-def test_an_unverified_checkpoint_holds_unless_the_node_opts_in(ros, verifier_file, tmp_path):
+def test_an_unverified_checkpoint_fails_configure_unless_the_node_opts_in(ros, verifier_file,
+                                                                          tmp_path):
     from prevla_models.verifier_scorer import VerifierScorer
 
     unrecorded, _ = _unrecorded_copies(verifier_file, tmp_path)
     node = _model_node(ros, Parameter("checkpoint", value=str(unrecorded)))
-    assert not getattr(node.scheduler.scorer, "available", True)  # holds, and says why
-    assert "refusing unverified model file" in node.scheduler.scorer.reason
-    assert str(unrecorded) in node.scheduler.scorer.reason
+    assert node.lifecycle_state == "unconfigured"  # refused, and says why
+    assert "refusing unverified model file" in node.transition_error
+    assert str(unrecorded) in node.transition_error
     ros.executor.remove_node(node)
     ros.nodes.remove(node)
     node.destroy_node()

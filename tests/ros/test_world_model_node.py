@@ -12,6 +12,7 @@ from sensor_msgs.msg import Image
 from visualization_msgs.msg import Marker, MarkerArray
 
 from prevla_ros import conversions as conv
+from prevla_ros.nodes.lifecycle import bring_up
 from prevla_ros.nodes.params import STREAM_QOS
 from prevla_ros.nodes.world_model_node import WorldModelNode
 from prevla_ros.runtime.imagination import Imaginer, RateGate, tile
@@ -159,18 +160,19 @@ def test_approved_chunks_bad_input_and_rate_limit(ros, wm_file):
     assert robot.diag()["skipped"] == "1" and len(robot.got["images"]) == 2
 
 
-def test_missing_checkpoint_is_reported_and_the_node_stays_up(ros, tmp_path):
+def test_missing_checkpoint_fails_configure_and_the_node_stays_up_reporting_it(ros, tmp_path):
     node = _wm_node(ros, tmp_path / "missing.pt", source="candidates")
     robot = Robot(ros)
-    robot.connected(robot.candidates, robot.eef)
-    assert node.imaginer is None and "missing.pt" in node.unavailable
-    robot.observe(_observation(7))
+    assert node.lifecycle_state == "unconfigured" and node.imaginer is None
+    assert "missing.pt" in node.transition_error and "unusable" in node.transition_error
+    assert robot.candidates.get_subscription_count() == 0  # it takes no input
     robot.candidates.publish(candidate_set([_chunk(0.1)], 7))
-    ros.spin_for(1.2)
+    assert ros.wait_for(lambda: robot.diag(), timeout_s=5)
+    ros.spin_for(0.2)
     assert robot.got["images"] == [] and robot.got["markers"] == []
     d = robot.diag()
-    assert d["level"] == DiagnosticStatus.ERROR
-    assert "unusable" in d["message"] and d["unavailable_drops"] == "1"
+    assert d["level"] == DiagnosticStatus.ERROR and d["lifecycle_state"] == "unconfigured"
+    assert "unusable" in d["message"] and "missing.pt" in d["message"]
 
 
 def test_an_unverified_world_model_is_refused_unless_the_node_opts_in(ros, wm_file, tmp_path):
@@ -179,13 +181,13 @@ def test_an_unverified_world_model_is_refused_unless_the_node_opts_in(ros, wm_fi
     unrecorded = tmp_path / "unrecorded_wm.pt"
     shutil.copy(wm_file, unrecorded)  # no FILE.sha256 sidecar, in no manifest
     node = _wm_node(ros, unrecorded, source="candidates")
-    assert node.imaginer is None and "refusing unverified model file" in node.unavailable
-    assert str(unrecorded) in node.unavailable
+    assert node.imaginer is None and "refusing unverified model file" in node.transition_error
+    assert str(unrecorded) in node.transition_error and node.lifecycle_state == "unconfigured"
     ros.executor.remove_node(node)
     ros.nodes.remove(node)
     node.destroy_node()
     node = _wm_node(ros, unrecorded, source="candidates", allow_unverified_models=True)
-    assert node.imaginer is not None and node.unavailable == ""
+    assert node.imaginer is not None and node.lifecycle_state == "active"
 
 
 class ScriptedScorer:
@@ -207,9 +209,10 @@ def test_verifier_in_imagine_mode_gates_what_the_world_model_imagines(ros, wm_fi
 
     verifier = ros.add(VerifierNode(context=ros.context, parameter_overrides=[
         Parameter("verifier", value="model"), Parameter("mode", value="imagine"),
-        Parameter("checkpoint", value=str(tmp_path / "none.pt")),
-        Parameter("imagine_threshold", value=0.6), Parameter("imagine_max_candidates", value=2)]))
-    verifier.scheduler.scorer = ScriptedScorer()
+        Parameter("imagine_threshold", value=0.6), Parameter("imagine_max_candidates", value=2)]),
+        activate=False)
+    verifier.models.load = ScriptedScorer  # what configure loads: scores known in advance
+    assert bring_up(verifier)
     node = _wm_node(ros, wm_file, source="imagine_candidates")
     robot = Robot(ros)
     robot.connected(robot.candidates, robot.eef, robot.images["wrist"])

@@ -255,3 +255,58 @@ def test_diagnostic_status():
     assert s.level == DiagnosticStatus.WARN and s.message == "slow"
     assert s.name == "prevla: sim" and s.hardware_id == "/sim_node"
     assert [(kv.key, kv.value) for kv in s.values] == [("fps", "12.5"), ("episode", "3")]
+
+
+# --- the verdict as rviz text -------------------------------------------------------------
+def test_verdict_text_marker_of_an_accepted_candidate():
+    decision = Scheduler(SchedulerConfig()).decide(
+        [np.full((4, 7), np.nan, np.float32), np.zeros((4, 7), np.float32)])
+    v = cv.decision_to_verdict(decision, 7_000_000_042, "execute", "passthrough")
+    v.safety_probs, v.advantages = [0.0, 0.875], [float("nan"), -0.25]  # as a model scores
+    m = cv.verdict_text_marker(v, "scripted_expert", frame_id="world",
+                               anchor=np.array([0.1, -0.2, 1.0]))
+    assert m.type == Marker.TEXT_VIEW_FACING and m.action == Marker.ADD
+    assert (m.ns, m.id, m.header.frame_id) == ("verdict", 0, "world")
+    assert cv.from_time(m.header.stamp) == 7_000_000_042
+    assert (m.pose.position.x, m.pose.position.y) == (0.1, -0.2)
+    assert m.pose.position.z == pytest.approx(1.0 + cv.VERDICT_LIFT_M)
+    assert m.pose.orientation.w == 1.0 and m.scale.z > 0
+    assert (m.color.r, m.color.g, m.color.a) == pytest.approx((0.1, 0.9, 1.0))
+    first, second, third = m.text.split("\n")
+    assert first == "ACCEPTED #1 of 2 from scripted_expert"
+    assert second == "P(safe) 0.88  advantage -0.25"
+    assert third.startswith("rounds 1, samples 2, passthrough ")
+
+
+def test_verdict_text_marker_of_a_hold_says_why_and_stays_short():
+    decision = Scheduler(SchedulerConfig()).decide([])
+    decision.reason = "no candidate passes tau " + "x" * 200
+    v = cv.decision_to_verdict(decision, 5, "imagine", "verifier_v1")
+    m = cv.verdict_text_marker(v, "vla_libero_spatial", frame_id="base")
+    first, second, _ = m.text.split("\n")
+    assert first == "imagine: HOLD (0 candidates from vla_libero_spatial)"
+    assert second.startswith("no candidate passes tau") and second.endswith("...")
+    assert len(second) == cv.VERDICT_REASON_CHARS
+    assert m.header.frame_id == "base" and (m.color.r, m.color.g) == pytest.approx((0.9, 0.2))
+    home = (m.pose.position.x, m.pose.position.y, m.pose.position.z)
+    assert home == pytest.approx(cv.VERDICT_HOME)  # no end-effector pose yet
+
+
+def test_verdict_text_marker_of_an_unscored_fallback():
+    v = Verdict(outcome="fallback_best", accepted_index=0, safety_probs=[float("nan")],
+                advantages=[], verifier_id="m", rounds=3, samples_drawn=12)
+    m = cv.verdict_text_marker(v, "p")
+    assert m.text.split("\n") == ["FALLBACK #0 of 1 from p", "P(safe) n/a  advantage n/a",
+                                  "rounds 3, samples 12, m 0 ms"]
+    assert (m.color.r, m.color.g) == pytest.approx((1.0, 0.6))
+
+
+def test_verdict_text_marker_of_an_odd_verdict_still_draws():
+    """An index past the scores, an unknown outcome, infinite scores: text, never an error."""
+    v = Verdict(outcome="weird", accepted_index=5, safety_probs=[float("inf"), 0.5],
+                advantages=[0.1], reason="", verify_ms=float("nan"))
+    m = cv.verdict_text_marker(v, "", anchor=np.array([0.0, 0.0, 0.0]))
+    assert m.text.split("\n")[0] == "WEIRD (2 candidates from )"
+    assert (m.color.r, m.color.g, m.color.b, m.color.a) == (1.0, 1.0, 1.0, 1.0)
+    v.accepted_index = 0
+    assert cv.verdict_text_marker(v, "p").text.split("\n")[1] == "P(safe) n/a  advantage +0.10"

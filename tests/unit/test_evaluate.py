@@ -67,7 +67,8 @@ def test_episodes_cycle_init_states_with_new_seeds():
 
 @pytest.mark.parametrize("field,value", [("episodes_per_task", 0), ("num_candidates", 0),
                                          ("arms", ("best",)), ("workers", -1),
-                                         ("render", "maybe"), ("temperature", -1.0)])
+                                         ("render", "maybe"), ("temperature", -1.0),
+                                         ("videos", "some")])
 def test_config_validation_names_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         EvalConfig(**{field: value})
@@ -113,6 +114,29 @@ def test_scripted_expert_in_process(tmp_path):
     again = {e["arm"]: e for e in more["episodes"]}
     assert again["policy"] == first["policy"] and again["random"] == first["random"]
     assert "consensus vs policy" in more["paired"]
+    # the expert renders nothing by default, so the default --videos failures writes none
+    assert not any("video" in e for e in more["episodes"]) and not out.with_suffix(".videos").exists()
+
+
+@pytest.mark.libero
+def test_eval_writes_an_episode_video_per_episode(tmp_path):
+    import imageio.v2 as imageio
+
+    out = tmp_path / "eval.json"
+    res = evaluate(EvalConfig(suite="libero_spatial", task_ids=[0], episodes_per_task=1, arms=("random",),
+                              num_candidates=2, noise_std=0.02, render="on", videos="all", workers=0,
+                              out=str(out)))
+    [ep] = res["episodes"]
+    path = tmp_path / ep["video"]  # relative to the JSON
+    assert path.parent == out.with_suffix(".videos") and path.name.startswith("libero_spatial_task00_random_init00")
+    if path.suffix == ".mp4":
+        reader = imageio.get_reader(path, format="FFMPEG")
+        frames = list(reader.iter_data())
+        reader.close()
+        # one frame per decision, then the end state held for a second (4 fps)
+        assert len(frames) == ep["decisions"] + 4 and frames[0].shape[0] == 128
+    assert f"[{ep['video']}]({ep['video']})" in out.with_suffix(".md").read_text()
+    assert json.loads(out.read_text())["episodes"][0]["video"] == ep["video"]
 
 
 @pytest.mark.libero
@@ -168,6 +192,9 @@ def test_verifier_arm_runs_the_scheduler_with_the_zoo_verifier(tmp_path):
     assert 0 <= row["resample_rate"] <= 1 and 0 <= row["hold_rate"] <= 1
     assert out.with_suffix(".png").stat().st_size > 0
     assert "| **all** | verifier |" in out.with_suffix(".md").read_text()
+    # the default --videos failures: a video exactly when the episode failed
+    assert ("video" in ep) == (not ep["success"])
+    assert all(v.startswith("eval.videos/") for e in res["episodes"] if (v := e.get("video")))
 
 
 def test_cli_has_a_flag_per_config_field_and_config_errors_name_the_field(capsys):

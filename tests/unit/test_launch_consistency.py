@@ -1,8 +1,9 @@
 """The launch file, the params file, the node configs and both packagings agree.
 
 ``launch``/``launch_ros`` are not installable from PyPI, so the launch file is read with
-``ast`` instead of being executed: every ``Node(...)``, ``DeclareLaunchArgument(...)`` and
-``LaunchConfiguration(...)`` in it is a literal call that these tests can inspect.
+``ast`` instead of being executed: every ``Node(...)`` / ``LifecycleNode(...)``,
+``DeclareLaunchArgument(...)`` and ``LaunchConfiguration(...)`` in it is a literal call that
+these tests can inspect.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ try:
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
-from prevla_ros.runtime.configs import NODE_CONFIGS
+from prevla_ros.runtime.configs import NODE_CONFIGS, ROBOT_NODE_CONFIGS
 from prevla_ros.runtime.settings import build, settings
 from prevla_ros.runtime.supervisor import SupervisorConfig
 
@@ -31,6 +32,10 @@ PYPROJECT = ROOT / "pyproject.toml"
 REQUIRED_ARGUMENTS = {"params_file", "suite", "task_id", "init_state", "episodes", "policy",
                       "num_candidates", "verifier", "mode", "use_sim"}
 TYPE_NAMES = {"str": str, "int": int, "float": float, "bool": bool}
+#: prevla nodes the launch file may start that have no config of their own here.
+NODES_WITHOUT_CONFIG = {"controller_adapter_node"}
+#: Launch arguments that switch nodes on or off (or name the params file): no parameter.
+SWITCHES = {"params_file", "use_sim", "use_world_model", "use_controller", "rviz"}
 
 
 def _name(func: ast.expr) -> str:
@@ -82,10 +87,12 @@ def _literal(expr: ast.expr | None, constants: dict[str, object]) -> object:
 
 @pytest.fixture(scope="module")
 def nodes(tree, constants) -> dict[str, ast.Call]:
-    """Launched node name -> its ``Node(...)`` call."""
+    """Launched prevla node name -> its ``Node(...)`` or ``LifecycleNode(...)`` call (rviz2,
+    another package's, is not one)."""
     out = {}
-    for call in _calls(tree, "Node"):
-        assert _literal(_kw(call, "package"), constants) == "prevla_ros"
+    for call in _calls(tree, "Node") + _calls(tree, "LifecycleNode"):
+        if _literal(_kw(call, "package"), constants) != "prevla_ros":
+            continue
         name = _literal(_kw(call, "name"), constants)
         assert name not in out, f"node {name} launched twice"
         out[name] = call
@@ -149,7 +156,8 @@ def test_launch_file_has_the_standard_entry_point(tree):
 
 
 def test_launches_every_node_with_a_config(nodes):
-    assert set(nodes) == set(NODE_CONFIGS)
+    assert set(NODE_CONFIGS) <= set(nodes)
+    assert set(nodes) - set(NODE_CONFIGS) <= NODES_WITHOUT_CONFIG
     for name, call in nodes.items():
         assert _literal(_kw(call, "output"), {}) == "screen", name
 
@@ -204,7 +212,7 @@ def test_overrides_name_real_parameters_with_matching_types(nodes, arguments, no
 
 def test_overrides_cover_the_node_arguments(nodes, arguments):
     overridden = {arg for call in nodes.values() for arg, _ in _overrides(call).values()}
-    assert set(arguments) - overridden == {"params_file", "use_sim", "use_world_model"}
+    assert set(arguments) - overridden == SWITCHES
 
 
 def test_every_node_reads_the_params_file_first(nodes):
@@ -228,6 +236,44 @@ def test_world_model_node_starts_only_when_asked(nodes, arguments):
     assert _literal(_kw(arguments["use_world_model"], "default_value"), {}) == "false"
 
 
+def test_managed_nodes_are_lifecycle_nodes_driven_to_active(tree, nodes):
+    # prevla up drives the same nodes to active (Graph.MANAGED; --autostart with --processes)
+    from prevla_ros.cli import Graph
+
+    lifecycle = {name for name, call in nodes.items() if _name(call.func) == "LifecycleNode"}
+    assert lifecycle == set(Graph.MANAGED)
+    assert _name(nodes["sim_node"].func) == "Node"
+    # configure on every process start (respawns too), activate once configured
+    [on_start] = _calls(tree, "OnProcessStart")
+    [on_transition] = _calls(tree, "OnStateTransition")
+    assert _literal(_kw(on_transition, "start_state"), {}) == "configuring"
+    assert _literal(_kw(on_transition, "goal_state"), {}) == "inactive"
+    transitions = {ast.unparse(_kw(c, "transition_id")) for c in _calls(tree, "ChangeState")}
+    assert transitions == {"transition_id"}  # the helper's parameter: see its two uses
+    used = [ast.unparse(c.args[0]) for c in _calls(tree, "change")]
+    assert used == ["Transition.TRANSITION_CONFIGURE", "Transition.TRANSITION_ACTIVATE"]
+    assert ast.unparse(_kw(on_start, "on_start")) == "[change(Transition.TRANSITION_CONFIGURE)]"
+    assert ast.unparse(_kw(on_transition, "entities")) == "[change(Transition.TRANSITION_ACTIVATE)]"
+    # ... for each managed node
+    [managed] = [n.value for n in ast.walk(tree) if isinstance(n, ast.Assign)
+                 and any(isinstance(t, ast.Name) and t.id == "managed" for t in n.targets)]
+    assert {ast.unparse(e) for e in managed.elts} == lifecycle
+    assert [ast.unparse(c.args[0]) for c in _calls(tree, "drive_to_active")] == ["node"]
+
+
+def test_rviz_and_the_controller_adapter_start_only_when_asked(tree, constants, nodes,
+                                                              arguments):
+    for arg in ("rviz", "use_controller"):
+        assert _literal(_kw(arguments[arg], "default_value"), {}) == "false", arg
+    condition = _kw(nodes["controller_adapter_node"], "condition")
+    assert _launch_config_name(condition.args[0]) == "use_controller"
+    [rviz] = [c for c in _calls(tree, "Node")
+              if _literal(_kw(c, "package"), constants) == "rviz2"]
+    assert _launch_config_name(_kw(rviz, "condition").args[0]) == "rviz"
+    assert ast.unparse(_kw(rviz, "arguments")) == (
+        "['-d', os.path.join(share, 'launch', 'prevla.rviz')]")
+
+
 @pytest.mark.parametrize("node", sorted(NODE_CONFIGS))
 def test_every_node_is_respawned_with_prevla_ups_policy(nodes, constants, node):
     # launch's respawn / respawn_delay / respawn_max_retries are `prevla up --processes`'s
@@ -247,14 +293,15 @@ def test_default_params_file_is_the_installed_one(tree):
 
 # --- the params file ----------------------------------------------------------------------
 def test_params_file_has_one_section_per_node(params):
-    assert set(params) == set(NODE_CONFIGS)
+    # The launched nodes' and the real robot's nodes (started on their own, same params file).
+    assert set(params) == set(NODE_CONFIGS) | set(ROBOT_NODE_CONFIGS)
     for node, section in params.items():
         assert set(section) == {"ros__parameters"}, node
 
 
-@pytest.mark.parametrize("node", sorted(NODE_CONFIGS))
+@pytest.mark.parametrize("node", sorted({**NODE_CONFIGS, **ROBOT_NODE_CONFIGS}))
 def test_params_match_the_config_fields_types_and_defaults(params, node):
-    cls = NODE_CONFIGS[node]
+    cls = {**NODE_CONFIGS, **ROBOT_NODE_CONFIGS}[node]
     hints = {s.name: s.type for s in settings(cls).values()}
     values = params[node]["ros__parameters"]
     names = list(settings(cls))

@@ -3,6 +3,7 @@ round trip against a server started in the test on 127.0.0.1."""
 from __future__ import annotations
 
 import socket
+import threading
 import time
 
 import msgpack
@@ -10,7 +11,8 @@ import numpy as np
 import pytest
 
 from prevla_ros.runtime import msgpack_numpy
-from prevla_ros.runtime.policy_server import axis_angle_to_quat_xyzw, decode_observation, serve_policy
+from prevla_ros.runtime.policy_server import (PolicyServerConfig, axis_angle_to_quat_xyzw, decode_observation,
+                                              serve_policy)
 from prevla_ros.runtime.remote_policy import (PolicyServerUnavailable, RemotePolicyConfig,
                                               RemotePolicyError, WebsocketPolicy, encode_observation)
 from prevla_ros.runtime.types import ACTION_DIM, ObjectPose, Observation, Policy
@@ -260,3 +262,78 @@ def test_openpi_style_client_gets_one_chunk():
             ws.send(msgpack_numpy.packb(req))
             reply = msgpack_numpy.unpackb(ws.recv(timeout=5))
     assert reply["actions"].shape == (H, ACTION_DIM) and "server_timing" in reply
+
+
+def test_reply_carries_openpi_timings_and_slices():
+    with serve_policy(EchoPolicy(), "127.0.0.1", 0, config=PolicyServerConfig(slice_samples=2)) as server:
+        client = _client(server.url)
+        got = client.sample(_obs(), 5)
+        assert got.shape == (5, H, ACTION_DIM) and server.requests == 1
+        # Three policy calls (2 + 2 + 1), each numbering its own samples from 0.
+        np.testing.assert_allclose(got[:, 0, 0] - got[0, 0, 0], [0, 0.01, 0, 0.01, 0], atol=1e-6)
+        assert server.policy.calls == 3
+        client.close()
+
+
+def test_connection_over_max_connections_is_told_to_retry_later():
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    with serve_policy(EchoPolicy(), "127.0.0.1", 0, config=PolicyServerConfig(max_connections=1)) as server:
+        first = _client(server.url)
+        assert first.sample(_obs(), 1).shape == (1, H, ACTION_DIM)
+        with connect(server.url, compression=None, proxy=None, open_timeout=2) as ws:
+            with pytest.raises(ConnectionClosed) as info:
+                ws.recv(timeout=2)
+        assert info.value.rcvd.code == 1013 and "max_connections 1" in info.value.rcvd.reason
+        first.close()
+        deadline = time.monotonic() + 5
+        while server.connections and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second = _client(server.url)
+        assert second.sample(_obs(), 1).shape == (1, H, ACTION_DIM)
+        second.close()
+
+
+def test_healthz_answers_plain_http():
+    import urllib.request
+
+    with serve_policy(EchoPolicy(), "127.0.0.1", 0) as server:
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        with opener.open(f"http://127.0.0.1:{server.port}/healthz", timeout=2) as resp:
+            assert resp.status == 200 and resp.read() == b"OK\n"
+
+
+def test_server_config_rejects_bad_values_naming_the_field():
+    for kw, name in [({"max_samples_per_request": 0}, "max_samples_per_request"),
+                     ({"slice_samples": 1.5}, "slice_samples"),
+                     ({"max_connections": True}, "max_connections"),
+                     ({"image_side": -1}, "image_side"), ({"image_side": 4096}, "image_side")]:
+        with pytest.raises(ValueError, match=name):
+            PolicyServerConfig(**kw)
+
+
+def test_shutdown_frees_a_client_waiting_for_its_reply():
+    class Started(SlowPolicy):
+        started = threading.Event()
+
+        def sample(self, obs, k, temperature=1.0):
+            self.started.set()
+            return super().sample(obs, k, temperature)
+
+    errors: list[Exception] = []
+    server = serve_policy(Started(), "127.0.0.1", 0)
+    client = _client(server.url, request_timeout_s=5.0)
+
+    def ask() -> None:
+        try:
+            client.sample(_obs(), 1)
+        except ConnectionError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=ask)
+    thread.start()
+    assert Started.started.wait(5)
+    server.shutdown()  # the policy is mid-call (SlowPolicy sleeps): the reply is never sent
+    thread.join(5)
+    assert not thread.is_alive() and len(errors) == 1 and "closed the connection" in str(errors[0])

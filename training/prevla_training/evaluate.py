@@ -26,6 +26,7 @@ from prevla_training.stats import episodes_by_key, paired_comparison, wilson_int
 #: Selection arms, all over the same K candidates of the same seeds (equal compute).
 ARMS = ("policy", "random", "consensus", "verifier", "verifier_advantage")
 VERIFIER_ARMS = ("verifier", "verifier_advantage")
+VIDEOS = ("all", "failures", "none")
 
 
 @dataclass
@@ -62,6 +63,10 @@ class EvalConfig:
                 "host:port = a running Ray cluster (one CPU per task and arm)"})
     render: str = field(default="auto", metadata={"help": "auto | on | off (auto: not for expert)"})
     out: str | None = field(default=None, metadata={"help": "JSON path (a .md table next to it)"})
+    videos: str = field(default="failures", metadata={
+        "help": "all | failures | none: an MP4 per episode (agent view at each decision, the arm's "
+                "pick or verdict) under <out>.videos/; needs rendered frames (a learned policy or "
+                "--render on) and --out"})
     scheduler: SchedulerConfig = section(
         SchedulerConfig, "the verifier arm's decision settings (verifier_node's, same defaults)",
         fixed={"verifier": "model", "mode": "execute"},
@@ -85,10 +90,17 @@ class EvalConfig:
             raise ValueError(f"backend: expected one of {BACKENDS}, got {self.backend!r}")
         if self.render not in ("auto", "on", "off"):
             raise ValueError(f"render: expected auto|on|off, got {self.render!r}")
+        if self.videos not in VIDEOS:
+            raise ValueError(f"videos: expected one of {VIDEOS}, got {self.videos!r}")
         parse_policy_spec(self.policy)
         if set(VERIFIER_ARMS) & set(self.arms) and not self.policy.startswith(("vla", "remote")):
             raise ValueError("arms: the verifier arm scores learned-policy candidates; "
                              f"use --policy vla (got {self.policy!r})")
+
+    @property
+    def renders(self) -> bool:
+        """Whether episodes render camera frames (``render``; auto: all but the expert)."""
+        return self.render == "on" or (self.render == "auto" and self.policy != "scripted_expert")
 
     def scheduler_config(self, arm: str = "verifier") -> SchedulerConfig:
         """A verifier arm's decision settings; a hold lasts one chunk of the policy's."""
@@ -146,18 +158,19 @@ def run_task_arm(cfg_dict: dict, suite: str, task_id: int, arm: str) -> list[dic
     os.environ.setdefault("MUJOCO_GL", "egl")
     from prevla_ros.runtime.chunks import chunk_problem, hold_chunk, medoid_index
     from prevla_sim.libero_env import LiberoEnv, LiberoEnvConfig, num_init_states
+    from prevla_sim.video import EpisodeVideo
 
     cfg = build(EvalConfig, cfg_dict)
     if cfg.workers > 0 and cfg.policy.startswith("vla"):  # share the cores, do not oversubscribe
         import torch
 
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // cfg.workers))
-    render = cfg.render == "on" or (cfg.render == "auto" and cfg.policy != "scripted_expert")
     policy = _build_policy(cfg, suite, task_id)
     scheduler = _build_scheduler(cfg, arm) if arm in VERIFIER_ARMS else None
     n_init = num_init_states(suite, task_id)
+    video_dir = video_root(cfg) if cfg.renders else None
     env = LiberoEnv(LiberoEnvConfig(suite=suite, task_id=task_id,
-                                    init_state=cfg.init_start % n_init, render=render))
+                                    init_state=cfg.init_start % n_init, render=cfg.renders))
     results = []
     try:
         for e in range(cfg.episodes_per_task):
@@ -172,6 +185,8 @@ def run_task_arm(cfg_dict: dict, suite: str, task_id: int, arm: str) -> list[dic
             gripper = -1.0
             ms: list[float] = []
             stats: dict[str, list] = {"verify_ms": [], "samples": [], "rounds": [], "outcome": []}
+            video = EpisodeVideo([f"{suite}/{task_id} init {init} c{cycle}", f"arm {arm}"]) \
+                if video_dir else None
             while not done:
                 obs = env.observe()
                 t0 = time.perf_counter()
@@ -182,17 +197,23 @@ def run_task_arm(cfg_dict: dict, suite: str, task_id: int, arm: str) -> list[dic
                     for key, v in (("verify_ms", round(d.verify_ms, 3)), ("samples", d.samples_drawn),
                                    ("rounds", d.rounds), ("outcome", d.outcome)):
                         stats[key].append(v)
+                    pick = d
                 else:
                     chunks = np.asarray(policy.sample(obs, cfg.num_candidates, cfg.temperature))
                     if not len(chunks):
-                        actions = None
+                        actions, pick = None, (-1, 0)
                     else:
                         i = {"policy": 0, "consensus": medoid_index(chunks)}.get(arm)
-                        actions = chunks[int(rng.integers(len(chunks))) if i is None else i]
+                        pick = (int(rng.integers(len(chunks))) if i is None else i, len(chunks))
+                        actions = chunks[pick[0]]
                 ms.append(1000 * (time.perf_counter() - t0))
-                if actions is None or chunk_problem(actions) is not None:
+                held = actions is None or chunk_problem(actions) is not None
+                if held:
                     invalid += 1
                     actions = hold_chunk(cfg.horizon, gripper).actions
+                if video is not None and "agentview" in obs.images:
+                    video.add_frame(decisions, obs.images["agentview"])
+                    video.add_verdict(decisions, *_verdict(arm, pick, held))
                 if cfg.execute_steps:
                     actions = actions[:cfg.execute_steps]
                 decisions += 1
@@ -204,9 +225,35 @@ def run_task_arm(cfg_dict: dict, suite: str, task_id: int, arm: str) -> list[dic
             results.append(dict(task_id=task_id, arm=arm, init_state=init, cycle=cycle, success=bool(success),
                                 steps=env.step_count, decisions=decisions, invalid_picks=invalid,
                                 policy_ms=[round(m, 3) for m in ms], **stats))
+            if video is not None and (cfg.videos == "all" or not success):
+                path = video.write(video_dir / f"{suite}_task{task_id:02d}_{arm}_init{init:02d}_c{cycle}",
+                                   ["SUCCESS" if success else "FAILURE", f"{env.step_count} steps"],
+                                   bool(success), env.observe().images.get("agentview"))  # the end state
+                if path is not None:
+                    results[-1]["video"] = os.path.relpath(path, Path(cfg.out).resolve().parent)
     finally:
         env.close()
     return results
+
+
+def video_root(cfg: EvalConfig) -> Path | None:
+    """Where a run's episode videos go (``<out>.videos/``); None when none are written."""
+    return Path(cfg.out).resolve().with_suffix(".videos") if cfg.out and cfg.videos != "none" else None
+
+
+def _verdict(arm: str, pick, held: bool) -> tuple[list[str], str]:
+    """A video's panel lines and colour: a verifier arm's :class:`Decision`, or another arm's
+    (chosen index, candidates); ``held``: the pick was invalid and a hold chunk ran instead."""
+    from prevla_sim.video import decision_lines
+
+    if isinstance(pick, tuple):
+        lines, outcome = decision_lines(arm, *pick), ""
+    else:
+        i = pick.accepted_index
+        scores = (float(pick.safety_probs[i]), float(pick.advantages[i])) if i >= 0 else ()
+        outcome = pick.outcome
+        lines = decision_lines(outcome, i, len(pick.safety_probs), pick.rounds, *scores)
+    return (lines + ["invalid chunk: held"], "hold") if held and outcome != "hold" else (lines, outcome)
 
 
 def _job(args: tuple) -> tuple[tuple, list[dict]]:
@@ -214,7 +261,7 @@ def _job(args: tuple) -> tuple[tuple, list[dict]]:
 
 
 #: Settings that do not change a (task, arm) job's episodes.
-_NOT_RESULT = ("arms", "task_ids", "workers", "ray_address", "out")
+_NOT_RESULT = ("arms", "task_ids", "workers", "ray_address", "out", "videos")
 
 
 class JobCache:
@@ -265,6 +312,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     cache = JobCache(Path(cfg.out).with_suffix(".jobs") if cfg.out else None)
     episodes: list[dict] = [e for j in jobs for e in cache.get(j)]
     todo = [j for j in jobs if not cache.get(j)]
+    if cfg.videos != "none" and not (cfg.out and cfg.renders):
+        print(f"videos: none written ({'no --out' if not cfg.out else 'no rendered frames: --render on'})")
     t_start = time.perf_counter()
     with tqdm(total=len(todo) * cfg.episodes_per_task, desc=f"eval {cfg.suite}",
               unit="ep") as bar:
@@ -427,7 +476,19 @@ def format_table(result: dict) -> str:
     cached = f" ({result['jobs_cached']} of {result['jobs']} (task, arm) jobs from {c['out']}'s cache)" \
         if result.get("jobs_cached") else ""
     lines.append(f"\nwall time {result['wall_time_s']:.0f} s{cached}")
-    return "\n".join(lines)
+    return "\n".join(lines + _video_lines(result))
+
+
+def _video_lines(result: dict) -> list[str]:
+    """The episode videos (``--videos``), one row each, as links relative to the JSON."""
+    eps = [e for e in result["episodes"] if e.get("video")]
+    if not eps:
+        return []
+    lines = ["", f"episode videos ({result['config'].get('videos')}): {len(eps)}", "",
+             "| task | arm | init | cycle | success | steps | video |", "|---:|---|---:|---:|---|---:|---|"]
+    return lines + [f"| {e['task_id']} | {e['arm']} | {e['init_state']} | {e['cycle']} | "
+                    f"{'yes' if e['success'] else 'no'} | {e['steps']} | [{e['video']}]({e['video']}) |"
+                    for e in eps]
 
 
 def parse_tasks(text: str) -> list[int]:

@@ -20,7 +20,8 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob(os.path.join(LAUNCH, "*.launch.py"))
-         + glob(os.path.join(LAUNCH, "*.yaml"))),
+         + glob(os.path.join(LAUNCH, "*.yaml")) + glob(os.path.join(LAUNCH, "*.rviz"))),
+        (f"share/{PACKAGE}/launch/sros2", glob(os.path.join(LAUNCH, "sros2", "*.xml"))),
     ],
     install_requires=["setuptools"],
     zip_safe=True,
@@ -34,6 +35,7 @@ setup(
             "policy_node = prevla_ros.nodes.policy_node:main",
             "verifier_node = prevla_ros.nodes.verifier_node:main",
             "world_model_node = prevla_ros.nodes.world_model_node:main",
+            "controller_adapter_node = prevla_ros.nodes.controller_adapter_node:main",
             "prevla = prevla_ros.cli:main",
         ],
     },

@@ -13,6 +13,10 @@
     prevla train-verifier ...                 train the verifier (+ ablations table)
     prevla export MODEL --to onnx|tensorrt    export a model (parity-checked) into the zoo
     prevla params [--write]                   check / regenerate the parameter docs and YAML
+    prevla record [--out DIR] [--topics a,b]  record the running graph into an MCAP bag
+    prevla inspect BAG [--export-frames DIR]  a bag's topics, counts, rates; frames as PNGs
+    prevla security [--write]                 check / regenerate the SROS2 access-control policy
+    prevla lifecycle get|list|set NODE [T]    a managed node's state / transitions (ros2 lifecycle)
 
 The graph runs composed in one process (one rclpy executor, the default: lowest latency)
 or, with ``--processes``, as one OS process per node talking over Fast DDS, supervised: a node
@@ -57,7 +61,16 @@ def _ros_args(args: argparse.Namespace) -> list[str]:
 class Graph:
     """The three nodes (four with ``--world-model``), composed in this process or, with
     ``--processes``, started as supervised child processes (:mod:`prevla_ros.runtime.supervisor`:
-    a node that dies is restarted with backoff; one given up on raises ``GraphFailed``)."""
+    a node that dies is restarted with backoff; one given up on raises ``GraphFailed``).
+
+    Policy, verifier and world model are managed (lifecycle) nodes, driven to active: composed,
+    :meth:`add` configures and activates each in-process (``bring_up``); as processes, each is
+    started with ``--autostart`` and does it itself, so a respawned one comes back active with
+    no one driving it. A node whose configure fails stays up, unconfigured, saying why (log
+    and /diagnostics); the rest of the graph runs on (nothing it does not approve moves)."""
+
+    #: The managed nodes (sim_node is a plain node: it is the robot).
+    MANAGED = ("policy_node", "verifier_node", "world_model_node")
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -104,7 +117,9 @@ class Graph:
         names = NODES + (("world_model_node",) if getattr(self.args, "world_model", False) else ())
         specs = []
         for name in names:
-            cmd = [sys.executable, "-m", f"prevla_ros.nodes.{name}"] + _ros_args(self.args)
+            cmd = [sys.executable, "-m", f"prevla_ros.nodes.{name}"]
+            cmd += ["--autostart"] if name in self.MANAGED else []
+            cmd += _ros_args(self.args)
             for key, value in overrides[name].items():
                 cmd += ["-p", f"{key}:={_param_literal(value)}"]
             specs.append(NodeSpec(name, cmd))
@@ -113,6 +128,13 @@ class Graph:
         self.supervisor.start()
 
     def add(self, node) -> None:
+        """Spin ``node`` here; a managed node is configured and activated first."""
+        from rclpy.lifecycle import LifecycleNode
+
+        from prevla_ros.nodes.lifecycle import bring_up
+
+        if isinstance(node, LifecycleNode):
+            bring_up(node)  # a failure is logged by the node, which stays up
         self.nodes.append(node)
         self.executor.add_node(node)
 
@@ -206,8 +228,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     monitors = []
 
     def add_monitor(graph: Graph) -> None:
-        monitors.append(EpisodeMonitor(out, expected_episodes=args.episodes))
+        monitors.append(EpisodeMonitor(out, expected_episodes=args.episodes,
+                                       videos=not getattr(args, "no_video", False)))
         graph.add(monitors[0])
+        if getattr(args, "record", False):  # one bag of the run (prevla_ros.nodes.recorder)
+            from prevla_ros.nodes.recorder import RecordConfig, Recorder
+            graph.add(Recorder(RecordConfig(out=str(out / "bag"), max_mb=args.record_max_mb)))
 
     finished, rc = run_graph(args, lambda: monitors[0].finished, add_monitor, args.timeout_s)
     if not monitors:  # stopped before the graph was up
@@ -217,7 +243,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print(monitor.table())
     print(f"success {summary['successes']}/{summary['episodes']} in {summary['wall_s']:.1f} s; "
-          f"outputs in {out}/ (summary.json, episodes.jsonl, verdicts.jsonl, frames/*.png)")
+          f"outputs in {out}/ (summary.json, episodes.jsonl, verdicts.jsonl, frames/*.png"
+          + (", videos/ep*.mp4 per episode)" if monitor.videos else ")"))
     if rc:
         return rc
     if not finished:
@@ -240,6 +267,10 @@ DELEGATED = {
     "train-world-model": ("prevla_training.train_world_model", "train the world model on demos and policy rollouts"),
     "export": ("prevla_training.export", "export a model to ONNX / TensorRT, parity-checked, into the zoo"),
     "params": ("prevla_ros.params_doc", "regenerate docs/parameters.md and the params YAML from the configs"),
+    "security": ("prevla_ros.security", "check / regenerate the SROS2 policy launch/sros2/prevla_policy.xml"),
+    "record": ("prevla_ros.nodes.recorder", "record the running graph's topics into an MCAP bag"),
+    "inspect": ("prevla_ros.runtime.bag_reader", "a bag's topics, counts, rates; export frames as PNGs"),
+    "lifecycle": ("prevla_ros.nodes.lifecycle_client", "get / list / set a managed node's lifecycle state (ros2 lifecycle)"),
 }
 
 
@@ -317,6 +348,15 @@ def main(argv: list[str] | None = None) -> int:
     _graph_options(demo, 2)
     demo.add_argument("--out", default="outputs/demo", help="output directory")
     demo.add_argument("--timeout-s", type=float, default=600.0, help="give up after this long")
+    demo.add_argument("--no-video", action="store_true",
+                      help="write no per-episode video (videos/ep<N>.mp4: the agent view at each "
+                           "decision with the verdict, and the imagined frames with --world-model)")
+    demo.add_argument("--record", action=argparse.BooleanOptionalAction, default=True,
+                      help="record every topic into <out>/bag (an MCAP bag: prevla inspect)")
+    from prevla_ros.runtime.bag_writer import megabytes
+
+    demo.add_argument("--record-max-mb", type=megabytes, default=1024.0,
+                      help="size cap of the recording (MB); recording stops there")
     for verb, (_, text) in DELEGATED.items():
         sub.add_parser(verb, help=f"{text} (see --help there)")
     args = parser.parse_args(argv)

@@ -209,6 +209,70 @@ def path_markers(path: np.ndarray, stamp_ns: int, ns: str, rgba: tuple[float, ..
     return MarkerArray(markers=[line, end])
 
 
+#: Verdict outcome -> (headline, RGBA) of its rviz text; the path colours (green / red) match.
+VERDICT_STYLE = {"accepted": ("ACCEPTED", (0.1, 0.9, 0.2, 1.0)),
+                 "fallback_best": ("FALLBACK", (1.0, 0.6, 0.0, 1.0)),
+                 "hold": ("HOLD", (0.9, 0.2, 0.1, 1.0))}
+#: Where the verdict text floats: this far above the end effector, or at ``VERDICT_HOME``
+#: (above LIBERO's table) before any end-effector pose was seen.
+VERDICT_LIFT_M = 0.15
+VERDICT_HOME = (0.0, 0.0, 1.4)
+VERDICT_REASON_CHARS = 80
+
+
+def _score(values, index: int, fmt: str) -> str:
+    """One candidate's score as text; ``n/a`` for a missing or unscored (NaN) one."""
+    if not 0 <= index < len(values) or not np.isfinite(values[index]):
+        return "n/a"
+    return format(float(values[index]), fmt)
+
+
+def verdict_text(verdict: Verdict, source: str) -> str:
+    """What the verdict says, in three short lines (rviz draws them as one text marker)."""
+    headline, _ = VERDICT_STYLE.get(verdict.outcome, (verdict.outcome.upper(), None))
+    if verdict.mode == Verdict.MODE_IMAGINE:
+        headline = f"imagine: {headline}"
+    n, i = len(verdict.safety_probs), int(verdict.accepted_index)
+    if 0 <= i < n:
+        first = f"{headline} #{i} of {n} from {source}"
+        second = (f"P(safe) {_score(verdict.safety_probs, i, '.2f')}  "
+                  f"advantage {_score(verdict.advantages, i, '+.2f')}")
+    else:
+        first = f"{headline} ({n} candidates from {source})"
+        reason = verdict.reason
+        second = (reason if len(reason) <= VERDICT_REASON_CHARS
+                  else reason[:VERDICT_REASON_CHARS - 3] + "...")
+    third = (f"rounds {verdict.rounds}, samples {verdict.samples_drawn}, "
+             f"{verdict.verifier_id} {verdict.verify_ms:.0f} ms")
+    return "\n".join((first, second, third))
+
+
+def verdict_text_marker(verdict: Verdict, source: str, frame_id: str = "world",
+                        anchor: np.ndarray | None = None) -> Marker:
+    """The verdict as an rviz TEXT_VIEW_FACING marker (rviz cannot show a custom message).
+
+    Args:
+        verdict: the published verdict (its stamp is the marker's).
+        source: the policy that sampled the candidates (the candidate set's ``policy_id``).
+        frame_id: the markers' frame (the verifier's ``marker_frame``, as for approved paths).
+        anchor: the end effector's position: the text floats ``VERDICT_LIFT_M`` above it;
+            ``None`` (no pose yet) puts it at ``VERDICT_HOME``.
+
+    One marker per verifier (namespace ``verdict``, id 0), so each verdict replaces the last.
+    Coloured by outcome: green accepted, orange fallback, red hold.
+    """
+    _, rgba = VERDICT_STYLE.get(verdict.outcome, ("", (1.0, 1.0, 1.0, 1.0)))
+    where = (np.asarray(VERDICT_HOME, dtype=np.float64) if anchor is None
+             else np.asarray(anchor, dtype=np.float64) + (0.0, 0.0, VERDICT_LIFT_M))
+    marker = Marker(header=Header(stamp=verdict.header.stamp, frame_id=frame_id), ns="verdict",
+                    id=0, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD,
+                    text=verdict_text(verdict, source))
+    marker.pose = pose_to_msg(where, np.array([0.0, 0.0, 0.0, 1.0]))
+    marker.scale.z = 0.03  # text height (m); rviz ignores x and y for text
+    marker.color.r, marker.color.g, marker.color.b, marker.color.a = rgba
+    return marker
+
+
 def diagnostic_status(name: str, hardware_id: str, level: bytes, message: str,
                       values: dict[str, object]) -> DiagnosticStatus:
     """``level`` is one of DiagnosticStatus.OK/WARN/ERROR/STALE (bytes in ROS 2)."""

@@ -35,14 +35,15 @@ class _Swap:
     staged: Staged | None = None
     error: str = ""
     load_ms: float = 0.0
+    cancelled: bool = False  # the node was cleaned up meanwhile: nothing is installed
     done: threading.Event = field(default_factory=threading.Event)
 
 
 class ModelSwapper:
     """A node's model (:class:`~prevla_ros.runtime.engines.ModelSlot`) behind ROS.
 
-    Loads the model of ``node.config`` (``checkpoint``, ``backend``, ``device``) at startup and
-    hot-swaps it on a ``~/swap_model`` request (prevla_interfaces/SwapModel) or a change of
+    Loads the model of ``node.config`` (``checkpoint``, ``backend``, ``device``) when the node
+    is configured (:meth:`load`), frees it on cleanup (:meth:`unload`) and, in between, hot-swaps it on a ``~/swap_model`` request (prevla_interfaces/SwapModel) or a change of
     those parameters; the node's other parameters become startup-only. The replacement is
     loaded, checked (its sha256 against its record: an unverified file is refused unless the
     node's ``allow_unverified_models``) and warmed up in a background thread while the old
@@ -50,7 +51,9 @@ class ModelSwapper:
     a guard condition then switches to it on the executor thread, between two messages
     (the guard shares the node's default callback group with the message callbacks).
     A failed swap keeps the old model, logs why, answers ``success=false`` and, for a
-    parameter change, sets the parameters back. One swap at a time: another is refused.
+    parameter change, sets the parameters back. One swap at a time: another is refused. An
+    unconfigured node has no model to swap: the service refuses, and a parameter change is
+    accepted as is and loaded by the next configure.
 
     Args:
         node: the node; its ``config`` dataclass has the ``MODEL_FIELDS``.
@@ -78,22 +81,29 @@ class ModelSwapper:
     def busy(self) -> bool:
         return self._swap is not None
 
-    def load(self, fallback: Callable[[str], object]) -> object:
-        """The configured model's adapter, loaded now (startup); if it cannot be loaded, log
-        why and return ``fallback(reason)`` (a stand-in that holds and says why)."""
+    def load(self) -> object:
+        """The configured model's adapter, loaded now (the node's configure transition).
+
+        Raises:
+            RuntimeError: the model cannot be loaded; the message names the checkpoint and why.
+        """
         c = self.node.config
         try:
             staged = self.slot.prepare(c.checkpoint, c.backend, c.device,
                                        allow_unverified=self._allow_unverified())
-        except Exception as exc:  # noqa: BLE001 -- whatever broke, the node stays up and holds
-            reason = f"{self.slot.kind} model {c.checkpoint or '(zoo default)'} unusable: {exc}"
-            self.node.get_logger().error(
-                f"{reason}; answering with holds until a model loads (~/swap_model, the "
-                "checkpoint parameter, or a restart)")
-            return fallback(reason)
+        except Exception as exc:  # noqa: BLE001 -- whatever broke: the configure fails, saying why
+            raise RuntimeError(f"{self.slot.kind} model {c.checkpoint or '(zoo default)'} "
+                               f"unusable: {exc}") from exc
         self.slot.commit(staged)
         self._log_loaded(staged, "loaded")
         return staged.adapter
+
+    def unload(self) -> None:
+        """Free the model (the node's cleanup); a swap in flight is cancelled (its caller is
+        answered ``success=false``; what it loads is dropped)."""
+        if self._swap is not None:
+            self._swap.cancelled = True
+        self.slot.loaded = self.slot.adapter = None
 
     def values(self) -> dict[str, object]:
         """Diagnostics values: the running model, whether it is verified, the swaps so far."""
@@ -113,6 +123,9 @@ class ModelSwapper:
         """Start loading in the background; a refusal reason if no swap can start now."""
         if self.refusal:
             return self.refusal
+        if self.slot.loaded is None:
+            return ("no model is loaded (the node is not configured): set the parameters, "
+                    "then configure it")
         if self._swap is not None:
             s = self._swap
             return (f"a model swap is in progress ({s.checkpoint or '(zoo default)'} on "
@@ -166,6 +179,9 @@ class ModelSwapper:
             return f"{', '.join(startup_only)} can only be set at startup (restart the node)"
         if not changed or self._quiet:
             return None
+        if self.slot.loaded is None and not self.refusal:  # unconfigured: used by configure
+            self.node.config = new
+            return None
         swap = self._begin(new.checkpoint, new.backend, new.device, "",
                            {f: getattr(old, f) for f in changed})
         return swap if isinstance(swap, str) else None
@@ -177,6 +193,8 @@ class ModelSwapper:
             return
         self._swap = None
         log = self.node.get_logger()
+        if swap.cancelled:
+            swap.error, swap.staged = "cancelled: the node was cleaned up meanwhile", None
         if swap.staged is not None and not swap.error:
             try:
                 self.install(swap.staged.adapter)

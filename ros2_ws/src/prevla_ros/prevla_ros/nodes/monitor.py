@@ -7,7 +7,9 @@ graph, each imagined chunk is compared with what really happened: the real frame
 observation (the end of the executed chunk) against the last imagined frame, and against the
 "nothing moves" baseline (the frame the imagination started from); the first
 ``IMAGINED_PNGS`` per episode are saved as ``ep<N>_imagined_d<k>.png``: real now | imagined
-frames | real at the chunk's end.
+frames | real at the chunk's end. With ``videos`` each episode is also written as
+``videos/ep<N>.mp4`` (:mod:`prevla_sim.video`: the agent view at each decision, the verdict, the
+imagined frames), its path in the episode's record.
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from sensor_msgs.msg import Image
 
 from prevla_ros import conversions as conv
 from prevla_ros.nodes.params import STATUS_QOS, STREAM_QOS
+from prevla_sim.video import EpisodeVideo, decision_lines
 
 #: Imagined-vs-real comparison images saved per episode.
 IMAGINED_PNGS = 3
@@ -32,9 +35,12 @@ KEEP_FRAMES = 8
 class EpisodeMonitor(Node):
     """Collects episode outcomes and verdicts; ``finished`` once enough episodes ended."""
 
-    def __init__(self, out_dir: Path | None, expected_episodes: int = 1, **kwargs) -> None:
+    def __init__(self, out_dir: Path | None, expected_episodes: int = 1, videos: bool = True,
+                 **kwargs) -> None:
         super().__init__("episode_monitor", **kwargs)
         self.out_dir = out_dir
+        self.videos = videos and out_dir is not None
+        self._video: EpisodeVideo | None = None  # the running episode's
         self.expected = expected_episodes
         self.episodes: list[dict] = []
         self.verdicts: list[dict] = []
@@ -63,6 +69,8 @@ class EpisodeMonitor(Node):
                                  "verify_ms": [], "policy_ids": [], "imagined_mse": [],
                                  "copy_mse": []}
                 self._last_frame = None
+                self._video = EpisodeVideo([f"ep {msg.episode} {msg.suite}/{msg.task_id}",
+                                            f"init {msg.init_state}"]) if self.videos else None
             return
         record = dict(self._current or {"episode": int(msg.episode), "decisions": 0,
                                         "holds": 0, "verify_ms": [], "policy_ids": []})
@@ -76,6 +84,7 @@ class EpisodeMonitor(Node):
         record.update(success=bool(msg.success), steps=int(msg.step), state=msg.state,
                       max_steps=int(msg.max_steps), detail=msg.detail,
                       verify_ms_mean=float(np.mean(verify)) if verify else 0.0)
+        self._write_video(record)
         self.episodes.append(record)
         self._save_frame(f"ep{record['episode']:03d}_last.png")
         self._current = None
@@ -90,6 +99,12 @@ class EpisodeMonitor(Node):
                   "advantages": [round(float(a), 4) for a in msg.advantages]}
         self.verdicts.append(record)
         self._append("verdicts.jsonl", record)
+        if self._video is not None:
+            probs, i = msg.safety_probs, int(msg.accepted_index)
+            scored = 0 <= i < min(len(probs), len(msg.advantages))
+            scores = (float(probs[i]), float(msg.advantages[i])) if scored else ()
+            self._video.add_verdict(record["stamp_ns"], decision_lines(
+                msg.outcome, i, len(probs) or int(msg.samples_drawn), int(msg.rounds), *scores), msg.outcome)
         if self._current is not None:
             self._current["decisions"] += 1
             self._current["holds"] += int(msg.outcome == "hold")
@@ -109,6 +124,8 @@ class EpisodeMonitor(Node):
         first = self._last_frame is None and self._current is not None
         self._last_frame = frame
         self._frames[conv.from_time(msg.header.stamp)] = frame
+        if self._video is not None:
+            self._video.add_frame(conv.from_time(msg.header.stamp), frame)
         for old in sorted(self._frames)[:-KEEP_FRAMES]:
             del self._frames[old]
         self._compare_ready()
@@ -126,6 +143,8 @@ class EpisodeMonitor(Node):
         # One row (world model source "approved", the default): the grid's height is the frame side.
         if grid.shape[1] % grid.shape[0] == 0:
             self._imagined[conv.from_time(msg.header.stamp)] = grid
+            if self._video is not None:
+                self._video.add_imagined(conv.from_time(msg.header.stamp), grid)
             for old in sorted(self._imagined)[:-KEEP_FRAMES]:
                 del self._imagined[old]
             self._compare_ready()
@@ -153,6 +172,21 @@ class EpisodeMonitor(Node):
             cv2.imwrite(str(self.out_dir / "frames" / f"ep{cur['episode']:03d}_imagined_d{k}.png"),
                         strip[..., ::-1])
 
+    def _write_video(self, record: dict) -> None:
+        """The finished episode's video (~0.1 s: compose + ffmpeg) -> ``record["video"]``."""
+        video, self._video = self._video, None
+        if video is None or not len(video):
+            return
+        result = [f"{'SUCCESS' if record['success'] else 'FAILURE'} ({record['state']})",
+                  f"{record['steps']} steps"]
+        try:
+            path = video.write(self.out_dir / "videos" / f"ep{record['episode']:03d}", result,
+                               record["success"])
+        except (OSError, ValueError) as exc:  # a full disk: the episode still counts
+            self.get_logger().error(f"episode video not written: {exc}")
+            return
+        record["video"] = str(path.relative_to(self.out_dir))
+
     def _save_frame(self, name: str) -> None:
         if self.out_dir is not None and self._last_frame is not None:
             cv2.imwrite(str(self.out_dir / "frames" / name), self._last_frame[..., ::-1])
@@ -168,12 +202,12 @@ class EpisodeMonitor(Node):
                 "wall_s": wall_s, "finished": finished, "per_episode": self.episodes}
 
     def table(self) -> str:
-        rows = ["| episode | task | init | success | steps | decisions | holds | imagined vs real MSE (copy) |",
-                "|---|---|---|---|---|---|---|---|"]
+        rows = ["| episode | task | init | success | steps | decisions | holds | imagined vs real MSE (copy) "
+                "| video |", "|---|---|---|---|---|---|---|---|---|"]
         for e in self.episodes:
             wm = (f"{e['imagined_mse_mean']:.4f} ({e['copy_mse_mean']:.4f})"
                   if "imagined_mse_mean" in e else "–")
             rows.append(f"| {e['episode']} | {e.get('suite', '?')}/{e.get('task_id', '?')} | "
                         f"{e.get('init_state', '?')} | {'yes' if e['success'] else 'no'} | "
-                        f"{e['steps']} | {e['decisions']} | {e['holds']} | {wm} |")
+                        f"{e['steps']} | {e['decisions']} | {e['holds']} | {wm} | {e.get('video', '–')} |")
         return "\n".join(rows)

@@ -1,14 +1,21 @@
-"""policy_node: observations in, K candidate action chunks out.
+"""policy_node: observations in, K candidate action chunks out. A managed (lifecycle) node.
 
-Subscribes: ``agentview/image_raw``, ``wrist/image_raw`` (sensor_msgs/Image), ``joint_states``,
-``eef_pose`` (PoseStamped), ``sim_state`` (privileged, for the scripted expert),
-``instruction`` (String, latched), ``episode_status`` (latched).
+Lifecycle (:class:`~prevla_ros.nodes.lifecycle.ManagedNode`): *configure* builds the policy
+(loads, checks and warms up the VLA; an unusable model fails the transition, naming the file
+and why), *activate* subscribes the inputs and lets ``candidates`` out, *deactivate*
+unsubscribes and stops publishing (the model stays loaded; ``sample_candidates`` is refused),
+*cleanup* frees the model. ``/diagnostics`` reports the state in every state.
+
+Subscribes (while active): ``agentview/image_raw``, ``wrist/image_raw`` (sensor_msgs/Image),
+``joint_states``, ``eef_pose`` (PoseStamped), ``sim_state`` (privileged, for the scripted
+expert), ``instruction`` (String, latched), ``episode_status`` (latched).
 Publishes: ``candidates`` (prevla_interfaces/CandidateSet), ``/diagnostics``.
 Serves: ``sample_candidates`` (prevla_interfaces/SampleCandidates) to resample the latest
 observation (more candidates, another temperature); ``~/swap_model``
 (prevla_interfaces/SwapModel) to hot-swap the VLA between two observations, as a change of
 the ``checkpoint``, ``backend`` or ``device`` parameter does
-(:class:`~prevla_ros.nodes.model_swap.ModelSwapper`).
+(:class:`~prevla_ros.nodes.model_swap.ModelSwapper`; configured nodes only); the standard
+lifecycle services (``~/change_state``, ``~/get_state``, ...).
 
 A malformed input (wrong image encoding or size, bad joint state, ...) is logged and answered
 with a one-candidate *hold* set for that observation, so the robot holds and re-observes. A
@@ -23,10 +30,10 @@ from functools import partial
 from prevla_interfaces.msg import CandidateSet as CandidateSetMsg
 from prevla_interfaces.msg import EpisodeStatus
 from prevla_interfaces.srv import SampleCandidates
-from rclpy.node import Node
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.diagnostics import ERROR, OK, WARN, Diagnostics, guarded
+from prevla_ros.nodes.diagnostics import OK, WARN, Diagnostics, guarded
+from prevla_ros.nodes.lifecycle import ManagedNode
 from prevla_ros.nodes.model_swap import ModelSwapper
 from prevla_ros.nodes.observation_topics import subscribe_parts
 from prevla_ros.nodes.params import STATUS_QOS, STREAM_QOS, declare_config
@@ -36,7 +43,6 @@ from prevla_ros.runtime.configs import PolicyNodeConfig
 from prevla_ros.runtime.engines import LoadedModel, ModelSlot
 from prevla_ros.runtime.limits import k_problem, status_problem
 from prevla_ros.runtime.observation import PART_NAMES, ObservationAssembler
-from prevla_ros.runtime.policies import UnavailablePolicy
 from prevla_ros.runtime.types import (GRIPPER_OPEN, ActionChunk, CandidateSet, Observation,
                                       Policy)
 from prevla_sim.expert_policy import ScriptedExpertPolicy, build_policy
@@ -51,48 +57,72 @@ POLICY_ERRORS = (ValueError, RuntimeError, KeyError, IndexError)
 def make_policy(config: PolicyNodeConfig, log,
                 models: ModelSwapper) -> tuple[Policy, tuple[str, ...]]:
     """The configured policy and the observation parts it needs; the VLA is loaded through
-    the node's model swapper (an unusable model gives an ``UnavailablePolicy``: holds)."""
+    the node's model swapper (RuntimeError naming the file when it cannot be loaded)."""
     images_and_state = ("agentview", "wrist", "joints", "eef")
     if config.policy == "remote":
         log.info(f"remote policy at {config.remote_url} (connects on the first observation)")
         return build_policy("remote", config.horizon, remote_url=config.remote_url,
                             remote_timeout_s=config.remote_timeout_s), images_and_state
     if config.policy == "vla":
-        return models.load(lambda why: UnavailablePolicy("vla", why)), images_and_state
+        return models.load(), images_and_state
     policy = build_policy("scripted_expert", config.horizon, config.noise_std, config.seed)
     return policy, images_and_state + ("objects",)
 
 
-class PolicyNode(Node):
-    """Samples candidate chunks for each complete observation."""
+class PolicyNode(ManagedNode):
+    """Samples candidate chunks for each complete observation (while active)."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__("policy_node", **kwargs)
-        self.config = declare_config(self, PolicyNodeConfig)
+        self.config = declare_config(self, PolicyNodeConfig)  # ValueError names a bad field
         self.health, self.guard = guarded(self, self.config)
         self.models = ModelSwapper(self, ModelSlot("vla", self._build_vla), self._install,
                                    None if self.config.policy == "vla" else
                                    f"policy is {self.config.policy}: it runs no VLA model")
-        self.policy, parts = make_policy(self.config, self.get_logger(), self.models)
-        self.assembler = ObservationAssembler(parts,
-                                              jump_back_s=self.config.limits.stamp_jump_back_s)
-        self._last_obs: Observation | None = None
-        self._held_stamps: set[int] = set()
-        self._last_gripper = GRIPPER_OPEN
-        self._deferred: Observation | None = None
-        self._episode: tuple[str, int, int] | None = None
+        self.policy: Policy | None = None  # built by configure
+        self.assembler: ObservationAssembler | None = None
+        self._parts: tuple[str, ...] = ()
         self._stats = {"observations": 0, "candidate_sets": 0, "holds": 0,
                        "resample_requests": 0}
-        self._pub = self.create_publisher(CandidateSetMsg, "candidates", STREAM_QOS)
+        self._forget()
+        self._pub = self.create_lifecycle_publisher(CandidateSetMsg, "candidates", STREAM_QOS)
+        self.create_service(SampleCandidates, "sample_candidates", self._on_sample_request)
+        self.diagnostics = Diagnostics(self, self.lifecycle_status(self._diagnostics),
+                                       self.health, self.guard)
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def load(self) -> None:
+        self.policy, self._parts = make_policy(self.config, self.get_logger(), self.models)
+        self.drop_work()
+        self.get_logger().info(f"policy '{self.policy.policy_id}', K={self.config.num_candidates}"
+                               f", H={self.config.horizon}")
+
+    def subscribe_inputs(self) -> None:
         size = self.config.image_size  # 0: any size
         image = partial(conv.msg_to_image, expected_hw=(size, size) if size else None)
         subscribe_parts(self, PART_NAMES, self._add, {"agentview": image, "wrist": image},
                         instruction=self.assembler, guard=self.guard)
         self.create_subscription(EpisodeStatus, "episode_status", self._on_status, STATUS_QOS)
-        self.create_service(SampleCandidates, "sample_candidates", self._on_sample_request)
-        self.diagnostics = Diagnostics(self, self._diagnostics, self.health, self.guard)
-        self.get_logger().info(f"policy '{self.policy.policy_id}', K={self.config.num_candidates}"
-                               f", H={self.config.horizon}")
+
+    def drop_work(self) -> None:
+        """Parts and observations in flight are forgotten (the latched instruction comes
+        again with the next activation)."""
+        self._deferred = None
+        self.assembler = ObservationAssembler(self._parts,
+                                              jump_back_s=self.config.limits.stamp_jump_back_s)
+
+    def unload(self) -> None:
+        self.models.unload()
+        self.policy, self.assembler = None, None
+        self._forget()
+
+    def _forget(self) -> None:
+        """The per-episode state, as at startup."""
+        self._last_obs: Observation | None = None
+        self._held_stamps: set[int] = set()
+        self._last_gripper = GRIPPER_OPEN
+        self._deferred: Observation | None = None
+        self._episode: tuple[str, int, int] | None = None
 
     def _build_vla(self, loaded: LoadedModel) -> Policy:
         from prevla_models.vla_policy import VLAPolicy  # torch: only for policy vla
@@ -160,6 +190,9 @@ class PolicyNode(Node):
         self._stats["candidate_sets"] += 1
 
     def _on_sample_request(self, request, response):
+        if not self.is_active:  # answered, so the caller does not wait for its timeout
+            response.ok, response.reason = False, f"policy_node is {self.lifecycle_state}"
+            return response
         self._stats["resample_requests"] += 1
         obs = self._last_obs
         stamp = conv.from_time(request.observation_stamp)
@@ -196,8 +229,6 @@ class PolicyNode(Node):
 
     def _diagnostics(self):
         values = {**self._stats, **self.models.values()}
-        if isinstance(self.policy, UnavailablePolicy):  # lasts until a model loads
-            return ERROR, self.policy.reason, values
         if self._stats["candidate_sets"] == 0:
             return WARN, "waiting for a complete observation", values
         return OK, "sampling", values

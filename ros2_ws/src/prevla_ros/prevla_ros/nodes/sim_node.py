@@ -3,7 +3,8 @@
 Publishes (at each decision point, all with one stamp): ``agentview/image_raw``,
 ``wrist/image_raw`` (sensor_msgs/Image rgb8, upright), ``joint_states``, ``eef_pose``
 (PoseStamped), ``sim_state`` (privileged object poses); latched ``instruction`` (String) and
-``episode_status`` (prevla_interfaces/EpisodeStatus); ``/diagnostics``.
+``episode_status`` (prevla_interfaces/EpisodeStatus); ``/diagnostics`` (a WARN when more than
+one node publishes on ``action_chunk``: :class:`~prevla_ros.nodes.diagnostics.PublisherWatch`).
 Subscribes: ``action_chunk`` (prevla_interfaces/ActionChunk), executed one action per
 control step; cameras are rendered only when the next observation is due.
 
@@ -74,6 +75,7 @@ class SimNode(Node):
             self.create_timer(1.0 / rate, self._tick)
         self.create_timer(0.5, self._watchdog)
         self.diagnostics = Diagnostics(self, self._diagnostics, self.health, self.guard)
+        self.diagnostics.watch("action_chunk")  # anyone on the domain could move the robot
         self._start_timer = self.create_timer(self.config.start_delay_s, self._first_episode)
 
     # --- episodes -------------------------------------------------------------------------

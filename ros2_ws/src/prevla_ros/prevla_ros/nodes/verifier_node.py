@@ -1,10 +1,20 @@
 """verifier_node: candidate sets in; the approved action chunk, a verdict and rviz markers out.
 
-Subscribes: ``candidates`` (prevla_interfaces/CandidateSet), ``eef_pose`` (PoseStamped); with
-``verifier: model`` also ``agentview/image_raw``, ``wrist/image_raw`` (sensor_msgs/Image),
-``joint_states`` and ``instruction`` (String, latched), assembled into observations by stamp.
-Publishes: ``action_chunk`` (ActionChunk), ``verdict`` (Verdict), ``approved_path``
-(visualization_msgs/MarkerArray), ``/diagnostics``.
+A managed (lifecycle) node (:class:`~prevla_ros.nodes.lifecycle.ManagedNode`): *configure*
+loads, checks and warms up the verifier model (an unusable one fails the transition, naming
+the file and why: the node stays unconfigured and nothing is approved), *activate* subscribes
+the inputs and lets the outputs out, *deactivate* unsubscribes, ends a pending resampling with
+its fallback and stops publishing (the model stays loaded), *cleanup* frees the model.
+``/diagnostics`` reports the state in every state, and warns when more than one node publishes
+on ``candidates`` (:class:`~prevla_ros.nodes.diagnostics.PublisherWatch`).
+
+Subscribes (while active): ``candidates`` (prevla_interfaces/CandidateSet), ``eef_pose``
+(PoseStamped); with ``verifier: model`` also ``agentview/image_raw``, ``wrist/image_raw``
+(sensor_msgs/Image), ``joint_states`` and ``instruction`` (String, latched), assembled into
+observations by stamp.
+Publishes: ``action_chunk`` (ActionChunk), ``verdict`` (Verdict), ``verdict_text``
+(visualization_msgs/Marker: the verdict as text above the end effector, for rviz),
+``approved_path`` (visualization_msgs/MarkerArray), ``/diagnostics``.
 
 With ``verifier: model`` a set is scored against the observation its stamp names; a set
 whose observation is still arriving waits for it up to ``OBSERVATION_WAIT_S``
@@ -41,12 +51,12 @@ from prevla_interfaces.msg import ActionChunk as ActionChunkMsg
 from prevla_interfaces.msg import CandidateSet as CandidateSetMsg
 from prevla_interfaces.msg import Verdict
 from prevla_interfaces.srv import SampleCandidates
-from rclpy.node import Node
 from rclpy.task import Future
-from visualization_msgs.msg import MarkerArray
+from visualization_msgs.msg import Marker, MarkerArray
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.diagnostics import ERROR, OK, WARN, Diagnostics, guarded
+from prevla_ros.nodes.diagnostics import OK, WARN, Diagnostics, guarded
+from prevla_ros.nodes.lifecycle import ManagedNode
 from prevla_ros.nodes.model_swap import ModelSwapper
 from prevla_ros.nodes.observation_topics import subscribe_parts
 from prevla_ros.nodes.params import STREAM_QOS, declare_config
@@ -56,7 +66,7 @@ from prevla_ros.runtime.engines import LoadedModel, ModelSlot
 from prevla_ros.runtime.limits import InputLimits, candidate_set_problem, summary
 from prevla_ros.runtime.observation import OBSERVATION_WAIT_S, ObservationIntake, ObservationWait
 from prevla_ros.runtime.resampling_driver import Answer, ResamplingDriver, SamplingFailed
-from prevla_ros.runtime.scheduler import OUTCOME_HOLD, Decision, Scheduler, UnavailableScorer
+from prevla_ros.runtime.scheduler import OUTCOME_HOLD, Decision, Scheduler
 from prevla_ros.runtime.types import GRIPPER_OPEN, Scorer
 
 APPROVED_RGBA = (0.1, 0.9, 0.2, 1.0)
@@ -74,53 +84,80 @@ def build_scorer(loaded: LoadedModel) -> Scorer:
     return VerifierScorer(loaded.runner, Path(loaded.path).stem if model_id == "verifier" else None)
 
 
-class VerifierNode(Node):
-    """Runs the scheduler on every candidate set and publishes what it approved."""
+class VerifierNode(ManagedNode):
+    """Runs the scheduler on every candidate set and publishes what it approved (while
+    active)."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__("verifier_node", **kwargs)
-        self.config = c = declare_config(self, VerifierNodeConfig)
+        self.config = c = declare_config(self, VerifierNodeConfig)  # ValueError names a field
         self.health, self.guard = guarded(self, c)
-        model = c.scheduler.verifier == "model"
+        self._model = c.scheduler.verifier == "model"
         self.scheduler = Scheduler(c.scheduler)
         self.models = ModelSwapper(self, ModelSlot("verifier", build_scorer), self._install,
-                                   None if model else
+                                   None if self._model else
                                    f"verifier is {c.scheduler.verifier}: it runs no model")
         self._stats = {**dict.fromkeys(("decisions", "holds", "rejected_candidates",
                                         "forwarded_candidates", "dropped_samples",
                                         "resample_requests", "resample_failures"), 0),
                        "last_resample_ms": 0.0, "last_verify_ms": 0.0, "last_outcome": "",
                        "last_p_safe_max": float("nan")}
-        self._install(self.models.load(UnavailableScorer) if model else None)  # + thresholds
-        self.intake = ObservationIntake(keep=KEEP_OBSERVATIONS,
-                                        jump_back_s=c.limits.stamp_jump_back_s)
-        # verdicts keep the order of their candidate sets: a newer set answers a waiting one
-        self.waiting = ObservationWait(self.intake, self._decide, self.health.error,
-                                       in_order=True, assemble=model)
+        self.intake: ObservationIntake | None = None  # built by configure
+        self.waiting: ObservationWait | None = None
         self._eef, self._last_gripper = None, GRIPPER_OPEN
         self._sampler = self.resampler = None  # imagine mode never resamples: it gates
-        if model and c.resample and c.scheduler.mode == "execute":
+        if self._model and c.resample and c.scheduler.mode == "execute":
             self._sampler = self.create_client(SampleCandidates, "sample_candidates")
             self.resampler = ResamplingDriver(
                 c.scheduler, self._send, self._sampler.remove_pending_request, self.create_timer,
                 self.destroy_timer, self._publish, c.resample_timeout_s,
                 warn=self.get_logger().warning, stats=self._stats, name="sample_candidates")
-        self._chunk_pub = self.create_publisher(ActionChunkMsg, "action_chunk", STREAM_QOS)
+        self._chunk_pub = self.create_lifecycle_publisher(ActionChunkMsg, "action_chunk",
+                                                          STREAM_QOS)
         self._imagine_pub = (
-            self.create_publisher(CandidateSetMsg, "imagine_candidates", STREAM_QOS)
+            self.create_lifecycle_publisher(CandidateSetMsg, "imagine_candidates", STREAM_QOS)
             if c.scheduler.mode == "imagine" else None)
-        self._verdict_pub = self.create_publisher(Verdict, "verdict", STREAM_QOS)
-        self._marker_pub = self.create_publisher(MarkerArray, "approved_path", 5)
-        self.create_subscription(CandidateSetMsg, "candidates", self._on_candidates, STREAM_QOS)
-        # the model verifier sees what the policy saw; any verifier draws paths from the eef
-        subscribe_parts(self, self.intake.assembler.required if model else ("eef",),
-                        self.waiting.add, {"eef": self._pose},
-                        instruction=self.intake.assembler if model else None, guard=self.guard)
-        if model:
-            self.create_timer(OBSERVATION_WAIT_S / 4, self.waiting.expire)
-        self.diagnostics = Diagnostics(self, self._diagnostics, self.health, self.guard)
+        self._verdict_pub = self.create_lifecycle_publisher(Verdict, "verdict", STREAM_QOS)
+        self._marker_pub = self.create_lifecycle_publisher(MarkerArray, "approved_path", 5)
+        self._text_pub = self.create_lifecycle_publisher(Marker, "verdict_text", 5)
+        self.diagnostics = Diagnostics(self, self.lifecycle_status(self._diagnostics),
+                                       self.health, self.guard)
+        self.diagnostics.watch("candidates")  # anyone on the domain could propose chunks
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def load(self) -> None:
+        c = self.config
+        self._install(self.models.load() if self._model else None)  # + thresholds
+        self.drop_work()
         self.get_logger().info(f"verifier '{self.scheduler.verifier_id}' ({c.scheduler.verifier})"
                                f" in {c.scheduler.mode} mode, tau={self.scheduler.threshold:.3f}")
+
+    def subscribe_inputs(self) -> None:
+        self.create_subscription(CandidateSetMsg, "candidates", self._on_candidates, STREAM_QOS)
+        # the model verifier sees what the policy saw; any verifier draws paths from the eef
+        subscribe_parts(self, self.intake.assembler.required if self._model else ("eef",),
+                        self.waiting.add, {"eef": self._pose},
+                        instruction=self.intake.assembler if self._model else None,
+                        guard=self.guard)
+        if self._model:
+            self.create_timer(OBSERVATION_WAIT_S / 4, self.waiting.expire)
+
+    def drop_work(self) -> None:
+        """A pending resampling ends with its fallback (published while the outputs are still
+        live: its robot gets an answer); held sets and stored observations are dropped."""
+        if self.resampler is not None:
+            self.resampler.stop("the node is being deactivated")
+        self.intake = ObservationIntake(keep=KEEP_OBSERVATIONS,
+                                        jump_back_s=self.config.limits.stamp_jump_back_s)
+        # verdicts keep the order of their candidate sets: a newer set answers a waiting one
+        self.waiting = ObservationWait(self.intake, self._decide, self.health.error,
+                                       in_order=True, assemble=self._model)
+
+    def unload(self) -> None:
+        self.models.unload()
+        self.scheduler.scorer = None
+        self.intake = self.waiting = None
+        self._eef, self._last_gripper = None, GRIPPER_OPEN
 
     def _install(self, scorer: Scorer | None) -> None:
         """The verifier at startup, or a swapped-in one (called between two candidate sets)."""
@@ -214,8 +251,11 @@ class VerifierNode(Node):
         if decision.outcome == OUTCOME_HOLD:
             self.get_logger().warning(f"stamp {stamp}: {hold}: {decision.reason}")
             s["holds"] += 1
-        self._verdict_pub.publish(conv.decision_to_verdict(
-            decision, stamp, self.config.scheduler.mode, verifier_id))
+        verdict = conv.decision_to_verdict(decision, stamp, self.config.scheduler.mode,
+                                           verifier_id)
+        self._verdict_pub.publish(verdict)
+        self._text_pub.publish(conv.verdict_text_marker(verdict, msg.policy_id,
+                                                        self.config.marker_frame, self._eef))
         scored = decision.scored()
         if len(scored):
             s["last_p_safe_max"] = round(float(decision.safety_probs[scored].max()), 4)
@@ -226,10 +266,8 @@ class VerifierNode(Node):
         s["last_outcome"] = decision.outcome
 
     def _diagnostics(self):
-        scorer = self.scheduler.scorer
-        values = {**self._stats, "observations": self.waiting.observations, **self.models.values()}
-        if scorer is not None and not getattr(scorer, "available", True):
-            return ERROR, f"verifier unavailable: {scorer.reason}", values
+        values = {**self._stats, **self.models.values(),
+                  "observations": self.waiting.observations if self.waiting else 0}
         if self._stats["decisions"] == 0:
             return WARN, "waiting for candidates", values
         # a hold is a safe outcome, not a fault: errors come from the health window

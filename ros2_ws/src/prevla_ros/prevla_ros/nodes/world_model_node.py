@@ -1,6 +1,13 @@
 """world_model_node: chunks in; the frames the world model imagines for them out.
 
-Subscribes: ``agentview/image_raw`` (sensor_msgs/Image), ``eef_pose`` (PoseStamped) and
+A managed (lifecycle) node (:class:`~prevla_ros.nodes.lifecycle.ManagedNode`): *configure*
+loads, checks and warms up the world model (an unusable one fails the transition, naming the
+file and why), *activate* subscribes the inputs and lets the outputs out, *deactivate*
+unsubscribes and stops publishing (the model stays loaded), *cleanup* frees the model.
+``/diagnostics`` reports the state in every state, and warns when more than one node publishes
+on the chunk topic it reads (``source``; :class:`~prevla_ros.nodes.diagnostics.PublisherWatch`).
+
+Subscribes (while active): ``agentview/image_raw`` (sensor_msgs/Image), ``eef_pose`` (PoseStamped) and
 ``joint_states`` (the fingers), assembled into observations by stamp; and, by ``source``,
 ``action_chunk`` (ActionChunk: what the verifier approved), ``candidates`` (every candidate
 of the policy's CandidateSet, ungated) or ``imagine_candidates`` (the set verifier_node
@@ -18,20 +25,19 @@ the real camera. Chunks whose observation is still arriving wait for it up to
 (malformed or wrongly sized image, NaN or wrongly shaped chunk, no matching observation) is
 logged in one line and counted; a message over the input limits (K, chunk length, image side,
 rate, a stamp from the future: :class:`~prevla_ros.runtime.limits.InputLimits`) is dropped
-before it is read, counted and logged at most every few seconds; a world model that cannot be
-loaded is logged once; the node stays up either way.
+before it is read, counted and logged at most every few seconds; the node stays up either way.
 """
 from __future__ import annotations
 
 import numpy as np
 from prevla_interfaces.msg import ActionChunk as ActionChunkMsg
 from prevla_interfaces.msg import CandidateSet as CandidateSetMsg
-from rclpy.node import Node
 from sensor_msgs.msg import Image
 from visualization_msgs.msg import Marker, MarkerArray
 
 from prevla_ros import conversions as conv
-from prevla_ros.nodes.diagnostics import ERROR, OK, WARN, Diagnostics, guarded
+from prevla_ros.nodes.diagnostics import OK, WARN, Diagnostics, guarded
+from prevla_ros.nodes.lifecycle import ManagedNode
 from prevla_ros.nodes.observation_topics import subscribe_parts
 from prevla_ros.nodes.params import STREAM_QOS, declare_config
 from prevla_ros.nodes.process import run_node
@@ -45,49 +51,69 @@ IMAGINED_RGBA = (0.2, 0.5, 1.0, 0.9)  # blue: approved paths are green, holds re
 KEEP_OBSERVATIONS = 8
 
 
-class WorldModelNode(Node):
-    """Imagines the frames of approved chunks or candidates and publishes them for rviz."""
+class WorldModelNode(ManagedNode):
+    """Imagines the frames of approved chunks or candidates and publishes them for rviz
+    (while active)."""
 
     def __init__(self, **kwargs) -> None:
         super().__init__("world_model_node", **kwargs)
-        self.config = c = declare_config(self, WorldModelNodeConfig)
+        self.config = c = declare_config(self, WorldModelNodeConfig)  # ValueError names a field
         self.health, self.guard = guarded(self, c)
-        self.imaginer: Imaginer | None = None
-        self.unavailable = ""
-        try:
-            self.imaginer, checked = Imaginer.from_checkpoint(
-                c.checkpoint, c.device, c.artifacts.allow_unverified_models)
-            self.imaginer.every(c.frames_per_chunk)
-            log = self.get_logger()
-            (log.warning if checked.problem else log.info)(
-                f"world model {checked.path} on {self.imaginer.device}, sha256 {checked.sha256}, "
-                f"{c.frames_per_chunk} frames per chunk, source {c.source}"
-                + (f"; UNVERIFIED (allow_unverified_models is true): {checked.problem}"
-                   if checked.problem else ""))
-        except Exception as exc:  # noqa: BLE001 -- whatever broke, the node stays up
-            self.imaginer = None
-            self.unavailable = (f"world model {c.checkpoint or '(zoo default)'} unusable: "
-                                f"{exc}")
-            self.get_logger().error(f"{self.unavailable}; imagining nothing (restart with a "
-                                    "usable checkpoint)")
-        self.intake = ObservationIntake(("agentview", "joints", "eef"), KEEP_OBSERVATIONS,
-                                        c.limits.stamp_jump_back_s)
-        self.waiting = ObservationWait(self.intake, self._process, self._error)
+        self.imaginer: Imaginer | None = None  # loaded by configure
+        self.intake: ObservationIntake | None = None
+        self.waiting: ObservationWait | None = None
         self.rate = RateGate(c.max_rate_hz)
         self._ms_total = 0.0
         self._stats = {"imagined_frames": 0, "imagined_chunks": 0, "imagined_observations": 0,
-                       "last_ms_per_frame": 0.0, "mean_ms_per_frame": 0.0,
-                       "errors": 0, "unavailable_drops": 0}
-        self._image_pub = self.create_publisher(Image, "imagined/image_raw", STREAM_QOS)
-        self._marker_pub = self.create_publisher(MarkerArray, "imagined_path", 5)
+                       "last_ms_per_frame": 0.0, "mean_ms_per_frame": 0.0, "errors": 0}
+        self._image_pub = self.create_lifecycle_publisher(Image, "imagined/image_raw",
+                                                          STREAM_QOS)
+        self._marker_pub = self.create_lifecycle_publisher(MarkerArray, "imagined_path", 5)
+        self.diagnostics = Diagnostics(self, self.lifecycle_status(self._diagnostics),
+                                       self.health, self.guard)
+        self.diagnostics.watch(self._source_topic)  # anyone on the domain could send chunks
+
+    @property
+    def _source_topic(self) -> str:
+        return "action_chunk" if self.config.source == "approved" else self.config.source
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def load(self) -> None:
+        c = self.config
+        try:
+            imaginer, checked = Imaginer.from_checkpoint(c.checkpoint, c.device,
+                                                         c.artifacts.allow_unverified_models)
+        except Exception as exc:  # noqa: BLE001 -- whatever broke: the configure fails, saying why
+            raise RuntimeError(f"world model {c.checkpoint or '(zoo default)'} unusable: "
+                               f"{exc}") from exc
+        imaginer.every(c.frames_per_chunk)
+        self.imaginer = imaginer
+        self.drop_work()
+        log = self.get_logger()
+        (log.warning if checked.problem else log.info)(
+            f"world model {checked.path} on {imaginer.device}, sha256 {checked.sha256}, "
+            f"{c.frames_per_chunk} frames per chunk, source {c.source}"
+            + (f"; UNVERIFIED (allow_unverified_models is true): {checked.problem}"
+               if checked.problem else ""))
+
+    def subscribe_inputs(self) -> None:
         subscribe_parts(self, self.intake.assembler.required, self.waiting.add,
                         {"agentview": self._image}, guard=self.guard)
-        if c.source == "approved":
+        if self.config.source == "approved":
             self.create_subscription(ActionChunkMsg, "action_chunk", self._on_chunk, STREAM_QOS)
         else:
-            self.create_subscription(CandidateSetMsg, c.source, self._on_set, STREAM_QOS)
+            self.create_subscription(CandidateSetMsg, self.config.source, self._on_set,
+                                     STREAM_QOS)
         self.create_timer(OBSERVATION_WAIT_S / 4, self.waiting.expire)
-        self.diagnostics = Diagnostics(self, self._diagnostics, self.health, self.guard)
+
+    def drop_work(self) -> None:
+        """Held chunks and stored observations are dropped."""
+        self.intake = ObservationIntake(("agentview", "joints", "eef"), KEEP_OBSERVATIONS,
+                                        self.config.limits.stamp_jump_back_s)
+        self.waiting = ObservationWait(self.intake, self._process, self._error)
+
+    def unload(self) -> None:
+        self.imaginer = self.intake = self.waiting = None
 
     # --- observations ---------------------------------------------------------------------
     def _image(self, msg: Image) -> np.ndarray:
@@ -118,9 +144,6 @@ class WorldModelNode(Node):
             self._receive(stamp, chunks)
 
     def _receive(self, stamp: int, chunks: list[np.ndarray]) -> None:
-        if self.imaginer is None:
-            self._stats["unavailable_drops"] += 1
-            return
         self.waiting.offer(stamp, chunks)
 
     # --- imagination ----------------------------------------------------------------------
@@ -171,11 +194,9 @@ class WorldModelNode(Node):
         self.health.error(line)
 
     def _diagnostics(self):
-        values = {**self._stats, "observations": self.waiting.observations,
+        values = {**self._stats, "observations": self.waiting.observations if self.waiting else 0,
                   "skipped": self.rate.skipped, "source": self.config.source,
                   "device": self.imaginer.device if self.imaginer else "none"}
-        if self.imaginer is None:
-            return ERROR, self.unavailable, values
         if self._stats["imagined_frames"] == 0:
             return WARN, f"waiting for chunks on {self.config.source}", values
         return OK, f"imagined {self._stats['imagined_frames']} frames", values

@@ -10,6 +10,7 @@ import math
 import re
 from dataclasses import dataclass
 
+from prevla_ros.runtime.controller import ControllerConfig
 from prevla_ros.runtime.engines.loader import BACKENDS, DEVICES
 from prevla_ros.runtime.health import HealthConfig
 from prevla_ros.runtime.limits import InputLimits
@@ -21,12 +22,14 @@ SUITES = ("libero_spatial", "libero_object", "libero_goal", "libero_10", "libero
 POLICIES = ("scripted_expert", "vla", "remote")
 
 
-def _model_help(kind: str, when: str, unusable: str) -> str:
+def _model_help(kind: str, when: str) -> str:
     return (f"{kind} model ({when}): a file (.pt, .onnx, .engine), zoo:NAME from "
             f"models/zoo/manifest.yaml, or empty for the zoo's default {kind}; any file is "
             "sha256-checked against its record (see allow_unverified_models). A missing, corrupt "
-            f"or unverified file at startup is logged and {unusable}. Changing checkpoint, "
-            "backend or device at run time hot-swaps the model (reverted if it fails)")
+            "or unverified file fails the node's configure transition with one log line: the node "
+            "stays up unconfigured and publishes nothing, so the robot holds; set this and "
+            "configure again. Changing checkpoint, backend or device while active hot-swaps the "
+            "model (reverted if it fails)")
 
 
 BACKEND_HELP = ("runtime backend of the model: " + ", ".join(BACKENDS) + "; auto walks the "
@@ -67,8 +70,9 @@ class ArtifactsConfig:
     allow_unverified_models: bool = setting(
         "load a model file even when its sha256 matches no record (the zoo manifest, or the "
         "FILE.sha256 sidecar that prevla export, the zoo tools and training write): missing "
-        "or different. false refuses it with one log line naming the file and both digests, "
-        "and the node stays up holding; true loads it and logs that it is unverified", False)
+        "or different. false refuses it with one log line naming the file and both digests "
+        "(configure fails, the node stays up unconfigured); true loads it and logs that it is "
+        "unverified", False)
 
     def __post_init__(self) -> None:
         check(isinstance(self.allow_unverified_models, bool), type(self).__name__,
@@ -139,7 +143,7 @@ class PolicyNodeConfig:
                         "scripted_expert (privileged scripted LIBERO expert + Gaussian noise) "
                         "or remote (a policy server at `remote_url`, openpi websocket protocol)",
                         "vla")
-    checkpoint: str = setting(_model_help("VLA", "policy vla", "answered with hold chunks"), "",
+    checkpoint: str = setting(_model_help("VLA", "policy vla"), "",
                             runtime=True)
     backend: str = setting(BACKEND_HELP + " (policy vla)", "auto", runtime=True)
     device: str = setting(DEVICE_HELP + " (policy vla)", "auto", runtime=True)
@@ -184,7 +188,7 @@ class VerifierNodeConfig:
     """Parameters of ``verifier_node`` (scores candidates, publishes the approved chunk): its
     own settings plus the decision settings (:class:`SchedulerConfig`, composed whole)."""
 
-    checkpoint: str = setting(_model_help("verifier", "verifier model", "every decision is a hold"),
+    checkpoint: str = setting(_model_help("verifier", "verifier model"),
                             "", runtime=True)
     backend: str = setting(BACKEND_HELP + " (verifier model)", "auto", runtime=True)
     device: str = setting(DEVICE_HELP + " (verifier model)", "auto", runtime=True)
@@ -219,8 +223,9 @@ class WorldModelNodeConfig:
     checkpoint: str = setting("world model: a .pt file, zoo:NAME from models/zoo/manifest.yaml, "
                             "or empty for the zoo's default world model (sha256-checked against "
                             "its record: see allow_unverified_models); a missing, corrupt or "
-                            "unverified file is logged and the node stays up imagining nothing "
-                            "(an error in /diagnostics)", "")
+                            "unverified file fails the configure transition with one log line "
+                            "and an error in /diagnostics: the node stays up unconfigured, "
+                            "imagining nothing", "")
     device: str = setting(DEVICE_HELP, "auto")
     artifacts: ArtifactsConfig = section(ArtifactsConfig, "model file verification")
     source: str = setting("chunks to imagine: approved (action_chunk, what the verifier approved), "
@@ -260,3 +265,36 @@ NODE_CONFIGS = {"sim_node": SimNodeConfig, "policy_node": PolicyNodeConfig,
 def config_help(cls) -> dict[str, tuple[object, str]]:
     """name -> (default, description) for every parameter of a node config."""
     return {s.name: (s.default, s.help) for s in settings(cls).values()}
+
+
+# --- real robots: nodes outside the default (simulated) graph -----------------------------
+@dataclass
+class ControllerAdapterConfig:
+    """Parameters of ``controller_adapter_node`` (a real robot: approved chunks become
+    Cartesian twist and gripper commands for a ros2_control robot; not in the default launch
+    graph, see docs/controller.md)."""
+
+    frame_id: str = setting("frame_id of the published twists: the axes the policy's deltas "
+                            "are in (robosuite: the robot base); MoveIt Servo transforms it to "
+                            "its planning frame", "base_link")
+    gripper_command_size: int = setting("values in each gripper_command (Float64MultiArray, "
+                                        "one per joint of the gripper's "
+                                        "forward_command_controller), all the same position", 1)
+    controller: ControllerConfig = section(ControllerConfig, "rate, scaling, limits, staleness, "
+                                           "e-stop bound, gripper positions")
+    limits: InputLimits = _limits("action_chunk", hide=(
+        "limit_k", "limit_image_side", "limit_instruction_chars"))
+    health: HealthConfig = _health()
+
+    def __post_init__(self) -> None:
+        n = type(self).__name__
+        check(isinstance(self.frame_id, str) and self.frame_id != "", n, "frame_id",
+              f"must be a non-empty frame name, got {self.frame_id!r}")
+        size = self.gripper_command_size
+        check(isinstance(size, int) and not isinstance(size, bool) and 1 <= size <= 16, n,
+              "gripper_command_size", f"must be in [1, 16], got {size!r}")
+
+
+#: Nodes for a real robot, started on their own (not by the launch file or `prevla up`): their
+#: parameters are documented and listed in the params YAML beside the graph's.
+ROBOT_NODE_CONFIGS = {"controller_adapter_node": ControllerAdapterConfig}
