@@ -38,8 +38,9 @@ def test_expert_episode_succeeds_through_the_nodes(ros, tmp_path):
     assert (tmp_path / "frames" / "ep001_last.png").exists()
     assert len((tmp_path / "verdicts.jsonl").read_text().splitlines()) == episode["decisions"]
     frames = _video_frames(tmp_path / episode["video"])
-    # a frame per observation (= per decision; the very first may land before the episode's
-    # status, topics are not ordered), then the end held for one second (FPS frames)
+    # a frame per observation (= per decision; the first verdict may land before the episode's
+    # status, topics are not ordered: the monitor keeps it for the episode), then the end held
+    # for one second (FPS frames)
     assert episode["decisions"] - 1 <= len(frames) - video.FPS <= episode["decisions"]
     assert frames[0].shape == (128, 128 + video.PANEL_WIDTH, 3)  # no world model: no imagined panel
 

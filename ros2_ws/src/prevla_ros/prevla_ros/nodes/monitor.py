@@ -14,6 +14,7 @@ imagined frames), its path in the episode's record.
 from __future__ import annotations
 
 import json
+from collections import deque
 from pathlib import Path
 
 import cv2
@@ -45,6 +46,8 @@ class EpisodeMonitor(Node):
         self.episodes: list[dict] = []
         self.verdicts: list[dict] = []
         self._current: dict | None = None
+        #: verdicts seen while no episode was running (the next one's first, before its status)
+        self._early: deque[tuple[Verdict, dict]] = deque(maxlen=KEEP_FRAMES)
         self._last_frame: np.ndarray | None = None
         self._frames: dict[int, np.ndarray] = {}  # recent real agent-view frames by stamp
         self._imagined: dict[int, np.ndarray] = {}  # imagined grids waiting for their real outcome
@@ -71,6 +74,8 @@ class EpisodeMonitor(Node):
                 self._last_frame = None
                 self._video = EpisodeVideo([f"ep {msg.episode} {msg.suite}/{msg.task_id}",
                                             f"init {msg.init_state}"]) if self.videos else None
+                while self._early:  # verdicts that arrived before this status
+                    self._attribute(*self._early.popleft())
             return
         record = dict(self._current or {"episode": int(msg.episode), "decisions": 0,
                                         "holds": 0, "verify_ms": [], "policy_ids": []})
@@ -99,16 +104,22 @@ class EpisodeMonitor(Node):
                   "advantages": [round(float(a), 4) for a in msg.advantages]}
         self.verdicts.append(record)
         self._append("verdicts.jsonl", record)
+        if self._current is None:  # topics are not ordered: the episode's status may come next
+            self._early.append((msg, record))
+            return
+        self._attribute(msg, record)
+
+    def _attribute(self, msg: Verdict, record: dict) -> None:
+        """Count ``msg`` (its ``record``) in the running episode and its video."""
         if self._video is not None:
             probs, i = msg.safety_probs, int(msg.accepted_index)
             scored = 0 <= i < min(len(probs), len(msg.advantages))
             scores = (float(probs[i]), float(msg.advantages[i])) if scored else ()
             self._video.add_verdict(record["stamp_ns"], decision_lines(
                 msg.outcome, i, len(probs) or int(msg.samples_drawn), int(msg.rounds), *scores), msg.outcome)
-        if self._current is not None:
-            self._current["decisions"] += 1
-            self._current["holds"] += int(msg.outcome == "hold")
-            self._current["verify_ms"].append(float(msg.verify_ms))
+        self._current["decisions"] += 1
+        self._current["holds"] += int(msg.outcome == "hold")
+        self._current["verify_ms"].append(float(msg.verify_ms))
 
     def _on_candidates(self, msg: CandidateSet) -> None:
         """Which policies proposed the candidates of the running episode ("hold" included)."""
