@@ -231,6 +231,17 @@ def test_stop_keeps_messages_not_yet_handed_over(scene, tmp_path):
     assert len(_read_mcap(bag)["/agentview/image_raw"]) == 3
 
 
+def test_inspect_a_bag_without_episode_status(scene, tmp_path):
+    """A robot's bag (no sim, so no episode_status): topics are listed, no episodes."""
+    bag = tmp_path / "bag"
+    recorder = scene.record(bag, topics="agentview/image_raw")
+    scene.episode(1, decisions=2, recorder=recorder)
+    scene.ros.spin_for(0.5)
+    recorder.stop("test done")
+    info = bag_reader.inspect_bag(bag)
+    assert [t.topic for t in info.topics] == ["/agentview/image_raw"] and info.episodes == []
+
+
 def test_topic_selection(scene, tmp_path):
     bag = tmp_path / "bag"
     recorder = scene.record(bag, topics="agentview/image_raw,/episode_status,verdict",

@@ -133,6 +133,8 @@ def inspect_bag(path: Path | str) -> BagInfo:
 def _statuses(reader) -> list[tuple[int, object]]:
     """``(header stamp ns, EpisodeStatus)`` of every status message, in stamp order."""
     connections = [c for c in reader.connections if c.topic == STATUS_TOPIC]
+    if not connections:  # rosbags reads every topic when given no connection
+        return []
     out = []
     for connection, _, raw in reader.messages(connections=connections):
         msg = reader.deserialize(raw, connection.msgtype)
