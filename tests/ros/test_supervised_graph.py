@@ -17,6 +17,7 @@ import pytest
 from prevla_interfaces.msg import EpisodeStatus, Verdict
 
 from prevla_ros.nodes.params import STATUS_QOS, STREAM_QOS
+from prevla_ros.security import enclave_path
 
 pytestmark = [pytest.mark.ros, pytest.mark.libero]
 
@@ -135,6 +136,10 @@ def up(ros, tmp_path):
 def test_each_node_killed_in_turn_is_restarted_and_the_episodes_go_on(up):
     graph = up("--processes", "--respawn-delay-s", "0.5")
     graph.decisions_flow()
+    # each process in its own SROS2 enclave, the one launch/sros2/prevla_policy.xml grants
+    probe = graph.ros.node("enclave_probe")
+    enclaves = {n: e for n, _, e in probe.get_node_names_and_namespaces_with_enclaves()}
+    assert {n: enclaves.get(n) for n in NODES} == {n: enclave_path(n) for n in NODES}, enclaves
     seen: set[int] = set()
     for name in NODES:
         running = graph.early_in_an_episode()

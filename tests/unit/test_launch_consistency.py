@@ -315,3 +315,24 @@ def test_params_match_the_config_fields_types_and_defaults(params, node):
             f"{hints[f.name].__name__}")
         assert value == f.default, f"{node}.{f.name}: {value!r} != default {f.default!r}"
     build(cls, values)  # and the whole section is a valid config
+
+
+def test_every_node_runs_in_the_enclave_of_the_sros2_policy(tree, constants):
+    """Each prevla node gets ``--enclave /prevla/<node>``: the enclave the generated SROS2
+    policy (``prevla security``) grants that node's topics and services."""
+    from prevla_ros.graph_interfaces import NODES
+    from prevla_ros.security import ENCLAVE_ROOT, enclave_path
+
+    assert constants["ENCLAVE_ROOT"] == ENCLAVE_ROOT
+    enclaves = {}
+    for call in _calls(tree, "Node") + _calls(tree, "LifecycleNode"):
+        package = _kw(call, "package")
+        if not (isinstance(package, ast.Name) and package.id == "PACKAGE"):
+            continue  # rviz2
+        args = _kw(call, "ros_arguments")
+        assert args is not None, f"{ast.literal_eval(_kw(call, 'name'))}: no --enclave"
+        flag, path = args.elts
+        assert ast.literal_eval(flag) == "--enclave"
+        assert isinstance(path, ast.BinOp) and path.left.id == "ENCLAVE_ROOT"
+        enclaves[ast.literal_eval(_kw(call, "name"))] = ENCLAVE_ROOT + ast.literal_eval(path.right)
+    assert enclaves == {name: enclave_path(name) for name in NODES}

@@ -113,13 +113,16 @@ class Graph:
 
     def _start_processes(self, overrides: dict[str, dict[str, object]]) -> None:
         from prevla_ros.runtime.supervisor import NodeSpec, Supervisor
+        from prevla_ros.security import enclave_path
 
         names = NODES + (("world_model_node",) if getattr(self.args, "world_model", False) else ())
         specs = []
         for name in names:
             cmd = [sys.executable, "-m", f"prevla_ros.nodes.{name}"]
             cmd += ["--autostart"] if name in self.MANAGED else []
-            cmd += _ros_args(self.args)
+            # Each process its own SROS2 enclave (launch/sros2/prevla_policy.xml): used only
+            # when the environment enables security (ROS_SECURITY_ENABLE, _KEYSTORE).
+            cmd += _ros_args(self.args) + ["--enclave", enclave_path(name)]
             for key, value in overrides[name].items():
                 cmd += ["-p", f"{key}:={_param_literal(value)}"]
             specs.append(NodeSpec(name, cmd))
