@@ -99,3 +99,19 @@ def test_push_windows_and_the_runner_rate_while_a_push_is_in_flight():
     assert r["steps_per_s_during_push"] == pytest.approx(54 / 2.7)
     assert r["steps_per_s_otherwise"] == pytest.approx((10 + 160) / (0.5 + 7.9))
     assert rate([timeline])[0] == pytest.approx(224 / 11.1)
+
+
+def test_swap_cost_from_the_servers_swap_and_request_logs():
+    from prevla_training.bench_rl import swap_cost
+
+    # server 0 swapped at t=2.000 for 5 ms, server 1 at t=5.000 for 7 ms; requests: (end, latency)
+    swaps = [[(2.000, 0.005)], [(5.000, 0.007)]]
+    requests = [[(1.5, 0.020), (2.010, 0.030), (3.0, 0.022)],  # the 2nd was in flight over the swap
+                [(4.990, 0.020), (5.030, 0.040), (6.0, 0.018)]]  # the 1st ended before it began
+    w = swap_cost(swaps, requests)
+    assert (w["swaps"], w["requests"], w["requests_during_swap"]) == (2, 6, 2)
+    assert w["swap_ms_p50"] == pytest.approx(6.0) and w["swap_ms_max"] == pytest.approx(7.0)
+    assert w["latency_ms_during_swap_p50"] == pytest.approx(35.0)
+    assert w["latency_ms_otherwise_p50"] == pytest.approx(20.0)
+    assert w["ratio"] == pytest.approx(1.75)
+    assert swap_cost([[]], [[]])["swaps"] == 0

@@ -13,6 +13,9 @@ mode from the same starting policy. Measured per arm, from the actors' own recor
 * success per episode against environment steps and against wall clock (PNG);
 * plane decoupling (async): runner throughput while a weight push is in flight (from the
   learner's push to the last server's receipt) against the rest of the run;
+* the same seen from the servers, free of what the runners do meanwhile (LIBERO resets): the
+  time each weight swap takes, and the latency runners saw for the requests in flight during
+  a swap of their server against the others;
 * dropped stale decisions (policy lag over ``max_lag``).
 
 Prints the table, writes JSON + .md + PNG. Reported, never asserted: the goal is async >= 2x
@@ -69,6 +72,26 @@ def stall_ratio(timelines: list[list], windows: list[tuple[float, float]]) -> di
                 ratio=r_in / r_out if r_out else float("nan"))
 
 
+def swap_cost(swap_logs: list[list], request_logs: list[list]) -> dict:
+    """What weight swaps cost sampling, seen by each server: its swaps' (start, s) and its
+    requests' (end, latency s, as the runner waited: queue + batch). Requests in flight during
+    a swap of their server against the others (latency ratio 1.0 = swaps cost nothing)."""
+    swaps = np.array([d for log in swap_logs for _, d in log])
+    hit, other = [], []
+    for swap_log, requests in zip(swap_logs, request_logs):
+        for end, latency in requests:
+            touched = any(end - latency <= s + d and s <= end for s, d in swap_log)
+            (hit if touched else other).append(latency)
+
+    def p50_ms(x: list | np.ndarray) -> float:
+        return float(np.median(x) * 1000) if len(x) else math.nan
+    return dict(swaps=len(swaps), swap_ms_p50=p50_ms(swaps),
+                swap_ms_max=float(swaps.max() * 1000) if len(swaps) else math.nan,
+                requests=len(hit) + len(other), requests_during_swap=len(hit),
+                latency_ms_during_swap_p50=p50_ms(hit), latency_ms_otherwise_p50=p50_ms(other),
+                ratio=p50_ms(hit) / p50_ms(other) if hit and other else math.nan)
+
+
 def run_arm(cfg: RLConfig) -> dict:
     run = Run(cfg)
     try:
@@ -86,6 +109,7 @@ def run_arm(cfg: RLConfig) -> dict:
                 updates=summary["learner"]["updates"], dropped_stale=summary["learner"]["dropped_stale"],
                 episodes=len(succ), success=float(np.mean(succ)) if succ else math.nan, success_ci=[lo, hi],
                 ring_blocked_s=summary["ring"].get("blocked_s"), push=stall_ratio(raw["timelines"], windows),
+                swap=swap_cost(raw["swap_logs"], raw["request_logs"]),
                 curve=[(t - eps[0][0], n, s) for t, n, s, *_ in eps])
 
 
@@ -97,6 +121,13 @@ def format_table(result: dict) -> str:
         rows.append(f"| {a['runners']} | {a['mode']} | {a['env_steps_per_s']:.1f} | {a['learner_decisions_per_s']:.2f} "
                     f"| {a['episodes']} | {a['success']:.2f} [{lo:.2f}, {hi:.2f}] | {a['dropped_stale']} "
                     f"| {a['push']['ratio']:.2f} |")
+    rows += ["", "| runners | mode | swaps | swap ms p50 / max | requests (during a swap) "
+             "| request ms p50 during a swap / otherwise | ratio |", "|---|---|---:|---|---|---|---:|"]
+    for a in result["arms"]:
+        w = a["swap"]
+        rows.append(f"| {a['runners']} | {a['mode']} | {w['swaps']} | {w['swap_ms_p50']:.1f} / {w['swap_ms_max']:.1f} "
+                    f"| {w['requests']} ({w['requests_during_swap']}) | {w['latency_ms_during_swap_p50']:.1f} / "
+                    f"{w['latency_ms_otherwise_p50']:.1f} | {w['ratio']:.2f} |")
     rows += ["", "| runners | async / sync env steps/s | async / sync learner decisions/s |", "|---|---|---|"]
     for r, ratio in result["ratios"].items():
         rows.append(f"| {r} | {ratio['env_steps']:.2f}x | {ratio['learner']:.2f}x |")

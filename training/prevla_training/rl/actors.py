@@ -18,12 +18,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 
 import numpy as np
 import torch
 
 from prevla_training.rl.config import RLConfig
 from prevla_training.rl.ppo import gae, ppo_loss
+
+#: Swaps / requests an inference server remembers for the swap-cost measure (a 60 min run
+#: makes ~20k requests).
+LOG_SIZE = 50_000
 
 
 def load_actor_critic(cfg: RLConfig, device: str = "cpu"):
@@ -61,6 +66,10 @@ class InferenceServer:
         self._loop_task = None
         self.counters = dict(requests=0, batches=0, weight_swaps=0, busy_s=0.0)
         self.arrivals: list[tuple[int, float]] = []  # (version, wall time) of each set_weights
+        #: what weight swaps cost sampling: (wall start, s) of each swap, and (wall end, s) of
+        #: each request as its runner saw it (queue + batch), the most recent ones
+        self.swap_log: deque[tuple[float, float]] = deque(maxlen=LOG_SIZE)
+        self.request_log: deque[tuple[float, float]] = deque(maxlen=LOG_SIZE)
 
     def image_size(self) -> int:
         return int(self.model.vla.cfg.image_size)
@@ -71,7 +80,8 @@ class InferenceServer:
         return ray.get_runtime_context().get_node_id()
 
     def stats(self) -> dict:
-        return {**self.counters, "version": self.version, "arrivals": list(self.arrivals)}
+        return {**self.counters, "version": self.version, "arrivals": list(self.arrivals),
+                "swap_log": list(self.swap_log), "request_log": list(self.request_log)}
 
     async def set_weights(self, weights, version: int) -> int:
         """Queue ``weights`` (a dict of arrays, or an ObjectRef to one) for the next batch."""
@@ -85,22 +95,29 @@ class InferenceServer:
         return self.version
 
     def _swap(self) -> None:
-        if self._next is not None:
-            weights, version = self._next
-            self._next = None
-            self.model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
-            self.version = version
-            self.counters["weight_swaps"] += 1
+        """Apply the queued weights, if any (logged with the time it took)."""
+        if self._next is None:
+            return
+        start, t0 = time.time(), time.perf_counter()
+        weights, version = self._next
+        self._next = None
+        self.model.load_state_dict({k: torch.from_numpy(np.asarray(v)) for k, v in weights.items()})
+        self.version = version
+        self.counters["weight_swaps"] += 1
+        self.swap_log.append((start, time.perf_counter() - t0))
 
     async def act(self, images: np.ndarray, proprio: np.ndarray, instruction: str) -> dict:
         """One observation -> {chain, chunk, logp, value, version} (batched with others)."""
         if self._wake is None:
             self._wake = asyncio.Event()
             self._loop_task = asyncio.get_running_loop().create_task(self._serve())
+        t0 = time.perf_counter()
         fut = asyncio.get_running_loop().create_future()
         self._queue.append((images, proprio, instruction, fut))
         self._wake.set()
-        return await fut
+        out = await fut
+        self.request_log.append((time.time(), time.perf_counter() - t0))
+        return out
 
     async def _serve(self) -> None:
         loop = asyncio.get_running_loop()

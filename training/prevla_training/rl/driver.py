@@ -199,12 +199,14 @@ class Run:
         out = dict(mode=self.cfg.mode, wall_s=wall_s, env_steps=env_steps, env_steps_per_s=env_steps / wall_s,
                    learner_decisions_per_s=learner["decisions"] / wall_s, runner_restarts=self.restarts,
                    learner={k: v for k, v in learner.items() if k not in ("push_times", "episodes")}, ring=ring,
-                   servers=[{k: v for k, v in s.items() if k != "arrivals"} for s in servers],
+                   servers=[{k: v for k, v in s.items() if k not in ("arrivals", "swap_log", "request_log")} for s in servers],
                    runners=[{k: v for k, v in s.items() if k != "timeline"} for s in runner_stats],
                    config=self.cfg_dict)
         (self.out / "summary.json").write_text(json.dumps(out, indent=1))
         self.raw = dict(timelines=[s.get("timeline", []) for s in runner_stats], push_times=learner["push_times"],
-                        arrivals=[s["arrivals"] for s in servers], episodes=learner["episodes"])
+                        arrivals=[s["arrivals"] for s in servers], swap_logs=[s["swap_log"] for s in servers],
+                        request_logs=[s["request_log"] for s in servers],
+                        episodes=learner["episodes"])
         return out
 
     def shutdown(self) -> None:
