@@ -18,7 +18,6 @@ chunk arrives but a zero twist. See docs/controller.md.
 """
 from __future__ import annotations
 
-import numpy as np
 from geometry_msgs.msg import TwistStamped
 from prevla_interfaces.msg import ActionChunk as ActionChunkMsg
 from prevla_interfaces.srv import ResetEStop
@@ -60,7 +59,7 @@ class ControllerAdapterNode(Node):
         stamp = conv.from_time(msg.header.stamp)
         if not self.guard.admit("action_chunk", msg, limits.chunk_problem, stamp_ns=stamp):
             return  # over a limit: dropped before it is read (counted, logged)
-        result = self.controller.submit(np.asarray(msg.data, np.float64), msg.horizon,
+        result = self.controller.submit(msg.data, msg.horizon,
                                         msg.action_dim, stamp, self._now(), msg.source)
         if result.outcome == ESTOPPED:
             self.health.error(f"EMERGENCY STOP latched: {self.controller.estop_reason}; zero "

@@ -205,7 +205,6 @@ def chunk_problem(data: np.ndarray, horizon: int, action_dim: int,
 @dataclass
 class _Chunk:
     actions: np.ndarray  # (H, 7) float64
-    stamp_ns: int
     source: str
     index: int = 0
     started: bool = False  # its first action has been executed
@@ -270,7 +269,7 @@ class ChunkController:
         if self._newest_ns is not None and stamp_ns <= self._newest_ns:
             self.counters["clock_jumps"] += 1  # far older: the clock jumped back (see _stale)
         actions = data.reshape(int(horizon), ACTION_DIM)
-        self._chunk = _Chunk(actions, stamp_ns, source, self._first_index(stamp_ns, now_ns))
+        self._chunk = _Chunk(actions, source, self._first_index(stamp_ns, now_ns))
         self._newest_ns = stamp_ns
         self._last_stale = None
         self.counters["chunks_accepted"] += 1
@@ -297,9 +296,8 @@ class ChunkController:
     def step(self) -> Command:
         """The command for this control period (one period of ``config.dt`` per call)."""
         c = self.config
-        if self.estop_reason is not None:
-            self.linear, self.angular = np.zeros(3), np.zeros(3)
-            return Command(self.linear.copy(), self.angular.copy(), self.gripper, ESTOP)
+        if self.estop_reason is not None:  # estop() zeroed the twist; nothing moves it since
+            return Command(np.zeros(3), np.zeros(3), self.gripper, ESTOP)
         index = -1
         if self._remaining() > 0:
             assert self._chunk is not None
@@ -320,7 +318,6 @@ class ChunkController:
                 self.gripper = c.gripper_open_position
             self.counters["actions_executed"] += 1
             self._started = self._was_executing = True
-            state = EXECUTING
         else:
             if self._was_executing:  # the chunk ran out with no usable successor: hold
                 self.counters["holds"] += 1
@@ -329,13 +326,12 @@ class ChunkController:
                 self.hold_reason = self._last_stale or "next chunk late: the current one ran out"
             self._was_executing = False
             target_v, target_w = np.zeros(3), np.zeros(3)
-            state = HOLDING if self._started else IDLE
         self.linear = clip_norm(ramp(self.linear, target_v, c.max_linear_acceleration * c.dt),
                                 c.max_linear_velocity)
         self.angular = clip_norm(ramp(self.angular, target_w,
                                       c.max_angular_acceleration * c.dt),
                                  c.max_angular_velocity)
-        return Command(self.linear.copy(), self.angular.copy(), self.gripper, state, index)
+        return Command(self.linear.copy(), self.angular.copy(), self.gripper, self.state, index)
 
     def _remaining(self) -> int:
         return 0 if self._chunk is None else max(0, len(self._chunk.actions) - self._chunk.index)

@@ -33,12 +33,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from prevla_ros.runtime.limits import InputLimits
+from prevla_ros.runtime.limits import MAX_OBJECTS, InputLimits
 from prevla_ros.runtime.remote_policy import DEFAULT_IMAGE_KEYS, PROMPT_KEY, STATE_KEY
 from prevla_ros.runtime.types import ObjectPose, Observation
 
-#: Privileged object poses per request at most (LIBERO scenes have a few dozen).
-MAX_OBJECTS = 256
 #: The runtime's camera side (``sim_node``'s ``image_size``; the zoo VLA was trained on it):
 #: images a policy does not take as they are get resized to it unless told otherwise.
 DEFAULT_IMAGE_SIDE = 128

@@ -47,7 +47,7 @@ from prevla_ros.runtime.limits import InputLimits, Throttle
 from prevla_ros.runtime.openpi_layout import (ImageSpec, axis_angle_to_quat_xyzw,  # noqa: F401 (API)
                                               decode_observation, image_spec)
 from prevla_ros.runtime.remote_policy import MAX_MESSAGE_BYTES, META_NUM_SAMPLES, META_RESET
-from prevla_ros.runtime.settings import check, section, setting, settings
+from prevla_ros.runtime.settings import build, check, section, setting, settings
 from prevla_ros.runtime.types import Policy
 
 log = logging.getLogger(__name__)
@@ -298,7 +298,6 @@ def main(argv: list[str] | None = None) -> None:
     from prevla_models.vla_policy import VLAPolicy  # torch import only when serving a VLA
 
     from prevla_models import zoo
-    from prevla_ros.runtime.settings import build
 
     config = build(PolicyServerConfig, {n: getattr(args, n) for n in settings(PolicyServerConfig)})
     checked = zoo.resolve_file(args.checkpoint, "vla", allow_unverified=args.allow_unverified_models)
