@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from typing import Callable, Sequence
+from typing import Callable
 
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
 from rclpy.node import Node
@@ -113,12 +113,11 @@ class Diagnostics:
     """
 
     def __init__(self, node: Node, values: Callable[[], tuple[bytes, str, dict[str, object]]],
-                 health: Health | None = None, guard: InputGuard | None = None,
-                 watches: Sequence[PublisherWatch] = ()):
+                 health: Health | None = None, guard: InputGuard | None = None):
         self._node = node
         self._values = values
         self._health, self._guard = health, guard
-        self.watches = list(watches)
+        self.watches: list[PublisherWatch] = []
         self._pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)
         node.create_timer(1.0, self.publish)
 

@@ -79,7 +79,7 @@ class ManagedNode(LifecycleNode):
     def lifecycle_state(self) -> str:
         """The current state's label: unconfigured, inactive, active, finalized (or a
         transition state such as configuring, while one runs)."""
-        return self._state_machine.current_state[1]
+        return _label(self)
 
     @property
     def is_active(self) -> bool:
@@ -211,14 +211,16 @@ def bring_up(node: LifecycleNode) -> bool:
     """Configure and activate ``node`` in-process (what ``prevla up`` and ``--autostart``
     do); whether it is active. A failed transition has already logged its cause; the node
     stays up in the state the standard machine left it in."""
-    def state() -> str:
-        return node._state_machine.current_state[1]  # rclpy has no public getter
+    if _label(node) == UNCONFIGURED and node.trigger_configure() != SUCCESS:
+        return False
+    if _label(node) == INACTIVE and node.trigger_activate() != SUCCESS:
+        return False
+    return _label(node) == ACTIVE
 
-    if state() == UNCONFIGURED and node.trigger_configure() != SUCCESS:
-        return False
-    if state() == INACTIVE and node.trigger_activate() != SUCCESS:
-        return False
-    return state() == ACTIVE
+
+def _label(node: LifecycleNode) -> str:
+    """``node``'s current state's label (rclpy has no public getter)."""
+    return node._state_machine.current_state[1]
 
 
 def _release_memory() -> None:

@@ -59,15 +59,14 @@ class LifecycleClient:
 
     def change(self, transition: str) -> bool:
         """Trigger ``transition`` (a label such as ``activate``, or its id)."""
-        available = self.transitions()
-        ids = {label: tid for label, tid, _ in available}
         if transition.isdigit():
             tid = int(transition)
-        elif transition in ids:
-            tid = ids[transition]
         else:
-            raise ValueError(f"transition {transition!r} is not available from "
-                             f"{self.state()[0]}; available: {', '.join(ids) or 'none'}")
+            ids = {label: tid for label, tid, _ in self.transitions()}
+            if transition not in ids:
+                raise ValueError(f"transition {transition!r} is not available from "
+                                 f"{self.state()[0]}; available: {', '.join(ids) or 'none'}")
+            tid = ids[transition]
         request = ChangeState.Request(transition=Transition(id=tid))
         return bool(self._call(ChangeState, "change_state", request).success)
 

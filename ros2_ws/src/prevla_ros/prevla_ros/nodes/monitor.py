@@ -134,9 +134,10 @@ class EpisodeMonitor(Node):
             return
         first = self._last_frame is None and self._current is not None
         self._last_frame = frame
-        self._frames[conv.from_time(msg.header.stamp)] = frame
+        stamp = conv.from_time(msg.header.stamp)
+        self._frames[stamp] = frame
         if self._video is not None:
-            self._video.add_frame(conv.from_time(msg.header.stamp), frame)
+            self._video.add_frame(stamp, frame)
         for old in sorted(self._frames)[:-KEEP_FRAMES]:
             del self._frames[old]
         self._compare_ready()
@@ -153,9 +154,10 @@ class EpisodeMonitor(Node):
             return
         # One row (world model source "approved", the default): the grid's height is the frame side.
         if grid.shape[1] % grid.shape[0] == 0:
-            self._imagined[conv.from_time(msg.header.stamp)] = grid
+            stamp = conv.from_time(msg.header.stamp)
+            self._imagined[stamp] = grid
             if self._video is not None:
-                self._video.add_imagined(conv.from_time(msg.header.stamp), grid)
+                self._video.add_imagined(stamp, grid)
             for old in sorted(self._imagined)[:-KEEP_FRAMES]:
                 del self._imagined[old]
             self._compare_ready()

@@ -134,20 +134,21 @@ class Recorder(Node):
         try:
             written = self.bag.write(topic, self.get_clock().now().nanoseconds, data)
         except OSError as exc:  # disk full, removed: the graph runs on, the recording stops
-            self.stop(f"write failed: {exc}")
+            self.stop(f"write failed: {exc}", drain=False)
             return
         if not written:
             self.stop(f"size cap {self.config.max_mb:g} MB reached: a {len(data)} B message "
                       f"on {topic} would pass it")
 
-    def stop(self, reason: str) -> None:
-        """Stop recording (idempotent): unsubscribe, close the bag valid, say why."""
+    def stop(self, reason: str, drain: bool = True) -> None:
+        """Stop recording (idempotent): unsubscribe, close the bag valid, say why; ``drain``:
+        first write what the subscriptions still hold (not after a failed write)."""
         if self.stopped is not None:
             return
         self.stopped = reason
         self._timer.cancel()
         try:
-            if not reason.startswith("write failed"):
+            if drain:
                 self._drain()
             self.bag.close(reason)
         except OSError as exc:

@@ -133,7 +133,7 @@ class WorldModelNode(ManagedNode):
         except ValueError as exc:
             self._error(f"stamp {stamp}: malformed action_chunk: {exc}")
             return
-        self._receive(stamp, chunks)
+        self.waiting.offer(stamp, chunks)
 
     def _on_set(self, msg: CandidateSetMsg) -> None:
         stamp = conv.from_time(msg.header.stamp)
@@ -141,10 +141,7 @@ class WorldModelNode(ManagedNode):
             return  # over a limit: dropped before any candidate is read (counted, logged)
         chunks = conv.msg_to_candidate_arrays(msg)
         if chunks:  # an empty gated set: the verifier forwarded nothing, nothing to do
-            self._receive(stamp, chunks)
-
-    def _receive(self, stamp: int, chunks: list[np.ndarray]) -> None:
-        self.waiting.offer(stamp, chunks)
+            self.waiting.offer(stamp, chunks)
 
     # --- imagination ----------------------------------------------------------------------
     def _process(self, stamp: int, chunks: list[np.ndarray]) -> None:

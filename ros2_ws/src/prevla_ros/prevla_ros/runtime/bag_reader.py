@@ -152,12 +152,14 @@ def _episode_records(reader) -> list[dict]:
              "instruction": m.instruction} for n, m in sorted(last.items())]
 
 
-def episode_of(stamp_ns: int, statuses: list[tuple[int, object]]) -> int | None:
+def episode_of(stamp_ns: int, statuses: list[tuple[int, object]],
+               stamps: list[int] | None = None) -> int | None:
     """The episode a message stamped ``stamp_ns`` belongs to (module docstring); None before
-    any status when there is none, or after the last episode ended."""
+    any status when there is none, or after the last episode ended. ``stamps``: the statuses'
+    stamps, for a caller that asks for many messages."""
     if not statuses:
         return None
-    i = bisect.bisect_right([s for s, _ in statuses], stamp_ns) - 1
+    i = bisect.bisect_right(stamps if stamps is not None else [s for s, _ in statuses], stamp_ns) - 1
     if i < 0:
         return int(statuses[0][1].episode)
     if statuses[i][1].done:
@@ -198,6 +200,7 @@ def export_frames(path: Path | str, out_dir: Path | str, episode: int | None = N
             raise ValueError(f"bag has no topic {topic} (topics: "
                              f"{', '.join(sorted({c.topic for c in reader.connections}))})")
         statuses = _statuses(reader)
+        stamps = [s for s, _ in statuses]
         known = sorted({int(m.episode) for _, m in statuses})
         if episode is not None and episode not in known:
             raise ValueError(f"episode {episode} is not in the bag (episodes: "
@@ -206,7 +209,7 @@ def export_frames(path: Path | str, out_dir: Path | str, episode: int | None = N
         written, index = [], {}
         for connection, _, raw in reader.messages(connections=connections):
             msg = reader.deserialize(raw, connection.msgtype)
-            n = episode_of(msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec, statuses)
+            n = episode_of(msg.header.stamp.sec * 10**9 + msg.header.stamp.nanosec, statuses, stamps)
             if episode is not None and n != episode:
                 continue
             i = index[n] = index.get(n, -1) + 1

@@ -23,6 +23,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from rosbags.interfaces import Connection, Qos
@@ -99,11 +100,16 @@ class RecordConfig:
         """The cap in bytes; 0 = none."""
         return int(self.max_mb * 1e6)
 
+    @cached_property
+    def _selection(self) -> tuple[list[str], list[str]]:
+        """(included, excluded) topics, parsed once (``wants`` runs on every discovery)."""
+        return topic_list(self.topics), topic_list(self.exclude)
+
     def wants(self, topic: str) -> bool:
         """Whether ``topic`` (an absolute name) is to be recorded."""
-        if topic in topic_list(self.exclude):
+        include, exclude = self._selection
+        if topic in exclude:
             return False
-        include = topic_list(self.topics)
         return topic in include if include else topic not in SKIPPED_BY_DEFAULT
 
 
