@@ -3,6 +3,7 @@ process starts unconfigured (what launch's lifecycle handlers expect) unless ``-
 (what ``prevla up --processes`` passes)."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -81,23 +82,25 @@ def test_a_managed_node_process_starts_unconfigured_and_is_driven_over_its_servi
 
 def test_prevla_lifecycle_drives_a_node_process_like_ros2_lifecycle(ros):
     """``prevla lifecycle`` (``ros2 lifecycle`` for pip installs) over the standard services."""
+    # its own name: a /verifier_node left in this domain by an earlier test would answer instead
+    name = f"lifecycle_cli_verifier_{os.getpid()}"
     proc = subprocess.Popen([sys.executable, "-m", "prevla_ros.nodes.verifier_node",
-                             "--ros-args", "-p", "verifier:=passthrough"])
+                             "--ros-args", "-r", f"__node:={name}", "-p", "verifier:=passthrough"])
 
     def lifecycle(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-m", "prevla_ros.nodes.lifecycle_client", *args],
                               capture_output=True, text=True, timeout=60)
     try:
-        got = lifecycle("get", "/verifier_node", "--timeout", "30")
+        got = lifecycle("get", f"/{name}", "--timeout", "30")
         assert (got.returncode, got.stdout.strip()) == (0, "unconfigured [1]"), got.stderr
-        listed = lifecycle("list", "verifier_node")
+        listed = lifecycle("list", name)
         assert "- configure [1]" in listed.stdout and "Goal: configuring" in listed.stdout
-        refused = lifecycle("set", "/verifier_node", "activate")  # not available unconfigured
+        refused = lifecycle("set", f"/{name}", "activate")  # not available unconfigured
         assert refused.returncode == 2 and "available: configure" in refused.stderr
         for transition in ("configure", "activate"):
-            done = lifecycle("set", "/verifier_node", transition)
+            done = lifecycle("set", f"/{name}", transition)
             assert done.returncode == 0 and "successful" in done.stdout, done.stderr
-        assert lifecycle("get", "/verifier_node").stdout.strip() == "active [3]"
+        assert lifecycle("get", f"/{name}").stdout.strip() == "active [3]"
         missing = lifecycle("get", "/no_such_node", "--timeout", "1")
         assert missing.returncode == 2 and "no such service" in missing.stderr
     finally:
