@@ -78,3 +78,15 @@ def test_a_dead_inference_server_stops_the_run_with_one_clear_error(ray_env, tmp
     ray.kill(run.servers[0], no_restart=True)
     with pytest.raises(RunFailed, match="InferenceServer"):
         run.train()
+
+
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_rloo_groups_episodes_of_one_init_state(ray_env, tmp_path, mode):
+    """Each environment replays its init state group_size times; the learner completes the groups
+    (16-step episodes all fail, so every group is skipped as signal-free) and still updates."""
+    out = tmp_path / "run"
+    assert main([*TINY, "--mode", mode, "--steps", "2", "--advantage", "rloo", "--group-size", "2",
+                 "--out-dir", str(out)]) == 0
+    line = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert line["version"] == 2 and line["groups"] >= 1  # sync: a group spans two collection rounds
+    assert line["groups_skipped"] == line["groups"] and line["decisions"] == 0

@@ -2,6 +2,7 @@
 save + restore is exact (the next update from a restored learner equals the uninterrupted one)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -44,3 +45,34 @@ def test_save_and_restore_is_exact(tmp_path):
     assert all(torch.equal(v, after_one[k]) for k, v in _state(b).items())
     b._ppo(batch)
     assert all(torch.equal(v, _state(a)[k]) for k, v in _state(b).items())  # bit for bit
+
+
+def _episode(group: str, success: bool, version: int = 0, n: int = 3) -> dict:
+    reward = np.zeros(n, np.float32)
+    reward[-1] = float(success)
+    return dict(group=group, success=success, version=np.full(n, version), n=n, steps=8 * n, t_end=0.0, task_id=0,
+                instruction="pick", reward=reward, done=np.eye(n, dtype=np.float32)[-1],
+                images=np.zeros((n, 2, 4, 4, 3), np.uint8), proprio=np.zeros((n, 8), np.float32),
+                chain=np.zeros((n, 11, 8, 7), np.float32), logp=np.zeros(n, np.float32))
+
+
+def test_rloo_trains_on_whole_informative_groups_only():
+    threads = torch.get_num_threads()
+    try:
+        cfg = RLConfig(batch_size=4, max_lag=1, ppo=PPOConfig(advantage="rloo", group_size=2, gamma=0.5))
+        learner = RLLearner(cfg, ring=None)
+    finally:
+        torch.set_num_threads(threads)
+    assert learner._accept([_episode("a", True), _episode("b", False)]) == []  # both groups wait
+    ready = learner._accept([_episode("a", False), _episode("b", False), _episode("c", True)])
+    # group a: success and failure, A = +1 / -1 on every decision; group b: two failures, skipped
+    assert [float(a[0]) for _, a, _ in ready] == [1.0, -1.0]
+    assert all(len(a) == 3 and len(set(a)) == 1 for _, a, _ in ready)
+    np.testing.assert_allclose(ready[0][2], [0.25, 0.5, 1.0])  # the critic's target: gamma^(T-1-t) R
+    np.testing.assert_allclose(ready[1][2], [0.0, 0.0, 0.0])
+    assert learner.counters["groups"] == 2 and learner.counters["groups_skipped"] == 1
+    batch = learner._batch(ready)
+    assert len(batch["adv"]) == 6 and len(batch["instructions"]) == 6
+    learner.version = 3  # group c's lone episode (version 0) is now too old: forgotten, counted
+    assert learner._accept([_episode("d", True, version=3)]) == [] and set(learner.groups.pending) == {"d"}
+    assert learner.counters["dropped_stale"] == 3

@@ -1,4 +1,4 @@
-"""D-VLA's math: GAE and PPO against hand-computed values; the flow-noise chain's log-probability
+"""D-VLA's math: GAE, RLOO and PPO against hand-computed values; the flow-noise chain's log-probability
 against a direct Gaussian computation, its gradient, and what sampling records."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 
 from prevla_models.flow_rl import FlowActorCritic, FlowNoiseConfig
 from prevla_models.vla import VLA, VLAConfig
-from prevla_training.rl.ppo import PPOConfig, gae, ppo_loss
+from prevla_training.rl.ppo import Groups, PPOConfig, gae, ppo_loss, rloo
 
 
 def test_gae_by_hand():
@@ -159,3 +159,28 @@ def test_prevla_rl_reads_yaml_and_flags_win(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_args(["--init-start", "3"])
     assert "init_start" in capsys.readouterr().err
+
+
+def test_rloo_by_hand():
+    # outcomes 1, 0, 0, 1: A_0 = 1 - (0 + 0 + 1) / 3, A_1 = 0 - (1 + 0 + 1) / 3
+    np.testing.assert_allclose(rloo([1, 0, 0, 1]), [2 / 3, -2 / 3, -2 / 3, 2 / 3])
+    np.testing.assert_allclose(rloo([1, 1, 1]), [0, 0, 0])
+    with pytest.raises(ValueError, match="at least 2"):
+        rloo([1.0])
+    with pytest.raises(ValueError, match="advantage"):
+        PPOConfig(advantage="grpo")
+    with pytest.raises(ValueError, match="group_size"):
+        PPOConfig(group_size=1)
+
+
+def _traj(group: str, version: int, n: int = 3) -> dict:
+    return {"group": group, "version": np.full(n, version), "n": n}
+
+
+def test_groups_complete_and_stale_ones_are_forgotten():
+    g = Groups(2)
+    assert g.add(_traj("a", 5)) is None and g.add(_traj("b", 1)) is None
+    done = g.add(_traj("a", 6))
+    assert [int(t["version"][0]) for t in done] == [5, 6] and set(g.pending) == {"b"}
+    assert g.drop_older_than(2) == 3 and not g.pending  # b's decision of version 1 is too old
+    assert g.drop_older_than(100) == 0

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from prevla_training.rl.config import RLConfig
-from prevla_training.rl.ppo import gae, ppo_loss
+from prevla_training.rl.ppo import Groups, gae, ppo_loss, rloo
 
 #: Swaps / requests an inference server remembers for the swap-cost measure (a 60 min run
 #: makes ~20k requests).
@@ -155,6 +155,10 @@ class InferenceServer:
                      version=self.version) for i in range(len(batch))]
 
 
+#: Most decisions one update pulls, in batches, while it waits for whole informative groups.
+MAX_FILL = 4
+
+
 class RLLearner:
     """PPO on trajectories from the ring; pushes weights to the servers (module docstring)."""
 
@@ -172,7 +176,8 @@ class RLLearner:
         self.ring, self.dist = ring, None
         self.version = int(extra.get("rl_version", 0))
         self.counters = dict(updates=0, decisions=0, dropped_stale=0, env_steps=0,
-                             successes=0, episodes=0, pushes=0)
+                             successes=0, episodes=0, pushes=0, groups=0, groups_skipped=0)
+        self.groups = Groups(c.ppo.group_size)  # rloo: trajectories waiting for their group
         self.push_times: list[tuple[float, float]] = []  # (start, end) of each push's enqueue
         self.episodes: list[tuple[float, int, bool, int]] = []  # (end wall time, steps, success, task) per episode
         self.allocate_static_pool()
@@ -218,17 +223,30 @@ class RLLearner:
         return {**self.counters, "version": self.version, "push_times": list(self.push_times),
                 "episodes": list(self.episodes)}
 
-    def update(self, timeout_s: float = 600.0, wait_push: bool = False) -> dict:
-        """Pull ``batch_size`` decisions, one PPO update, push the new weights. Returns stats."""
+    def update(self, timeout_s: float = 600.0, wait_push: bool = False, fill: bool = True) -> dict:
+        """Pull ``batch_size`` decisions, one PPO update, push the new weights. Returns stats.
+        With ``advantage: rloo`` only whole groups are trained on; ``fill`` keeps pulling until
+        ``batch_size`` decisions of them are ready, or ``MAX_FILL`` batches were pulled (so a run
+        whose groups all agree still returns and checks its stop conditions); the sync baseline
+        passes False: its runners are stopped, so it trains on the groups that are complete."""
         import ray
 
         c = self.cfg
         t0 = time.perf_counter()
         items = ray.get(self.ring.get.remote(c.batch_size, timeout_s))
-        t_data = time.perf_counter() - t0
         if not items:
             raise TimeoutError(f"RLLearner: no trajectory arrived in {timeout_s:.0f} s (are the runners alive?)")
-        batch = self._batch(items)
+        ready = self._accept(items)
+        pulled = sum(int(t["n"]) for t in items)
+        while fill and sum(int(t["n"]) for t, _, _ in ready) < c.batch_size and pulled < MAX_FILL * c.batch_size:
+            more = ray.get(self.ring.get.remote(c.batch_size, timeout_s))
+            if not more:
+                raise TimeoutError(f"RLLearner: no trajectory arrived in {timeout_s:.0f} s (are the runners alive?)")
+            items += more
+            pulled += sum(int(t["n"]) for t in more)
+            ready += self._accept(more)
+        t_data = time.perf_counter() - t0
+        batch = self._batch(ready)
         stats = self._ppo(batch) if batch else {}
         self.version += 1
         self.counters["updates"] += 1
@@ -243,31 +261,49 @@ class RLLearner:
                 "update_s": time.perf_counter() - t0, "success_rate": float(np.mean([t["success"] for t in items])),
                 "episode_steps": float(np.mean([t["steps"] for t in items]))}
 
-    def _batch(self, items: list[dict]) -> dict | None:
-        """Concatenate trajectories, dropping decisions older than ``max_lag`` versions."""
+    def _accept(self, items: list[dict]) -> list[tuple[dict, np.ndarray, np.ndarray]]:
+        """Count the episodes, drop decisions older than ``max_lag`` versions, and return the
+        trajectories ready to train on with their advantages and returns: each fresh one (GAE
+        with the current critic), or each member of a group just completed (rloo)."""
         c = self.cfg
-        keep = []
+        oldest = self.version - c.max_lag
+        ready = []
         for t in items:
             self.counters["episodes"] += 1
             self.counters["env_steps"] += int(t["steps"])
             self.counters["successes"] += int(t["success"])
             self.episodes.append((float(t["t_end"]), int(t["steps"]), bool(t["success"]), int(t["task_id"])))
-            if int(t["version"].min()) < self.version - c.max_lag:
+            if int(t["version"].min()) < oldest:
                 self.counters["dropped_stale"] += int(t["n"])
                 continue
-            keep.append(t)
-        if not keep:
+            if c.ppo.advantage == "gae":
+                with torch.no_grad():
+                    ready.append((t, *gae(t["reward"], self._values(t), t["done"], 0.0, c.ppo.gamma, c.ppo.gae_lambda)))
+                continue
+            group = self.groups.add(t)
+            if group is None:
+                continue
+            self.counters["groups"] += 1
+            adv = rloo([float(m["success"]) for m in group])
+            if not adv.any():  # all succeeded or all failed: no signal
+                self.counters["groups_skipped"] += 1
+                continue
+            for m, a in zip(group, adv):
+                ret = gae(m["reward"], np.zeros(int(m["n"])), m["done"], 0.0, c.ppo.gamma, 1.0)[1]
+                ready.append((m, np.full(int(m["n"]), a), ret))
+        if c.ppo.advantage == "rloo":
+            self.counters["dropped_stale"] += self.groups.drop_older_than(oldest)
+        return ready
+
+    def _batch(self, ready: list[tuple[dict, np.ndarray, np.ndarray]]) -> dict | None:
+        """Concatenate the ready trajectories into one PPO batch."""
+        if not ready:
             return None
-        with torch.no_grad():  # GAE with the current critic
-            adv, ret = [], []
-            for t in keep:
-                v = self._values(t)
-                a, r = gae(t["reward"], v, t["done"], 0.0, c.ppo.gamma, c.ppo.gae_lambda)
-                adv.append(a)
-                ret.append(r)
-        cat = {k: np.concatenate([t[k] for t in keep]) for k in ("images", "proprio", "chain", "logp")}
-        cat["instructions"] = [t["instruction"] for t in keep for _ in range(int(t["n"]))]
-        cat["adv"], cat["ret"] = np.concatenate(adv), np.concatenate(ret)
+        trajs = [t for t, _, _ in ready]
+        cat = {k: np.concatenate([t[k] for t in trajs]) for k in ("images", "proprio", "chain", "logp")}
+        cat["instructions"] = [t["instruction"] for t in trajs for _ in range(int(t["n"]))]
+        cat["adv"] = np.concatenate([a for _, a, _ in ready])
+        cat["ret"] = np.concatenate([r for _, _, r in ready])
         self.counters["decisions"] += len(cat["adv"])
         return cat
 

@@ -149,7 +149,7 @@ class Run:
             while stats.get("version", start_version) < c.steps:
                 if c.mode == "sync":  # every runner collects with frozen weights, then learn
                     ray.get([r.run.remote(per_runner) for r in self.runners])
-                    stats = ray.get(self.learner.update.remote(wait_push=True))
+                    stats = ray.get(self.learner.update.remote(wait_push=True, fill=False))
                 else:
                     pending = self.learner.update.remote()
                     while not ray.wait([pending], timeout=2.0)[0]:

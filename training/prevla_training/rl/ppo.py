@@ -15,7 +15,18 @@ The clipped surrogate, against the *behaviour* log-probabilities ``logp_b`` the 
     L_V     = 1/2 mean_t (V_theta(s_t) - R_t)^2
     L       = L_pi + c_V L_V - c_H H[pi_theta]
 
-with A normalised to zero mean and unit std over the batch. Reported: the approximate KL
+with A normalised to zero mean and unit std over the batch.
+
+``advantage: rloo`` replaces GAE by a group baseline that needs no critic (RLOO, as in RIPT-VLA):
+runners play each sampled init state G = ``group_size`` times in a row, and every decision of
+episode i of a group gets its episode's leave-one-out advantage
+
+    A_i = R_i - 1/(G-1) sum_{j != i} R_j          (R = 1 on success, else 0)
+
+A group whose episodes all succeed or all fail carries no signal (every A_i = 0) and is skipped
+(counted). With one init state per group the baseline is exact for that state, where a critic
+fitted to a few hundred outcomes is mostly noise. The critic is still trained, on the discounted
+return R_t = gamma^(T-1-t) R, so the run still yields a value function for the verifier. Reported: the approximate KL
 ``mean((rho - 1) - log rho)`` (non-negative, unbiased; updates stop early above ``target_kl``)
 and the clipped fraction.
 
@@ -33,6 +44,9 @@ import numpy as np
 import torch
 
 
+ADVANTAGES = ("gae", "rloo")
+
+
 @dataclass
 class PPOConfig:
     """PPO's knobs (module docstring for the formulas)."""
@@ -45,6 +59,8 @@ class PPOConfig:
     epochs: int = field(default=2, metadata={"help": "Passes over each batch."})
     minibatch: int = field(default=32, metadata={"help": "Decisions per gradient step."})
     target_kl: float = field(default=0.05, metadata={"help": "Stop the batch's epochs once the approx. KL exceeds this (0 = never)."})
+    advantage: str = field(default="gae", metadata={"help": "gae (the critic's GAE) or rloo (leave-one-out success of G episodes from the same init state)."})
+    group_size: int = field(default=4, metadata={"help": "Episodes per init state in a row, the group of advantage=rloo (>= 2)."})
 
     def __post_init__(self) -> None:
         for name in ("gamma", "gae_lambda"):
@@ -58,6 +74,10 @@ class PPOConfig:
         for name in ("epochs", "minibatch"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"PPOConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.advantage not in ADVANTAGES:
+            raise ValueError(f"PPOConfig.advantage must be one of {ADVANTAGES}, got {self.advantage!r}")
+        if int(self.group_size) < 2:
+            raise ValueError(f"PPOConfig.group_size must be >= 2, got {self.group_size}")
 
 
 def gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_value: float,
@@ -74,6 +94,34 @@ def gae(rewards: np.ndarray, values: np.ndarray, dones: np.ndarray, last_value: 
         nxt_a = delta + gamma * lam * live * nxt_a
         adv[t], nxt_v = nxt_a, v[t]
     return adv, adv + v
+
+
+def rloo(outcomes) -> np.ndarray:
+    """Leave-one-out advantages of one group's episode returns: A_i = R_i - mean_{j != i} R_j."""
+    r = np.asarray(outcomes, dtype=np.float64).reshape(-1)
+    if len(r) < 2:
+        raise ValueError(f"rloo: a group needs at least 2 episodes, got {len(r)}")
+    return r - (r.sum() - r) / (len(r) - 1)
+
+
+class Groups:
+    """Trajectories of ``advantage: rloo`` waiting for the rest of their group (key ``group``).
+    Memory is bounded by :meth:`drop_older_than`, which the learner calls with its lag bound."""
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+        self.pending: dict[str, list[dict]] = {}
+
+    def add(self, traj: dict) -> list[dict] | None:
+        """Add one trajectory; its whole group when this completed it, else None."""
+        members = self.pending.setdefault(str(traj["group"]), [])
+        members.append(traj)
+        return self.pending.pop(str(traj["group"])) if len(members) >= self.size else None
+
+    def drop_older_than(self, version: int) -> int:
+        """Forget groups holding a decision sampled before ``version``; returns decisions dropped."""
+        stale = [k for k, m in self.pending.items() if min(int(t["version"].min()) for t in m) < version]
+        return sum(int(t["n"]) for k in stale for t in self.pending.pop(k))
 
 
 def ppo_loss(logp: torch.Tensor, logp_behaviour: torch.Tensor, advantages: torch.Tensor,

@@ -10,13 +10,15 @@ to the rollout ring (the data plane); ``ring.put`` blocking is the backpressure.
 A trajectory row records what the learner needs and nothing it could get wrong later: the
 observation (both cameras, proprio), the instruction, the whole flow chain, its behaviour
 log-probability, the critic's value, the policy version that sampled it, the reward (1 on the
-decision that completed the task) and the done flag.
+decision that completed the task) and the done flag. Its ``group`` names the episodes played
+from the same init state in a row (``advantage: rloo``; one episode per group otherwise).
 """
 from __future__ import annotations
 
 import os
 import threading
 import time
+import uuid
 
 import numpy as np
 
@@ -58,6 +60,7 @@ class EnvRunner:
         self.inits = [range(c.init_start, min(c.init_start + c.init_count, num_init_states(c.suite, e.cfg.task_id)))
                       for e in self.envs]
         self._stop = threading.Event()
+        self._group: dict[int, tuple[int, str, int]] = {}  # env -> (init state, group id, episodes left)
         self.counters = dict(env_steps=0, decisions=0, episodes=0, successes=0, put_blocked_s=0.0,
                              infer_wait_s=0.0)
         self.timeline: list[tuple[float, int]] = []  # (wall time, env steps so far) per decision
@@ -83,9 +86,15 @@ class EnvRunner:
         return self.server.act.remote(self._obs[i][0], self._obs[i][1], env.instruction)
 
     def _start(self, i: int) -> None:
-        init = int(self.rng.choice(self.inits[i]))
+        """Reset environment ``i``: a new init state, or (``advantage: rloo``) the same one until
+        its group of ``group_size`` episodes is complete."""
+        init, group, left = self._group.get(i, (0, "", 0))
+        if left <= 0 or self.cfg.ppo.advantage != "rloo":
+            init, group, left = int(self.rng.choice(self.inits[i])), f"{self.id}.{uuid.uuid4().hex[:12]}", \
+                self.cfg.ppo.group_size
+        self._group[i] = (init, group, left - 1)
         self.envs[i].reset(init)
-        self._rows[i], self._meta[i] = [], dict(task_id=self.envs[i].cfg.task_id, init_state=init,
+        self._rows[i], self._meta[i] = [], dict(task_id=self.envs[i].cfg.task_id, init_state=init, group=group,
                                                 runner=self.id, t_start=time.time())
 
     def run(self, min_decisions: int = 0) -> dict:
