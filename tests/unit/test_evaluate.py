@@ -8,7 +8,8 @@ import pytest
 
 from prevla_ros.runtime.settings import build
 from prevla_ros.runtime.chunks import medoid_index
-from prevla_training.evaluate import (EvalConfig, evaluate, paired, parse_policy_spec, parse_tasks)
+from prevla_training.eval_report import paired
+from prevla_training.evaluate import EvalConfig, evaluate, parse_policy_spec, parse_tasks
 from prevla_training.stats import mcnemar_exact_p, paired_comparison, wilson_interval
 
 

@@ -11,19 +11,17 @@ files are current, so a stale help string or table is a test failure, not a read
 """
 from __future__ import annotations
 
-import argparse
-import difflib
-import sys
 import textwrap
 from pathlib import Path
 
 import yaml
 
+from prevla_ros import generated
+from prevla_ros.generated import ROOT, stale_files
 from prevla_ros.runtime.configs import NODE_CONFIGS, ROBOT_NODE_CONFIGS
 from prevla_ros.runtime.settings import Setting, settings
 from prevla_ros.runtime.supervisor import SupervisorConfig
 
-ROOT = Path(__file__).resolve().parents[4]
 DOC, PARAMS = ROOT / "docs" / "parameters.md", ROOT / "launch" / "prevla.params.yaml"
 #: Every node whose parameters are generated: the graph's, then the real robot's.
 DOCUMENTED = {**NODE_CONFIGS, **ROBOT_NODE_CONFIGS}
@@ -102,30 +100,11 @@ def params_yaml() -> str:
 
 def stale() -> dict[Path, str]:
     """path -> the text it should have, for every generated file that is out of date."""
-    out = {}
-    for path, text in ((DOC, parameters_md()), (PARAMS, params_yaml())):
-        if not path.exists() or path.read_text() != text:
-            out[path] = text
-    return out
+    return stale_files({DOC: parameters_md(), PARAMS: params_yaml()})
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="prevla params", description=__doc__.splitlines()[0])
-    p.add_argument("--write", action="store_true", help="rewrite the generated files")
-    args = p.parse_args(argv)
-    if not (ROOT / "launch").is_dir():
-        p.error(f"{ROOT} is not a prevla source checkout (prevla params works on the sources)")
-    todo = stale()
-    for path, text in todo.items():
-        if args.write:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-            print(f"wrote {path.relative_to(ROOT)}")
-        else:
-            old = path.read_text().splitlines() if path.exists() else []
-            sys.stdout.writelines(line + "\n" for line in difflib.unified_diff(
-                old, text.splitlines(), str(path.relative_to(ROOT)), "generated", lineterm=""))
-    return 1 if todo and not args.write else 0
+    return generated.main("prevla params", __doc__, stale, argv)
 
 
 if __name__ == "__main__":

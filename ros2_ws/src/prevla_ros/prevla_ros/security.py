@@ -14,15 +14,12 @@ permissions; the steps are in ``docs/robot.md``.
 """
 from __future__ import annotations
 
-import argparse
-import difflib
-import sys
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
+from prevla_ros import generated
+from prevla_ros.generated import ROOT, stale_files
 from prevla_ros.graph_interfaces import NODES, Endpoint, NodeInterfaces
 
-ROOT = Path(__file__).resolve().parents[4]
 POLICY = ROOT / "launch" / "sros2" / "prevla_policy.xml"
 POLICY_VERSION = "0.2.0"
 #: Enclaves live under this path: ``--ros-args --enclave /prevla/<node>``.
@@ -88,29 +85,11 @@ def policy_xml() -> str:
 
 def stale() -> str | None:
     """The text the policy file should have, or None when it is current."""
-    text = policy_xml()
-    return None if POLICY.exists() and POLICY.read_text() == text else text
+    return stale_files({POLICY: policy_xml()}).get(POLICY)
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="prevla security", description=__doc__.splitlines()[0])
-    p.add_argument("--write", action="store_true", help=f"rewrite {POLICY.relative_to(ROOT)}")
-    args = p.parse_args(argv)
-    if not (ROOT / "launch").is_dir():
-        p.error(f"{ROOT} is not a prevla source checkout (prevla security works on the sources)")
-    text = stale()
-    if text is None:
-        return 0
-    name = str(POLICY.relative_to(ROOT))
-    if args.write:
-        POLICY.parent.mkdir(parents=True, exist_ok=True)
-        POLICY.write_text(text)
-        print(f"wrote {name}")
-        return 0
-    old = POLICY.read_text().splitlines() if POLICY.exists() else []
-    sys.stdout.writelines(line + "\n" for line in difflib.unified_diff(
-        old, text.splitlines(), name, "generated", lineterm=""))
-    return 1
+    return generated.main("prevla security", __doc__, lambda: stale_files({POLICY: policy_xml()}), argv)
 
 
 if __name__ == "__main__":

@@ -136,13 +136,13 @@ class Recorder(Node):
         except OSError as exc:  # disk full, removed: the graph runs on, the recording stops
             self.stop(f"write failed: {exc}", drain=False)
             return
-        if not written:
+        if not written:  # the cap ends the recording here: nothing queued after it is written
             self.stop(f"size cap {self.config.max_mb:g} MB reached: a {len(data)} B message "
-                      f"on {topic} would pass it")
+                      f"on {topic} would pass it", drain=False)
 
     def stop(self, reason: str, drain: bool = True) -> None:
         """Stop recording (idempotent): unsubscribe, close the bag valid, say why; ``drain``:
-        first write what the subscriptions still hold (not after a failed write)."""
+        first write what the subscriptions still hold (not after a failed write or the size cap)."""
         if self.stopped is not None:
             return
         self.stopped = reason
