@@ -184,3 +184,11 @@ def test_groups_complete_and_stale_ones_are_forgotten():
     assert [int(t["version"][0]) for t in done] == [5, 6] and set(g.pending) == {"b"}
     assert g.drop_older_than(2) == 3 and not g.pending  # b's decision of version 1 is too old
     assert g.drop_older_than(100) == 0
+
+
+def test_env_tasks_counts_the_environments_of_each_task():
+    from prevla_training.rl.config import RLConfig
+    from prevla_training.rl.driver import env_tasks
+
+    assert env_tasks(RLConfig(tasks="5,7,9", runners=2, envs_per_runner=2)) == {5: 2, 7: 1, 9: 1}
+    assert env_tasks(RLConfig(tasks="5,7,9", runners=3, envs_per_runner=2)) == {5: 2, 7: 2, 9: 2}

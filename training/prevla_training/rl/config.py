@@ -87,3 +87,8 @@ class RLConfig(TrainLoopConfig):
         from prevla_training.evaluate import parse_tasks
 
         return parse_tasks(self.tasks)
+
+    def env_task(self, runner: int, env: int) -> int:
+        """The task environment ``env`` of runner ``runner`` steps: the tasks dealt round-robin."""
+        tasks = self.task_ids
+        return tasks[(runner * self.envs_per_runner + env) % len(tasks)]

@@ -66,6 +66,12 @@ def describe_failure(exc: Exception) -> str:
     return f"{cls} failed: {last[-1] if last else type(exc).__name__}"[:300]
 
 
+def env_tasks(cfg: RLConfig) -> dict[int, int]:
+    """task -> how many environments step it (:meth:`RLConfig.env_task`)."""
+    envs = [cfg.env_task(r, i) for r in range(cfg.runners) for i in range(cfg.envs_per_runner)]
+    return {t: envs.count(t) for t in cfg.task_ids}
+
+
 #: TrainLoopConfig fields an RL run has no use for (no flags for them).
 UNUSED = ("aug_shift", "num_threads", "stop_at")
 
@@ -100,6 +106,10 @@ class Run:
         ray.get(self.learner.attach.remote(self.servers, replication))
         self.runners = [self._new_runner(i) for i in range(c.runners)]
         self.restarts = 0
+        shares = env_tasks(c)
+        if len(set(shares.values())) > 1:
+            print(f"prevla rl: environments per task {shares}: runners x envs_per_runner is not a multiple of "
+                  f"the {len(shares)} tasks, so they are not sampled equally", flush=True)
 
     def _new_runner(self, i: int):
         return self._runner_cls.remote(self.cfg, i, self.servers[i % len(self.servers)], self.ring)

@@ -47,11 +47,11 @@ class EnvRunner:
         self.cfg = cfg
         self.id, self.server, self.ring = runner_id, server, ring
         self.image_size = 0  # what the policy reads: asked from the server when run() starts
-        c, tasks = self.cfg, self.cfg.task_ids
+        c = self.cfg
         self.rng = np.random.default_rng([c.seed, runner_id])
         self.envs = []
         for i in range(c.envs_per_runner):
-            task = tasks[(runner_id * c.envs_per_runner + i) % len(tasks)]
+            task = c.env_task(runner_id, i)
             n_init = num_init_states(c.suite, task)
             if c.init_start >= n_init:
                 raise ValueError(f"init_start {c.init_start}: task {task} has only {n_init} init states")
