@@ -108,8 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mc", required=True, help="prevla branch output with continuations")
     p.add_argument("--value", action="append", required=True,
                    help="prevla branch --continuations 0 --value-model ... output of the same rollouts (repeatable)")
+    p.add_argument("--tasks", default="", help="also report these tasks alone, e.g. the critics' training tasks '5,7,9'")
     p.add_argument("--out", default="outputs/critic_vs_mc.json")
     a = p.parse_args(argv)
+    from prevla_training.evaluate import parse_tasks
+
+    subset = set(parse_tasks(a.tasks))
     import h5py
 
     mc = load_decisions(a.mc, "mc/success")
@@ -122,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
             with h5py.File(first[0], "r") as f:
                 name = str(f.attrs.get("value_model", root))
         critics[name] = compare(mc, value)
+        if subset:
+            critics[f"{name}, tasks {a.tasks}"] = compare({k: v for k, v in mc.items() if k[0] in subset}, value)
     result = dict(mc=a.mc, critics=critics)
     write_report(a.out, result, format_table(result))
     return 0
