@@ -225,10 +225,10 @@ class RLLearner:
 
     def update(self, timeout_s: float = 600.0, wait_push: bool = False, fill: bool = True) -> dict:
         """Pull ``batch_size`` decisions, one PPO update, push the new weights. Returns stats.
-        With ``advantage: rloo`` only whole groups are trained on; ``fill`` keeps pulling until
-        ``batch_size`` decisions of them are ready, or ``MAX_FILL`` batches were pulled (so a run
-        whose groups all agree still returns and checks its stop conditions); the sync baseline
-        passes False: its runners are stopped, so it trains on the groups that are complete."""
+        ``fill`` keeps pulling until ``batch_size`` decisions are ready to train on (not stale;
+        with ``advantage: rloo``, in whole informative groups) or ``MAX_FILL`` batches were
+        pulled, so a run whose groups all agree still returns and checks its stop conditions.
+        The sync baseline passes False: its runners are stopped, so it trains on what is ready."""
         import ray
 
         c = self.cfg
