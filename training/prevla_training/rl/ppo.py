@@ -15,7 +15,9 @@ The clipped surrogate, against the *behaviour* log-probabilities ``logp_b`` the 
     L_V     = 1/2 mean_t (V_theta(s_t) - R_t)^2
     L       = L_pi + c_V L_V - c_H H[pi_theta]
 
-with A normalised to zero mean and unit std over the batch.
+with A normalised to zero mean and unit std over the batch. Reported: the approximate KL
+``mean((rho - 1) - log rho)`` (non-negative, unbiased; updates stop early above ``target_kl``)
+and the clipped fraction.
 
 ``advantage: rloo`` replaces GAE by a group baseline that needs no critic (RLOO, as in RIPT-VLA):
 runners play each sampled init state G = ``group_size`` times in a row, and every decision of
@@ -26,9 +28,7 @@ episode i of a group gets its episode's leave-one-out advantage
 A group whose episodes all succeed or all fail carries no signal (every A_i = 0) and is skipped
 (counted). With one init state per group the baseline is exact for that state, where a critic
 fitted to a few hundred outcomes is mostly noise. The critic is still trained, on the discounted
-return R_t = gamma^(T-1-t) R, so the run still yields a value function for the verifier. Reported: the approximate KL
-``mean((rho - 1) - log rho)`` (non-negative, unbiased; updates stop early above ``target_kl``)
-and the clipped fraction.
+return R_t = gamma^(T-1-t) R, so the run still yields a value function for the verifier.
 
 Reward: sparse task success, 1 on the decision whose chunk completes the task, else 0; an episode
 that runs out of steps ends with 0 and is treated as terminal (LIBERO's step budget is part of

@@ -83,13 +83,17 @@ def policy_xml() -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(root, "unicode") + "\n"
 
 
+def _stale_files() -> dict:
+    return stale_files({POLICY: policy_xml()})
+
+
 def stale() -> str | None:
     """The text the policy file should have, or None when it is current."""
-    return stale_files({POLICY: policy_xml()}).get(POLICY)
+    return _stale_files().get(POLICY)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return generated.main("prevla security", __doc__, lambda: stale_files({POLICY: policy_xml()}), argv)
+    return generated.main("prevla security", __doc__, _stale_files, argv)
 
 
 if __name__ == "__main__":
