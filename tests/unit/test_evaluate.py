@@ -206,3 +206,33 @@ def test_cli_has_a_flag_per_config_field_and_config_errors_name_the_field(capsys
         with pytest.raises(SystemExit) as exc:
             main(argv)
         assert exc.value.code == 2 and field in capsys.readouterr().err
+
+
+def test_reuse_adopts_only_jobs_run_with_the_same_settings(tmp_path):
+    from prevla_ros.runtime.settings import flatten
+    from prevla_training.evaluate import JobCache
+
+    old = EvalConfig(policy="vla", arms=("policy", "verifier"), verifier="a.pt", num_candidates=8,
+                     episodes_per_task=2, out="old.json")
+    eps = [{"task_id": t, "arm": a, "init_state": i, "success": True}
+           for t in (0, 1) for a in ("policy", "verifier") for i in range(2)]
+    report = {"suite": "libero_spatial", "config": json.loads(json.dumps(flatten(old))), "episodes": eps}
+    report["episodes"] = [e for e in eps if not (e["task_id"] == 1 and e["arm"] == "policy" and e["init_state"])]
+
+    def jobs(cfg):
+        return [(flatten(cfg), cfg.suite, t, a) for t in (0, 1) for a in cfg.arms]
+
+    # another verifier: the policy arm is the same job, the verifier arm is not; task 1's policy
+    # job lacks an episode in the report, so it is not adopted either
+    new = EvalConfig(policy="vla", arms=("policy", "verifier"), verifier="b.pt", num_candidates=8,
+                     episodes_per_task=2, out=str(tmp_path / "new.json"), reuse="old.json")
+    cache = JobCache(tmp_path / "new.jobs")
+    assert cache.adopt(report, jobs(new)) == 1
+    assert cache.get(jobs(new)[0]) == eps[:2] and not cache.get(jobs(new)[1]) and not cache.get(jobs(new)[2])
+    assert cache.adopt(report, jobs(new)) == 0  # already cached
+    # a result-relevant setting changed (the seed): nothing is adopted
+    other = EvalConfig(policy="vla", arms=("policy",), num_candidates=8, episodes_per_task=2, seed=1,
+                       out=str(tmp_path / "o.json"))
+    assert JobCache(tmp_path / "o.jobs").adopt(report, jobs(other)) == 0
+    with pytest.raises(ValueError, match="reuse"):
+        EvalConfig(reuse="old.json")

@@ -63,6 +63,9 @@ class EvalConfig:
                 "host:port = a running Ray cluster (one CPU per task and arm)"})
     render: str = field(default="auto", metadata={"help": "auto | on | off (auto: not for expert)"})
     out: str | None = field(default=None, metadata={"help": "JSON path (a .md table next to it)"})
+    reuse: str = field(default="", metadata={
+        "help": "a previous run's --out JSON: its (task, arm) jobs whose result-relevant settings "
+                "equal this run's are taken from it, not run again (needs --out)"})
     videos: str = field(default="failures", metadata={
         "help": "all | failures | none: an MP4 per episode (agent view at each decision, the arm's "
                 "pick or verdict) under <out>.videos/; needs rendered frames (a learned policy or "
@@ -93,6 +96,8 @@ class EvalConfig:
         if self.videos not in VIDEOS:
             raise ValueError(f"videos: expected one of {VIDEOS}, got {self.videos!r}")
         parse_policy_spec(self.policy)
+        if self.reuse and not self.out:
+            raise ValueError("reuse: needs --out (reused jobs go to its job cache)")
         if set(VERIFIER_ARMS) & set(self.arms) and not self.policy.startswith(("vla", "remote")):
             raise ValueError("arms: the verifier arm scores learned-policy candidates; "
                              f"use --policy vla (got {self.policy!r})")
@@ -261,7 +266,7 @@ def _job(args: tuple) -> tuple[tuple, list[dict]]:
 
 
 #: Settings that do not change a (task, arm) job's episodes.
-_NOT_RESULT = ("arms", "task_ids", "workers", "ray_address", "out", "videos")
+_NOT_RESULT = ("arms", "task_ids", "workers", "ray_address", "out", "videos", "reuse")
 
 
 class JobCache:
@@ -299,6 +304,24 @@ class JobCache:
         tmp.write_text(json.dumps({"key": key, "episodes": episodes}))
         os.replace(tmp, path)
 
+    def adopt(self, report: dict, jobs: list[tuple]) -> int:
+        """Cache each of ``jobs`` (not cached yet) that a previous run's report (``prevla eval --out``
+        JSON) holds with the same result-relevant settings and a full set of episodes; returns how
+        many. Episodes are functions of their settings, init state and seed, so a job adopted is the
+        job that would run."""
+        adopted = 0
+        for job in jobs:
+            flat, suite, task_id, arm = job
+            if self.get(job) or report.get("suite") != suite:
+                continue
+            if self._path_and_key((report["config"], suite, task_id, arm))[1] != self._path_and_key(job)[1]:
+                continue
+            eps = [e for e in report["episodes"] if e["task_id"] == task_id and e["arm"] == arm]
+            if len(eps) == flat["episodes_per_task"]:
+                self.put(job, eps)
+                adopted += 1
+        return adopted
+
 
 def evaluate(cfg: EvalConfig) -> dict:
     """Run every (task, arm), aggregate, print the table; write JSON + .md if ``cfg.out``."""
@@ -310,6 +333,9 @@ def evaluate(cfg: EvalConfig) -> dict:
     instructions = suite_instructions(cfg.suite)
     jobs = [(flatten(cfg), cfg.suite, t, arm) for t in task_ids for arm in cfg.arms]
     cache = JobCache(Path(cfg.out).with_suffix(".jobs") if cfg.out else None)
+    reused = cache.adopt(json.loads(Path(cfg.reuse).read_text()), jobs) if cfg.reuse else 0
+    if cfg.reuse:
+        print(f"reuse: {reused} of {len(jobs)} (task, arm) jobs taken from {cfg.reuse}")
     episodes: list[dict] = [e for j in jobs for e in cache.get(j)]
     todo = [j for j in jobs if not cache.get(j)]
     if cfg.videos != "none" and not (cfg.out and cfg.renders):
@@ -344,7 +370,7 @@ def evaluate(cfg: EvalConfig) -> dict:
                  for arm in cfg.arms}
     result = dict(config=flatten(cfg), suite=cfg.suite, policy=cfg.policy,
                   success_rate=suite_avg, wall_time_s=round(wall, 1),
-                  jobs_cached=len(jobs) - len(todo), jobs=len(jobs), tasks=tasks,
+                  jobs_cached=len(jobs) - len(todo), jobs_reused=reused, jobs=len(jobs), tasks=tasks,
                   paired=paired(episodes, cfg.arms), episodes=episodes)
     table = format_table(result)
     print(table)
