@@ -90,3 +90,19 @@ def test_rloo_groups_episodes_of_one_init_state(ray_env, tmp_path, mode):
     line = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()][-1]
     assert line["version"] == 2 and line["groups"] >= 1  # sync: a group spans two collection rounds
     assert line["groups_skipped"] == line["groups"] and line["decisions"] == 0
+
+
+def test_critic_only_leaves_the_policy_bit_for_bit(ray_env, tmp_path):
+    """Policy evaluation: the run trains the critic and publishes the loaded VLA unchanged."""
+    import torch
+
+    from prevla_models.zoo import resolve
+
+    out = tmp_path / "run"
+    assert main([*TINY, "--steps", "1", "--critic-only", "--out-dir", str(out)]) == 0
+    line = [json.loads(s) for s in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert line["decisions"] > 0 and line["value_loss"] > 0 and "approx_kl" not in line
+    trained, extra = load_checkpoint(str(out / "last.pt"))
+    zoo, _ = load_checkpoint(resolve("zoo:vla_libero_spatial", "vla"))
+    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), zoo.state_dict().values()))
+    assert "value_head" in extra["rl"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from prevla_models.flow_rl import FlowNoiseConfig
 from prevla_training.bench_memory import synthetic_batch
 from prevla_training.rl.actors import RLLearner
 from prevla_training.rl.config import RLConfig
@@ -76,3 +77,32 @@ def test_rloo_trains_on_whole_informative_groups_only():
     learner.version = 3  # group c's lone episode (version 0) is now too old: forgotten, counted
     assert learner._accept([_episode("d", True, version=3)]) == [] and set(learner.groups.pending) == {"d"}
     assert learner.counters["dropped_stale"] == 3
+
+
+def test_critic_only_moves_the_critic_alone_towards_the_monte_carlo_return():
+    threads = torch.get_num_threads()
+    try:
+        cfg = RLConfig(batch_size=4, lr=1e-3, value_lr=1e-2, weight_decay=0.1, critic_only=True,
+                       ppo=PPOConfig(minibatch=2, epochs=1, gae_lambda=0.5))
+        learner = RLLearner(cfg, ring=None)
+    finally:
+        torch.set_num_threads(threads)
+    # the target is the discounted Monte-Carlo return whatever gae_lambda says: 3 decisions, success
+    # on the last: gamma^2, gamma, 1; a failure: 0 everywhere
+    (_, _, ret_ok), (_, _, ret_fail) = learner._accept([_episode("a", True), _episode("b", False)])
+    g = cfg.ppo.gamma
+    assert np.allclose(ret_ok, [g * g, g, 1.0]) and np.allclose(ret_fail, 0.0)
+    batch = synthetic_batch(learner.model, 4, 128, seed=0, device="cpu")
+    before = _state(learner)
+    stats = learner._ppo(batch)
+    after = _state(learner)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.startswith("value_head.") for k in changed)  # weight decay touched no policy weight
+    assert "value_loss" in stats and "approx_kl" not in stats
+
+
+@pytest.mark.parametrize("bad", [dict(ppo=PPOConfig(advantage="rloo", group_size=2)),
+                                 dict(flow=FlowNoiseConfig(value_trains_encoder=True))])
+def test_critic_only_refuses_settings_that_would_skip_episodes_or_move_the_policy(bad):
+    with pytest.raises(ValueError, match="critic_only"):
+        RLConfig(critic_only=True, **bad)

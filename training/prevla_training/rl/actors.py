@@ -170,6 +170,9 @@ class RLLearner:
         torch.set_num_threads(max(1, round(c.learner_cpus)))
         self.device = "cuda" if c.learner_gpus > 0 and torch.cuda.is_available() else "cpu"
         self.model, extra = load_actor_critic(c, self.device)
+        if c.critic_only:  # the policy's parameters get no gradient, so the optimiser never moves them
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name.startswith("value_head."))
         critic = {f"value_head.{n}": {"lr": c.value_lr, "weight_decay": 0.0}
                   for n, _ in self.model.value_head.named_parameters()}
         self.learner = Learner(c, self.model, param_groups(self.model, c.weight_decay, own=critic))
@@ -276,6 +279,9 @@ class RLLearner:
             if int(t["version"].min()) < oldest:
                 self.counters["dropped_stale"] += int(t["n"])
                 continue
+            if c.critic_only:  # the target is the Monte-Carlo discounted return (GAE, lambda 1, V = 0)
+                ready.append((t, *gae(t["reward"], np.zeros(int(t["n"])), t["done"], 0.0, c.ppo.gamma, 1.0)))
+                continue
             if c.ppo.advantage == "gae":
                 with torch.no_grad():
                     ready.append((t, *gae(t["reward"], self._values(t), t["done"], 0.0, c.ppo.gamma, c.ppo.gae_lambda)))
@@ -320,6 +326,12 @@ class RLLearner:
         for _ in range(c.ppo.epochs):
             for idx in np.array_split(gen.permutation(n), max(1, n // c.ppo.minibatch)):
                 dev = self.device
+                if c.critic_only:
+                    loss, st = self._value_loss(b, idx)
+                    with self.activation_pool():
+                        st["grad_norm"] = self.learner.step(loss)
+                    logs.append(st)
+                    continue
                 with self.activation_pool(), self.learner.autocast():
                     ev = self.model.evaluate(torch.from_numpy(b["images"][idx]).to(dev),
                                              torch.from_numpy(b["proprio"][idx]).to(dev),
@@ -331,11 +343,22 @@ class RLLearner:
                 with self.activation_pool():
                     st["grad_norm"] = self.learner.step(loss)
                 logs.append(st)
-            if c.ppo.target_kl and logs[-1]["approx_kl"] > c.ppo.target_kl:
+            if c.ppo.target_kl and logs[-1].get("approx_kl", 0.0) > c.ppo.target_kl:
                 break
         out = {k: float(np.mean([s[k] for s in logs])) for k in logs[0]}
         out["sigma_mean"] = float(self.model.sigmas().detach().mean())
         return out
+
+    def _value_loss(self, b: dict, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+        """``critic_only``: the critic's regression loss on one minibatch (the encoder is frozen)."""
+        dev = self.device
+        with self.activation_pool(), self.learner.autocast():
+            with torch.no_grad():
+                ctx, pad = self.model.encode(torch.from_numpy(b["images"][idx]).to(dev),
+                                             torch.from_numpy(b["proprio"][idx]).to(dev),
+                                             [b["instructions"][i] for i in idx])
+            vf = 0.5 * (self.model.value(ctx, pad).float() - torch.from_numpy(b["ret"][idx]).float().to(dev)).pow(2).mean()
+        return vf, {"value_loss": vf.item()}
 
     def save(self, path: str, extra: dict | None = None) -> str:
         """A VLA checkpoint the runtime can serve (and export), plus the RL state to resume."""

@@ -51,6 +51,9 @@ class RLConfig(TrainLoopConfig):
     ring_capacity: int = _f(512, "Rollout ring capacity in decisions (runners block when it is full).")
     max_lag: int = _f(2, "Most versions a decision may trail the learner; older ones are dropped and counted.")
     temperature: float = _f(1.0, "Start-noise temperature of the flow chain.")
+    critic_only: bool = _f(False, "Policy evaluation: train only the critic, on the Monte-Carlo discounted "
+                                  "return of every episode; the policy stays the loaded one (a label source "
+                                  "for the verifier).")
     env_steps: int = _f(0, "Stop after this many environment steps (0 = after `steps` updates).")
     minutes: float = _f(0.0, "Stop after this much wall-clock time (0 = no time limit).")
     runner_restarts: int = _f(5, "Runners that may die and be replaced in one run before it stops.")
@@ -74,6 +77,9 @@ class RLConfig(TrainLoopConfig):
         for name in ("init_start", "max_steps", "max_lag", "env_steps", "runner_restarts"):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"RLConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.critic_only and (self.ppo.advantage != "gae" or self.flow.value_trains_encoder):
+            raise ValueError("RLConfig.critic_only trains the critic alone: it needs ppo.advantage 'gae' (every "
+                             "episode) and flow.value_trains_encoder off (the encoder is the policy's)")
         if self.init_start < 10:
             raise ValueError(f"RLConfig.init_start must be >= 10 (init states 0-9 are for evaluation only), "
                              f"got {self.init_start}")
