@@ -10,7 +10,7 @@ IFACE_SRC := $(wildcard $(IFACES)/msg/*.msg $(IFACES)/srv/*.srv) $(IFACES)/CMake
 export MUJOCO_GL ?= egl
 export PYTHONUNBUFFERED := 1
 
-.PHONY: install demo up test test-fast ceiling closed-loop expert-eval verifier-data train-verifier train-world-model export bench bench-verifier bench-engines bench-scheduler bench-world-model soak rl bench-rl clean help
+.PHONY: install demo up test test-fast ceiling critic value-labels train-verifier-value closed-loop expert-eval verifier-data train-verifier train-world-model export bench bench-verifier bench-engines bench-scheduler bench-world-model soak rl bench-rl clean help
 help:
 	@echo "make demo    install (if needed) and run a LIBERO-Spatial episode through the ROS 2 nodes"
 	@echo "make test    install (if needed) and run the test suite"
@@ -24,6 +24,7 @@ help:
 	@echo "make bench-world-model imagination error over horizon, verifier-gated vs ungated, in LIBERO"
 	@echo "make export        export the zoo's default VLA and verifier to ONNX (parity-checked, into models/zoo)"
 	@echo "make soak          run the graph (--processes) for SOAK_MIN minutes: RSS, latency p50/p99, losses per node"
+	@echo "make critic / value-labels / train-verifier-value   the all-task critic, its labels, the verifier distilled from them"
 	@echo "make rl            D-VLA: fine-tune the zoo VLA with async PPO on a local Ray (RL_ARGS: prevla rl options)"
 	@echo "make bench-rl      D-VLA: async vs sync throughput, weight replication, learner memory (tables + JSON)"
 
@@ -87,6 +88,21 @@ ceiling: install
 	$(VENV)/bin/prevla branch --suite libero_spatial --episodes-per-task $(BRANCH_EPISODES) --num-candidates 8 \
 		--continuations 4 --branch-every 4 --workers 2 --out $(BRANCH_DATA)
 	$(VENV)/bin/prevla ceiling --data $(BRANCH_DATA) --out docs/results/ceiling_spatial.json
+
+# Issue 15, the cheap label at scale: a critic of the zoo VLA on all 10 tasks (policy evaluation,
+# init states 10-29, 55 min on 2 cores), its bootstrapped Q of 8 candidates at every 2nd decision
+# of 100 rollouts (init states 30-39, ~35 min), the verifier distilled from those labels (~4 min)
+VALUE_MODEL ?= zoo:vla_libero_spatial_critic
+critic: install
+	$(VENV)/bin/prevla rl --critic-only --out-dir outputs/rl/critic --tasks 0-9 --init-start 10 --init-count 20 \
+		--runners 2 --runner-cpus 0.5 --envs-per-runner 5 --steps 1000 --minutes 55 --batch-size 256
+value-labels: install
+	$(VENV)/bin/prevla branch --suite libero_spatial --tasks 0-9 --episodes-per-task 10 --first-init-state 30 \
+		--num-candidates 8 --continuations 0 --value-model $(VALUE_MODEL) --branch-every 2 --workers 2 \
+		--out outputs/branches/value_all
+train-verifier-value: install
+	$(VENV)/bin/prevla train-verifier --data outputs/branches/value_all --labels value --init-from zoo:default \
+		--steps 2000 --eval-interval 500 --num-threads 2 --batch-size 16 --out outputs/verifier/value
 
 # the closed-loop table: every selection arm over the same K = 8 candidates and seeds, init states
 # 0-9 twice (20 episodes per task and arm); finished (task, arm) jobs resume from outputs/eval/

@@ -89,7 +89,10 @@ def test_critic_only_moves_the_critic_alone_towards_the_monte_carlo_return():
         torch.set_num_threads(threads)
     # the target is the discounted Monte-Carlo return whatever gae_lambda says: 3 decisions, success
     # on the last: gamma^2, gamma, 1; a failure: 0 everywhere
+    # ... and nothing is stale: the policy that sampled a decision never changes
+    learner.version = 50
     (_, _, ret_ok), (_, _, ret_fail) = learner._accept([_episode("a", True), _episode("b", False)])
+    assert learner.counters["dropped_stale"] == 0
     g = cfg.ppo.gamma
     assert np.allclose(ret_ok, [g * g, g, 1.0]) and np.allclose(ret_fail, 0.0)
     batch = synthetic_batch(learner.model, 4, 128, seed=0, device="cpu")

@@ -269,7 +269,7 @@ class RLLearner:
         trajectories ready to train on with their advantages and returns: each fresh one (GAE
         with the current critic), or each member of a group just completed (rloo)."""
         c = self.cfg
-        oldest = self.version - c.max_lag
+        oldest = self.version - c.lag_limit
         ready = []
         for t in items:
             self.counters["episodes"] += 1

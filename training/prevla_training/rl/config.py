@@ -52,8 +52,8 @@ class RLConfig(TrainLoopConfig):
     max_lag: int = _f(2, "Most versions a decision may trail the learner; older ones are dropped and counted.")
     temperature: float = _f(1.0, "Start-noise temperature of the flow chain.")
     critic_only: bool = _f(False, "Policy evaluation: train only the critic, on the Monte-Carlo discounted "
-                                  "return of every episode; the policy stays the loaded one (a label source "
-                                  "for the verifier).")
+                                  "return of every episode; the policy stays the loaded one, so no decision "
+                                  "is stale (a label source for the verifier).")
     env_steps: int = _f(0, "Stop after this many environment steps (0 = after `steps` updates).")
     minutes: float = _f(0.0, "Stop after this much wall-clock time (0 = no time limit).")
     runner_restarts: int = _f(5, "Runners that may die and be replaced in one run before it stops.")
@@ -93,6 +93,12 @@ class RLConfig(TrainLoopConfig):
         from prevla_training.evaluate import parse_tasks
 
         return parse_tasks(self.tasks)
+
+    @property
+    def lag_limit(self) -> int:
+        """Versions a decision may trail the learner before it is dropped: ``max_lag``, or no limit
+        with ``critic_only`` (the policy that sampled it never changes)."""
+        return 2**31 if self.critic_only else self.max_lag
 
     def env_task(self, runner: int, env: int) -> int:
         """The task environment ``env`` of runner ``runner`` steps: the tasks dealt round-robin."""

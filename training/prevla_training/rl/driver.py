@@ -93,7 +93,7 @@ class Run:
         if need > have + 1e-9:  # Ray would wait for resources forever
             raise RunFailed(f"the actors reserve {need:g} CPUs (runners x runner_cpus + servers x server_cpus + "
                             f"learner_cpus) but the Ray cluster has {have:g}: lower runner_cpus or runners")
-        self.ring = RolloutRing.options(num_cpus=0).remote(c.ring_capacity, c.max_lag)
+        self.ring = RolloutRing.options(num_cpus=0).remote(c.ring_capacity, c.lag_limit)
         self.learner = ray.remote(RLLearner).options(num_cpus=c.learner_cpus, num_gpus=c.learner_gpus).remote(c, self.ring)
         self.servers = [ray.remote(InferenceServer).options(num_cpus=c.server_cpus, num_gpus=c.server_gpus,
                                                             max_concurrency=1000).remote(c, s)
