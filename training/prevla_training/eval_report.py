@@ -129,7 +129,8 @@ def format_table(result: dict) -> str:
             lines.append(f"| {name} | {r['pairs']} | {100 * r['diff']:+.1f} pts | [{100 * r['diff_ci95'][0]:+.1f}, "
                          f"{100 * r['diff_ci95'][1]:+.1f}] | {r['a_only']} / {r['b_only']} | {r['p_value']:.3g} | "
                          f"{r['steps_diff']:+.1f} |")
-    cached = f" ({result['jobs_cached']} of {result['jobs']} (task, arm) jobs from {c['out']}'s cache)" \
+    cached = f" ({result['jobs_cached']} of {result['jobs']} (task, arm) jobs from {c['out']}'s cache" \
+        + (f", {result['jobs_reused']} of them taken from {c['reuse']}" if result.get("jobs_reused") else "") + ")" \
         if result.get("jobs_cached") else ""
     lines.append(f"\nwall time {result['wall_time_s']:.0f} s{cached}")
     return "\n".join(lines + _video_lines(result))
