@@ -106,12 +106,15 @@ train-verifier-value: install
 
 # the closed-loop table: every selection arm over the same K = 8 candidates and seeds, init states
 # 0-9 twice (20 episodes per task and arm); finished (task, arm) jobs resume from outputs/eval/
+# (the earlier table: CLOSED_LOOP_VERIFIER=zoo:verifier_libero_spatial_mc CLOSED_LOOP=spatial_final)
+CLOSED_LOOP_VERIFIER ?= zoo:verifier_libero_spatial_value
+CLOSED_LOOP ?= spatial_value
 closed-loop: install
 	$(VENV)/bin/prevla eval --suite libero_spatial --policy vla --num-candidates 8 --episodes-per-task 20 \
 		--init-count 10 --arms policy,random,consensus,verifier,verifier_advantage \
-		--verifier zoo:verifier_libero_spatial_mc --workers 2 \
-		--out outputs/eval/spatial_final.json
-	cp outputs/eval/spatial_final.json outputs/eval/spatial_final.md docs/results/
+		--verifier $(CLOSED_LOOP_VERIFIER) --workers 2 \
+		--out outputs/eval/$(CLOSED_LOOP).json
+	cp outputs/eval/$(CLOSED_LOOP).json outputs/eval/$(CLOSED_LOOP).md outputs/eval/$(CLOSED_LOOP).png docs/results/
 
 # ONNX exports of the zoo defaults (parity-checked against torch on the recorded inputs, registered in
 # the manifest); on a GPU machine add: $(VENV)/bin/prevla export --kind verifier --to tensorrt
