@@ -94,7 +94,7 @@ ceiling: install
 # of 100 rollouts (init states 30-39, ~35 min), the verifier distilled from those labels (~4 min)
 VALUE_MODEL ?= zoo:vla_libero_spatial_critic
 critic: install
-	$(VENV)/bin/prevla rl --critic-only --out-dir outputs/rl/critic --tasks 0-9 --init-start 10 --init-count 20 \
+	RAY_AUTH_MODE=$${RAY_AUTH_MODE:-disabled} $(VENV)/bin/prevla rl --critic-only --out-dir outputs/rl/critic --tasks 0-9 --init-start 10 --init-count 20 \
 		--runners 2 --runner-cpus 0.5 --envs-per-runner 5 --steps 1000 --minutes 55 --batch-size 256
 value-labels: install
 	$(VENV)/bin/prevla branch --suite libero_spatial --tasks 0-9 --episodes-per-task 10 --first-init-state 30 \
@@ -106,14 +106,16 @@ train-verifier-value: install
 
 # the closed-loop table: every selection arm over the same K = 8 candidates and seeds, init states
 # 0-9 twice (20 episodes per task and arm); finished (task, arm) jobs resume from outputs/eval/
-# (the earlier table: CLOSED_LOOP_VERIFIER=zoo:verifier_libero_spatial_mc CLOSED_LOOP=spatial_final)
+# (the earlier table: CLOSED_LOOP_VERIFIER=zoo:verifier_libero_spatial_mc CLOSED_LOOP=spatial_final;
+# CLOSED_LOOP_ARGS="--reuse docs/results/spatial_final.json" takes the arms it shares from that report)
 CLOSED_LOOP_VERIFIER ?= zoo:verifier_libero_spatial_value
 CLOSED_LOOP ?= spatial_value
+CLOSED_LOOP_ARGS ?=
 closed-loop: install
 	$(VENV)/bin/prevla eval --suite libero_spatial --policy vla --num-candidates 8 --episodes-per-task 20 \
 		--init-count 10 --arms policy,random,consensus,verifier,verifier_advantage \
 		--verifier $(CLOSED_LOOP_VERIFIER) --workers 2 \
-		--out outputs/eval/$(CLOSED_LOOP).json
+		--out outputs/eval/$(CLOSED_LOOP).json $(CLOSED_LOOP_ARGS)
 	cp outputs/eval/$(CLOSED_LOOP).json outputs/eval/$(CLOSED_LOOP).md outputs/eval/$(CLOSED_LOOP).png docs/results/
 
 # ONNX exports of the zoo defaults (parity-checked against torch on the recorded inputs, registered in

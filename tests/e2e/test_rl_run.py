@@ -94,6 +94,8 @@ def test_rloo_groups_episodes_of_one_init_state(ray_env, tmp_path, mode):
 
 def test_critic_only_leaves_the_policy_bit_for_bit(ray_env, tmp_path):
     """Policy evaluation: the run trains the critic and publishes the loaded VLA unchanged."""
+    import math
+
     import torch
 
     from prevla_models.zoo import resolve
@@ -104,5 +106,9 @@ def test_critic_only_leaves_the_policy_bit_for_bit(ray_env, tmp_path):
     assert line["decisions"] > 0 and line["value_loss"] > 0 and "approx_kl" not in line
     trained, extra = load_checkpoint(str(out / "last.pt"))
     zoo, _ = load_checkpoint(resolve("zoo:vla_libero_spatial", "vla"))
-    assert all(torch.equal(a, b) for a, b in zip(trained.state_dict().values(), zoo.state_dict().values()))
+    got, want = trained.state_dict(), zoo.state_dict()
+    assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want)
+    flow = RLConfig().flow  # the step noise was not trained either: still at its initial sigma
+    u = (flow.sigma_init - flow.sigma_min) / (flow.sigma_max - flow.sigma_min)
+    assert torch.equal(extra["rl"]["noise_rho"], torch.full_like(extra["rl"]["noise_rho"], math.log(u / (1 - u))))
     assert "value_head" in extra["rl"]

@@ -79,7 +79,7 @@ def test_rloo_trains_on_whole_informative_groups_only():
     assert learner.counters["dropped_stale"] == 3
 
 
-def test_critic_only_moves_the_critic_alone_towards_the_monte_carlo_return():
+def test_critic_only_moves_the_critic_alone_towards_the_monte_carlo_return(tmp_path):
     threads = torch.get_num_threads()
     try:
         cfg = RLConfig(batch_size=4, lr=1e-3, value_lr=1e-2, weight_decay=0.1, critic_only=True,
@@ -102,6 +102,20 @@ def test_critic_only_moves_the_critic_alone_towards_the_monte_carlo_return():
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("value_head.") for k in changed)  # weight decay touched no policy weight
     assert "value_loss" in stats and "approx_kl" not in stats
+    # save + restore under critic_only is exact, and the next update matches bit for bit
+    path = learner.save(str(tmp_path / "last.pt"))
+    learner.version = 1
+    learner._ppo(batch)
+    threads = torch.get_num_threads()
+    try:
+        other = RLLearner(cfg, ring=None)
+    finally:
+        torch.set_num_threads(threads)
+    other.restore(path)
+    assert all(torch.equal(v, after[k]) for k, v in _state(other).items())
+    other.version = 1
+    other._ppo(batch)
+    assert all(torch.equal(v, _state(learner)[k]) for k, v in _state(other).items())
 
 
 @pytest.mark.parametrize("bad", [dict(ppo=PPOConfig(advantage="rloo", group_size=2)),

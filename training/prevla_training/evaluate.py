@@ -65,7 +65,8 @@ class EvalConfig:
     out: str | None = field(default=None, metadata={"help": "JSON path (a .md table next to it)"})
     reuse: str = field(default="", metadata={
         "help": "a previous run's --out JSON: its (task, arm) jobs whose result-relevant settings "
-                "equal this run's are taken from it, not run again (needs --out)"})
+                "equal this run's are taken from it, not run again (needs --out); models are compared "
+                "by their spec (zoo:NAME, path), so reuse only reports made with the same zoo"})
     videos: str = field(default="failures", metadata={
         "help": "all | failures | none: an MP4 per episode (agent view at each decision, the arm's "
                 "pick or verdict) under <out>.videos/; needs rendered frames (a learned policy or "

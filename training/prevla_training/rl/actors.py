@@ -194,6 +194,8 @@ class RLLearner:
                 p.grad = torch.zeros_like(p)
         for group in self.learner.opt.param_groups:
             for p in group["params"]:
+                if not p.requires_grad:  # frozen (critic_only): no gradient, so no moments
+                    continue
                 st = self.learner.opt.state[p]
                 if not st:
                     st["step"] = torch.tensor(0.0)
