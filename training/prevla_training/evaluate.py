@@ -334,8 +334,9 @@ def evaluate(cfg: EvalConfig) -> dict:
     instructions = suite_instructions(cfg.suite)
     jobs = [(flatten(cfg), cfg.suite, t, arm) for t in task_ids for arm in cfg.arms]
     cache = JobCache(Path(cfg.out).with_suffix(".jobs") if cfg.out else None)
-    reused = cache.adopt(json.loads(Path(cfg.reuse).read_text()), jobs) if cfg.reuse else 0
+    reused = 0
     if cfg.reuse:
+        reused = cache.adopt(json.loads(Path(cfg.reuse).read_text()), jobs)
         print(f"reuse: {reused} of {len(jobs)} (task, arm) jobs taken from {cfg.reuse}")
     episodes: list[dict] = [e for j in jobs for e in cache.get(j)]
     todo = [j for j in jobs if not cache.get(j)]

@@ -281,8 +281,8 @@ class RLLearner:
             if int(t["version"].min()) < oldest:
                 self.counters["dropped_stale"] += int(t["n"])
                 continue
-            if c.critic_only:  # the target is the Monte-Carlo discounted return (GAE, lambda 1, V = 0)
-                ready.append((t, *gae(t["reward"], np.zeros(int(t["n"])), t["done"], 0.0, c.ppo.gamma, 1.0)))
+            if c.critic_only:  # the target is the Monte-Carlo return; no advantage is used
+                ready.append((t, np.zeros(int(t["n"])), self._mc_return(t)))
                 continue
             if c.ppo.advantage == "gae":
                 with torch.no_grad():
@@ -297,8 +297,7 @@ class RLLearner:
                 self.counters["groups_skipped"] += 1
                 continue
             for m, a in zip(group, adv):
-                ret = gae(m["reward"], np.zeros(int(m["n"])), m["done"], 0.0, c.ppo.gamma, 1.0)[1]
-                ready.append((m, np.full(int(m["n"]), a), ret))
+                ready.append((m, np.full(int(m["n"]), a), self._mc_return(m)))
         if c.ppo.advantage == "rloo":
             self.counters["dropped_stale"] += self.groups.drop_older_than(oldest)
         return ready
@@ -315,6 +314,10 @@ class RLLearner:
         self.counters["decisions"] += len(cat["adv"])
         return cat
 
+    def _mc_return(self, t: dict) -> np.ndarray:
+        """The discounted Monte-Carlo return of each decision of a trajectory (GAE with lambda 1, V = 0)."""
+        return gae(t["reward"], np.zeros(int(t["n"])), t["done"], 0.0, self.cfg.ppo.gamma, 1.0)[1]
+
     def _values(self, t: dict) -> np.ndarray:
         ctx, pad = self.model.encode(torch.from_numpy(t["images"]).to(self.device),
                                      torch.from_numpy(t["proprio"]).to(self.device),
@@ -327,21 +330,10 @@ class RLLearner:
         logs: list[dict] = []
         for _ in range(c.ppo.epochs):
             for idx in np.array_split(gen.permutation(n), max(1, n // c.ppo.minibatch)):
-                dev = self.device
                 if c.critic_only:
                     loss, st = self._value_loss(b, idx)
-                    with self.activation_pool():
-                        st["grad_norm"] = self.learner.step(loss)
-                    logs.append(st)
-                    continue
-                with self.activation_pool(), self.learner.autocast():
-                    ev = self.model.evaluate(torch.from_numpy(b["images"][idx]).to(dev),
-                                             torch.from_numpy(b["proprio"][idx]).to(dev),
-                                             [b["instructions"][i] for i in idx],
-                                             torch.from_numpy(b["chain"][idx]).to(dev)[:, None])
-                    loss, st = ppo_loss(ev["logp"][:, 0].float(), torch.from_numpy(b["logp"][idx]).to(dev),
-                                        torch.from_numpy(b["adv"][idx]).float().to(dev), ev["value"].float(),
-                                        torch.from_numpy(b["ret"][idx]).float().to(dev), ev["entropy"], c.ppo)
+                else:
+                    loss, st = self._ppo_loss(b, idx)
                 with self.activation_pool():
                     st["grad_norm"] = self.learner.step(loss)
                 logs.append(st)
@@ -350,6 +342,18 @@ class RLLearner:
         out = {k: float(np.mean([s[k] for s in logs])) for k in logs[0]}
         out["sigma_mean"] = float(self.model.sigmas().detach().mean())
         return out
+
+    def _ppo_loss(self, b: dict, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+        """The PPO loss (policy, critic, entropy) on one minibatch."""
+        c, dev = self.cfg, self.device
+        with self.activation_pool(), self.learner.autocast():
+            ev = self.model.evaluate(torch.from_numpy(b["images"][idx]).to(dev),
+                                     torch.from_numpy(b["proprio"][idx]).to(dev),
+                                     [b["instructions"][i] for i in idx],
+                                     torch.from_numpy(b["chain"][idx]).to(dev)[:, None])
+            return ppo_loss(ev["logp"][:, 0].float(), torch.from_numpy(b["logp"][idx]).to(dev),
+                            torch.from_numpy(b["adv"][idx]).float().to(dev), ev["value"].float(),
+                            torch.from_numpy(b["ret"][idx]).float().to(dev), ev["entropy"], c.ppo)
 
     def _value_loss(self, b: dict, idx: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
         """``critic_only``: the critic's regression loss on one minibatch (the encoder is frozen)."""
